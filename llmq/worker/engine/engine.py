@@ -1,0 +1,311 @@
+"""The engine: one model, one scheduler, one background thread running steps. Any thread may
+submit requests (a Future comes back) or cancel them; they join the running batch at the next
+step and leave it the step after they finish."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .loader import load_checkpoint, resolve_model_path
+from .model import LlamaModel
+from .runner import ModelRunner
+from .sampling import SamplingParams, make_generator, sample
+from .scheduler import Scheduler, SchedulerConfig
+from .scheduler import Sequence as SeqState
+from .tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationRequest:
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+@dataclass
+class Timing:
+    submitted_at: float  # epoch seconds
+    started_at: float | None = None  # admitted into a slot (first prefill step)
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    batch_size: float = 0.0  # mean number of sequences in the steps this request ran in
+
+    def ms(self, a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else round((b - a) * 1000.0, 3)
+
+    def as_dict(self) -> dict[str, float | None]:
+        return {
+            "queue_ms": self.ms(self.submitted_at, self.started_at),
+            "prefill_ms": self.ms(self.started_at, self.first_token_at),
+            "decode_ms": self.ms(self.first_token_at, self.finished_at),
+            "total_ms": self.ms(self.submitted_at, self.finished_at),
+            "batch_size": round(self.batch_size, 2),
+        }
+
+
+@dataclass
+class GenerationResult:
+    request_id: str
+    text: str
+    finish_reason: str  # stop | length | cancelled | error
+    prompt_tokens: int
+    completion_tokens: int
+    timing: Timing
+    error: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.finish_reason in ("stop", "length")
+
+
+@dataclass
+class EngineConfig:
+    num_slots: int = 32
+    slot_length: int = 2048
+    max_step_tokens: int = 2048
+    prefix_cache_entries: int = 16
+    threads: int | None = None
+    device: str = "cpu"  # cpu | cuda | auto
+    dtype: str = "auto"  # auto (cpu: float32, cuda: bfloat16) | float32 | bfloat16 | float16
+
+
+@dataclass(eq=False)
+class _Live:
+    """The engine's state for one request in flight."""
+
+    request: GenerationRequest
+    future: Future[GenerationResult]
+    timing: Timing
+    generator: torch.Generator | None
+    stream: Any
+    on_token: Callable[[str, int], None] | None
+    text: str = ""
+    steps: int = 0
+    batch_sum: int = 0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+class Engine:
+    def __init__(self, model: LlamaModel, tokenizer: TextTokenizer,
+                 config: EngineConfig | None = None, name: str = "model") -> None:
+        self.config = config or EngineConfig()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        slot_length = min(self.config.slot_length, model.config.max_position_embeddings)
+        self.scheduler = Scheduler(SchedulerConfig(
+            num_slots=self.config.num_slots, slot_length=slot_length,
+            max_step_tokens=self.config.max_step_tokens,
+            prefix_cache_entries=self.config.prefix_cache_entries,
+        ))
+        self.runner = ModelRunner(model, self.config.num_slots, slot_length)
+        self.eos_ids = frozenset(model.config.eos_token_ids) | frozenset(tokenizer.eos_token_ids)
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._by_id: dict[str, SeqState] = {}
+        self._thread: threading.Thread | None = None
+        self.steps = 0
+
+    # --- construction ---------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, model: str | Path, config: EngineConfig | None = None) -> Engine:
+        config = config or EngineConfig()
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = pick_device(config.device)
+        dtype = pick_dtype(config.dtype, device)
+        ckpt = load_checkpoint(resolve_model_path(str(model)))
+        net = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights, dtype=dtype, device=device)
+        return cls(net, ckpt.tokenizer, config, name=str(model))
+
+    # --- public API (any thread) ----------------------------------------------------------
+
+    def submit(self, request: GenerationRequest,
+               on_token: Callable[[str, int], None] | None = None) -> Future[GenerationResult]:
+        future: Future[GenerationResult] = Future()
+        self._inbox.put(("add", (request, future, on_token, time.time())))
+        self._ensure_thread()
+        self._wake.set()
+        return future
+
+    def cancel(self, request_id: str) -> None:
+        """Stops a request: a waiting one at once, a running one at the next step."""
+        self._inbox.put(("cancel", request_id))
+        self._wake.set()
+
+    def generate(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
+        futures = [self.submit(r) for r in requests]
+        return [f.result() for f in futures]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def encode(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            return self.tokenizer.encode_chat(request.messages)
+        if request.prompt is None:
+            raise ValueError("a request needs a prompt or messages")
+        return self.tokenizer.encode(request.prompt)
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="llmq-engine", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self._drain_inbox()
+            if not self.scheduler.has_work:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
+            try:
+                self.step()
+            except Exception as exc:  # a bug or OOM: fail what is in flight, keep serving
+                log.exception("engine step failed")
+                for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+                    self._finish(seq, "error", f"engine step failed: {exc}")
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self._finish(seq, "cancelled", "engine closed")
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                kind, item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "add":
+                self._add(*item)
+            elif kind == "cancel":
+                seq = self._by_id.get(item)
+                if seq is not None:
+                    self._finish(seq, "cancelled", None)
+
+    def _add(self, request: GenerationRequest, future: Future[GenerationResult],
+             on_token: Callable[[str, int], None] | None, submitted: float) -> None:
+        timing = Timing(submitted_at=submitted)
+        try:
+            request.params.validate()
+            prompt = self.encode(request)
+            reason = self.scheduler.check_fits(len(prompt), request.params.max_tokens)
+            if reason:
+                raise ValueError(reason)
+        except Exception as exc:
+            timing.finished_at = time.time()
+            future.set_result(GenerationResult(request.request_id, "", "error", 0, 0, timing,
+                                               error=str(exc)))
+            return
+        gen = None if request.params.greedy else make_generator(request.params.seed,
+                                                                self.model.device)
+        live = _Live(request, future, timing, gen, self.tokenizer.decode_stream(), on_token)
+        seq = SeqState(request.request_id, prompt, request.params.max_tokens, payload=live)
+        self._by_id[request.request_id] = seq
+        self.scheduler.add(seq)
+
+    def step(self) -> None:
+        """One scheduling step: plan, run the model, sample, hand out tokens."""
+        plan = self.scheduler.schedule()
+        now = time.time()
+        active = {id(w.seq): w.seq for w in (*plan.decode, *plan.prefill)}
+        for seq in active.values():
+            live: _Live = seq.payload
+            if live.timing.started_at is None:
+                live.timing.started_at = now
+            live.steps += 1
+            live.batch_sum += len(active)
+        wanted, logits = self.runner.execute(plan)
+        params = [s.payload.request.params for s in wanted]
+        tokens = sample(logits, params, [s.payload.generator for s in wanted])
+        self.scheduler.update(plan, {id(s): t for s, t in zip(wanted, tokens, strict=True)})
+        self.steps += 1
+        for seq, token in zip(wanted, tokens, strict=True):
+            self._on_token(seq, token)
+
+    def _on_token(self, seq: SeqState, token: int) -> None:
+        live: _Live = seq.payload
+        params = live.request.params
+        if live.timing.first_token_at is None:
+            live.timing.first_token_at = time.time()
+        if token in self.eos_ids and not params.ignore_eos:
+            self._finish(seq, "stop", None)
+            return
+        piece = self.tokenizer.stream_step(live.stream, token)
+        if piece:
+            live.text += piece
+            if params.stop and self._apply_stop(live, len(piece)):
+                self._finish(seq, "stop", None)
+                return
+            if live.on_token is not None:
+                live.on_token(piece, token)
+        if len(seq.output) >= seq.max_tokens:
+            self._finish(seq, "length", None)
+
+    @staticmethod
+    def _apply_stop(live: _Live, new_chars: int) -> bool:
+        """Cuts the text at the first stop string that the newest piece completed."""
+        stops: Sequence[str] = live.request.params.stop
+        window = new_chars + max(len(s) for s in stops)
+        base = max(0, len(live.text) - window)
+        tail = live.text[base:]
+        hits = [i for i in (tail.find(s) for s in stops if s) if i >= 0]
+        if not hits:
+            return False
+        live.text = live.text[: base + min(hits)]
+        return True
+
+    def _finish(self, seq: SeqState, reason: str, error: str | None) -> None:
+        live: _Live = seq.payload
+        self.scheduler.finish(seq)
+        self._by_id.pop(seq.request_id, None)
+        timing = live.timing
+        timing.finished_at = time.time()
+        if live.steps:
+            timing.batch_size = live.batch_sum / live.steps
+        live.future.set_result(GenerationResult(
+            request_id=seq.request_id, text=live.text, finish_reason=reason,
+            prompt_tokens=len(seq.prompt), completion_tokens=len(seq.output), timing=timing,
+            error=error, token_ids=list(seq.output),
+        ))

@@ -1,0 +1,235 @@
+"""A compact Llama-family decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) that runs
+packed batches: every token of every sequence in one flat ``[T, D]`` tensor, so the linear
+layers never see padding, and attention reads each sequence's keys from a slot of a KV cache
+that is allocated once.
+
+Shapes: T tokens in the step, D hidden, H query heads, K key/value heads, G = H // K,
+E head dim, S cache slots, L cache positions per slot."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+@dataclass
+class PrefillSegment:
+    """One sequence's new tokens in a packed step: rows ``[begin, end)`` of the batch, written
+    at cache positions ``[start, start + end - begin)`` of ``slot``."""
+
+    begin: int
+    end: int
+    slot: int
+    start: int
+    mask: torch.Tensor | None  # [n, start + n] bool, None when start == 0 (plain causal)
+
+
+@dataclass
+class StepInputs:
+    """Everything one forward pass needs, built once and shared by all layers."""
+
+    tokens: torch.Tensor  # [T] long
+    positions: torch.Tensor  # [T] long
+    slots: torch.Tensor  # [T] long: the cache slot each token belongs to
+    num_decode: int  # rows [0, num_decode) are one decode token each
+    decode_slots: torch.Tensor | None  # [num_decode] long
+    decode_span: int  # decode attention covers slots [0, decode_span)
+    decode_contiguous: bool  # decode_slots == arange(num_decode) and decode_span == num_decode
+    decode_mask: torch.Tensor | None  # [decode_span, 1, 1, decode_len] bool
+    decode_len: int  # cache positions read by decode attention
+    prefill: list[PrefillSegment]
+    logits_rows: torch.Tensor  # [N] long: rows whose next-token logits are wanted
+
+
+class KVCache(nn.Module):
+    """Keys and values of every layer and slot, allocated once: ``[layers, 2, S, K, L, E]``.
+    Pages the step never touches are never written, so the OS commits only what is used."""
+
+    def __init__(self, config: ModelConfig, slots: int, length: int, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        super().__init__()
+        shape = (config.num_layers, 2, slots, config.num_kv_heads, length, config.head_dim)
+        self.register_buffer("kv", torch.empty(shape, dtype=dtype, device=device),
+                             persistent=False)
+        self.slots = slots
+        self.length = length
+
+    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.kv[index, 0], self.kv[index, 1]
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    dim = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling = config.rope_scaling or {}
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind == "linear":
+        inv = inv / float(scaling["factor"])
+    elif kind == "llama3":
+        factor = float(scaling["factor"])
+        low = float(scaling.get("low_freq_factor", 1.0))
+        high = float(scaling.get("high_freq_factor", 4.0))
+        old_ctx = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv
+        smooth = (old_ctx / wavelen - low) / (high - low)
+        scaled = torch.where(wavelen > old_ctx / low, inv / factor, inv)
+        mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
+        inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    elif kind not in (None, "default"):
+        raise ValueError(f"unsupported rope scaling {kind!r}")
+    return inv.float()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.attn_norm = nn.Parameter(torch.ones(c.hidden_size), requires_grad=False)
+        self.ffn_norm = nn.Parameter(torch.ones(c.hidden_size), requires_grad=False)
+        qkv_out = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+        self.wqkv = nn.Linear(c.hidden_size, qkv_out, bias=False)
+        self.wo = nn.Linear(c.num_heads * c.head_dim, c.hidden_size, bias=False)
+        self.w_gate_up = nn.Linear(c.hidden_size, 2 * c.intermediate_size, bias=False)
+        self.w_down = nn.Linear(c.intermediate_size, c.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
+        c = self.config
+        n_tok = x.shape[0]
+        h = F.rms_norm(x, (c.hidden_size,), self.attn_norm, c.rms_norm_eps)
+        qkv = self.wqkv(h)  # [T, (H + 2K) * E]
+        q_end = c.num_heads * c.head_dim
+        k_end = q_end + c.num_kv_heads * c.head_dim
+        q = qkv[:, :q_end].view(n_tok, c.num_heads, c.head_dim)  # [T, H, E]
+        k = qkv[:, q_end:k_end].view(n_tok, c.num_kv_heads, c.head_dim)  # [T, K, E]
+        v = qkv[:, k_end:].view(n_tok, c.num_kv_heads, c.head_dim)  # [T, K, E]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        k_cache, v_cache = cache  # [S, K, L, E] each
+        k_cache[step.slots, :, step.positions] = k
+        v_cache[step.slots, :, step.positions] = v
+        attn = self._attention(q, k_cache, v_cache, step)  # [T, H, E]
+        x = x + self.wo(attn.view(n_tok, q_end))
+        h = F.rms_norm(x, (c.hidden_size,), self.ffn_norm, c.rms_norm_eps)
+        gate_up = self.w_gate_up(h)  # [T, 2F]
+        gate, up = gate_up.chunk(2, dim=-1)
+        return x + self.w_down(F.silu(gate) * up)
+
+    def _attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   step: StepInputs) -> torch.Tensor:
+        c = self.config
+        kv_heads, group, dim = c.num_kv_heads, c.group_size, c.head_dim
+        out = torch.empty_like(q)
+        nd = step.num_decode
+        if nd:
+            # The G query heads that share a KV head act as G query rows: no K/V expansion.
+            qd = q[:nd].view(nd, kv_heads, group, dim)  # [B, K, G, E]
+            span, length = step.decode_span, step.decode_len
+            if not step.decode_contiguous:
+                full = qd.new_zeros(span, kv_heads, group, dim)
+                full[step.decode_slots] = qd
+                qd = full
+            od = F.scaled_dot_product_attention(
+                qd, k_cache[:span, :, :length], v_cache[:span, :, :length],
+                attn_mask=step.decode_mask,
+            )  # [span, K, G, E]
+            if not step.decode_contiguous:
+                od = od[step.decode_slots]
+            out[:nd] = od.reshape(nd, c.num_heads, dim)
+        for seg in step.prefill:
+            n = seg.end - seg.begin
+            qs = q[seg.begin:seg.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, E]
+            end = seg.start + n
+            ks = k_cache[seg.slot:seg.slot + 1, :, :end]  # [1, K, start + n, E]
+            vs = v_cache[seg.slot:seg.slot + 1, :, :end]
+            os_ = F.scaled_dot_product_attention(
+                qs, ks, vs, attn_mask=seg.mask, is_causal=seg.mask is None, enable_gqa=True
+            )  # [1, H, n, E]
+            out[seg.begin:seg.end] = os_[0].transpose(0, 1)
+        return out
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.norm = nn.Parameter(torch.ones(config.hidden_size), requires_grad=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.weight.dtype
+
+    def rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin ``[length, E]``, computed in float32 and kept in the model's dtype."""
+        if self._rope_cache is None or self._rope_cache[0].shape[0] < length:
+            inv = rope_inv_freq(self.config).to(self.device)
+            t = torch.arange(length, device=self.device, dtype=torch.float32)
+            freqs = torch.outer(t, inv)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._rope_cache = (emb.cos().to(self.dtype), emb.sin().to(self.dtype))
+        return self._rope_cache
+
+    @torch.inference_mode()
+    def forward(self, step: StepInputs, cache: KVCache) -> torch.Tensor:
+        """Runs the step, writing its keys/values into ``cache``; returns ``[N, V]`` float32
+        logits for ``step.logits_rows``."""
+        cos_table, sin_table = self.rope_tables(cache.length)
+        cos = cos_table[step.positions].unsqueeze(1)  # [T, 1, E]
+        sin = sin_table[step.positions].unsqueeze(1)
+        x = self.embed(step.tokens)  # [T, D]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, cache.layer(i), step)
+        x = x[step.logits_rows]  # [N, D]
+        x = F.rms_norm(x, (self.config.hidden_size,), self.norm, self.config.rms_norm_eps)
+        return self.lm_head(x).float()  # [N, V]
+
+    @classmethod
+    def from_hf_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor],
+                        dtype: torch.dtype = torch.float32,
+                        device: torch.device | str = "cpu") -> LlamaModel:
+        """Builds the model from Hugging Face tensor names, fusing Q/K/V and gate/up so that
+        each layer does three matmuls fewer per step."""
+        with torch.device("meta"):
+            model = cls(config)
+        w = weights
+        sd: dict[str, torch.Tensor] = {"embed.weight": w["model.embed_tokens.weight"],
+                                       "norm": w["model.norm.weight"]}
+        sd["lm_head.weight"] = w.get("lm_head.weight", w["model.embed_tokens.weight"])
+        for i in range(config.num_layers):
+            p = f"model.layers.{i}."
+            sd[f"layers.{i}.attn_norm"] = w[p + "input_layernorm.weight"]
+            sd[f"layers.{i}.ffn_norm"] = w[p + "post_attention_layernorm.weight"]
+            sd[f"layers.{i}.wqkv.weight"] = torch.cat(
+                [w[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], dim=0)
+            sd[f"layers.{i}.wo.weight"] = w[p + "self_attn.o_proj.weight"]
+            sd[f"layers.{i}.w_gate_up.weight"] = torch.cat(
+                [w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]], dim=0)
+            sd[f"layers.{i}.w_down.weight"] = w[p + "mlp.down_proj.weight"]
+        sd = {k: v.to(device=device, dtype=dtype).contiguous() for k, v in sd.items()}
+        if config.tie_word_embeddings and "lm_head.weight" not in w:
+            sd["lm_head.weight"] = sd["embed.weight"]
+        model.load_state_dict(sd, assign=True, strict=True)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model.eval()

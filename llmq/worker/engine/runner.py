@@ -1,0 +1,96 @@
+"""Executes a ``StepPlan`` on the model: packs the step's tokens, keeps the KV cache and the
+kept prefixes, and returns the logits of the sequences that need a next token."""
+
+from __future__ import annotations
+
+import torch
+
+from .model import KVCache, LlamaModel, PrefillSegment, StepInputs
+from .scheduler import Sequence, StepPlan
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_slots: int, slot_length: int) -> None:
+        self.model = model
+        self.device = model.device
+        self.cache = KVCache(model.config, num_slots, slot_length, model.dtype, self.device)
+        # kept prefixes: key -> [layers, 2, K, n, E]
+        self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def execute(self, plan: StepPlan) -> tuple[list[Sequence], torch.Tensor]:
+        """Runs ``plan``; returns the sequences that get a token and their ``[N, V]`` logits."""
+        kv = self.cache.kv
+        for copy in plan.prefix_copies:
+            stored = self._prefixes[copy.key]
+            kv[:, :, copy.slot, :, : stored.shape[3]] = stored
+        step, wanted = self._build_inputs(plan)
+        logits = self.model(step, self.cache) if step.tokens.numel() else None
+        for save in plan.prefix_saves:
+            n = len(save.key)
+            self._prefixes[save.key] = kv[:, :, save.slot, :, :n].clone()
+        for key in plan.prefix_evictions:
+            self._prefixes.pop(key, None)
+        if logits is None:
+            logits = torch.empty(0, self.model.config.vocab_size)
+        return wanted, logits
+
+    def _build_inputs(self, plan: StepPlan) -> tuple[StepInputs, list[Sequence]]:
+        tokens: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        rows: list[int] = []
+        wanted: list[Sequence] = []
+        for d in plan.decode:
+            rows.append(len(tokens))
+            wanted.append(d.seq)
+            tokens.append(d.token)
+            positions.append(d.position)
+            slots.append(d.seq.slot)
+        num_decode = len(tokens)
+        segments = []
+        for p in plan.prefill:
+            begin = len(tokens)
+            n = len(p.tokens)
+            tokens.extend(p.tokens)
+            positions.extend(range(p.start, p.start + n))
+            slots.extend([p.seq.slot] * n)
+            segments.append(PrefillSegment(begin, begin + n, p.seq.slot, p.start,
+                                           self._prefill_mask(p.start, n)))
+            if p.completes_prompt:
+                rows.append(begin + n - 1)
+                wanted.append(p.seq)
+        dev = self.device
+
+        def as_tensor(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=dev)
+
+        decode_slots = None
+        decode_mask = None
+        span = decode_len = 0
+        contiguous = True
+        if num_decode:
+            dslots = slots[:num_decode]
+            span = max(dslots) + 1
+            contiguous = span == num_decode and dslots == list(range(num_decode))
+            decode_len = max(positions[:num_decode]) + 1
+            # lengths per slot in the span; slots not decoding see position 0 only
+            lengths = torch.ones(span, dtype=torch.long)
+            lengths[torch.tensor(dslots)] = torch.tensor(positions[:num_decode]) + 1
+            decode_mask = (torch.arange(decode_len) < lengths[:, None]).view(
+                span, 1, 1, decode_len).to(dev)
+            decode_slots = as_tensor(dslots)
+        step = StepInputs(
+            tokens=as_tensor(tokens), positions=as_tensor(positions), slots=as_tensor(slots),
+            num_decode=num_decode, decode_slots=decode_slots, decode_span=span,
+            decode_contiguous=contiguous, decode_mask=decode_mask, decode_len=decode_len,
+            prefill=segments, logits_rows=as_tensor(rows),
+        )
+        return step, wanted
+
+    def _prefill_mask(self, start: int, n: int) -> torch.Tensor | None:
+        """Causal mask aligned to the bottom right: query i sees cache positions <= start + i."""
+        if start == 0:
+            return None
+        q = torch.arange(n, device=self.device)[:, None]
+        k = torch.arange(start + n, device=self.device)[None, :]
+        return k <= q + start

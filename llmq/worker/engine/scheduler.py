@@ -1,0 +1,259 @@
+"""Continuous batching, decided without torch: plain dataclasses in, a ``StepPlan`` out.
+
+Every step decodes one token for each running sequence, continues long prompts chunk by chunk,
+and admits waiting sequences into free slots while the step's token budget lasts. A finished
+sequence frees its slot at once, so a waiting one joins at the next step. Shared prompt
+prefixes (a chat model's default system prompt) are prefilled once, kept, and copied into each
+slot that needs them."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+_order = itertools.count()
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request as the scheduler sees it: token ids and how far the cache has got."""
+
+    request_id: str
+    prompt: list[int]
+    max_tokens: int
+    output: list[int] = field(default_factory=list)
+    slot: int = -1
+    computed: int = 0  # tokens whose keys/values are in the slot's cache
+    status: SeqStatus = SeqStatus.WAITING
+    order: int = field(default_factory=lambda: next(_order))
+    payload: Any = None  # the engine's own per-request state
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt) + len(self.output)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.computed < len(self.prompt)
+
+
+@dataclass
+class PrefillWork:
+    seq: Sequence
+    start: int  # first cache position written
+    tokens: list[int]
+    completes_prompt: bool  # the last prompt token is in this chunk: sample from its logits
+
+
+@dataclass
+class DecodeWork:
+    seq: Sequence
+    token: int
+    position: int
+
+
+@dataclass
+class PrefixCopy:
+    slot: int
+    key: tuple[int, ...]
+
+
+@dataclass
+class PrefixSave:
+    slot: int
+    key: tuple[int, ...]
+
+
+@dataclass
+class StepPlan:
+    decode: list[DecodeWork] = field(default_factory=list)
+    prefill: list[PrefillWork] = field(default_factory=list)
+    prefix_copies: list[PrefixCopy] = field(default_factory=list)  # before the forward pass
+    prefix_saves: list[PrefixSave] = field(default_factory=list)  # after it
+    prefix_evictions: list[tuple[int, ...]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.decode or self.prefill)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.decode) + sum(len(p.tokens) for p in self.prefill)
+
+
+@dataclass
+class SchedulerConfig:
+    num_slots: int = 32
+    slot_length: int = 2048  # cache positions per slot: prompt + generated tokens must fit
+    max_step_tokens: int = 2048  # tokens per forward pass (decodes + prefill chunks)
+    prefix_cache_entries: int = 16  # 0 disables prefix caching
+    min_prefix_tokens: int = 16  # shorter shared prefixes are not worth a cache entry
+    prefix_peers: int = 8  # waiting sequences compared when looking for a shared prefix
+
+
+class PrefixIndex:
+    """Which token prefixes have their keys/values kept by the runner (LRU)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[tuple[int, ...], None] = OrderedDict()
+
+    def __contains__(self, key: tuple[int, ...]) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def longest_match(self, tokens: list[int]) -> tuple[int, ...] | None:
+        """The longest kept prefix of ``tokens`` that leaves at least one token to compute."""
+        best: tuple[int, ...] | None = None
+        for key in self._entries:
+            n = len(key)
+            if n < len(tokens) and (best is None or n > len(best)) and tuple(tokens[:n]) == key:
+                best = key
+        if best is not None:
+            self._entries.move_to_end(best)
+        return best
+
+    def add(self, key: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Records ``key``; returns the keys evicted to make room."""
+        self._entries[key] = None
+        self._entries.move_to_end(key)
+        evicted = []
+        while len(self._entries) > self.capacity:
+            old, _ = self._entries.popitem(last=False)
+            evicted.append(old)
+        return evicted
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig) -> None:
+        self.config = config
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self._free_slots = list(range(config.num_slots))
+        self.prefixes = PrefixIndex(config.prefix_cache_entries)
+
+    # --- requests in and out --------------------------------------------------------------
+
+    def check_fits(self, prompt_len: int, max_tokens: int) -> str | None:
+        """Why a request can never run here, or None if it can."""
+        if prompt_len == 0:
+            return "empty prompt"
+        need = prompt_len + max_tokens
+        if need > self.config.slot_length:
+            return (
+                f"prompt ({prompt_len} tokens) plus max_tokens ({max_tokens}) exceeds the "
+                f"context of {self.config.slot_length} tokens"
+            )
+        return None
+
+    def add(self, seq: Sequence) -> None:
+        reason = self.check_fits(len(seq.prompt), seq.max_tokens)
+        if reason:
+            raise ValueError(reason)
+        self.waiting.append(seq)
+
+    def finish(self, seq: Sequence) -> None:
+        """Ends ``seq`` wherever it is; a running one frees its slot for the next step."""
+        if seq.status is SeqStatus.RUNNING:
+            self.running.remove(seq)
+            self._free_slots.append(seq.slot)
+            self._free_slots.sort()
+        elif seq.status is SeqStatus.WAITING:
+            self.waiting.remove(seq)
+        seq.status = SeqStatus.FINISHED
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    # --- planning -------------------------------------------------------------------------
+
+    def schedule(self) -> StepPlan:
+        plan = StepPlan()
+        budget = self.config.max_step_tokens
+        for seq in self.running:
+            if not seq.prefilling:
+                pos = seq.num_tokens - 1
+                plan.decode.append(DecodeWork(seq, seq.output[-1], pos))
+                budget -= 1
+        for seq in self.running:
+            if seq.prefilling and budget > 0:
+                budget -= self._plan_chunk(plan, seq, budget, len(seq.prompt))
+        while self.waiting and self._free_slots and budget > 0:
+            seq = self.waiting[0]
+            stop_at = self._admit(plan, seq, budget)
+            budget -= self._plan_chunk(plan, seq, budget, stop_at)
+            if stop_at < len(seq.prompt):
+                break  # peers of a new shared prefix wait one step, then copy it
+        return plan
+
+    def _admit(self, plan: StepPlan, seq: Sequence, budget: int) -> int:
+        """Gives ``seq`` a slot and any cached prefix; returns where its first chunk must
+        stop (short of the prompt's end when it is to compute a new shared prefix)."""
+        self.waiting.popleft()
+        seq.slot = self._free_slots.pop(0)
+        seq.status = SeqStatus.RUNNING
+        self.running.append(seq)
+        if not self.config.prefix_cache_entries:
+            return len(seq.prompt)
+        hit = self.prefixes.longest_match(seq.prompt)
+        if hit is not None:
+            plan.prefix_copies.append(PrefixCopy(seq.slot, hit))
+            seq.computed = len(hit)
+        shared = self._shared_prefix_length(seq)
+        if seq.computed + self.config.min_prefix_tokens <= shared <= seq.computed + budget:
+            key = tuple(seq.prompt[:shared])
+            plan.prefix_saves.append(PrefixSave(seq.slot, key))
+            plan.prefix_evictions.extend(self.prefixes.add(key))
+            return shared
+        return len(seq.prompt)
+
+    def _shared_prefix_length(self, seq: Sequence) -> int:
+        best = 0
+        for peer in itertools.islice(self.waiting, self.config.prefix_peers):
+            best = max(best, common_prefix_length(seq.prompt, peer.prompt))
+        return min(best, len(seq.prompt) - 1)
+
+    def _plan_chunk(self, plan: StepPlan, seq: Sequence, budget: int, stop_at: int) -> int:
+        """Plans the next prompt chunk of ``seq`` within ``budget``; returns its length."""
+        n = min(budget, stop_at - seq.computed)
+        if n <= 0:
+            return 0
+        end = seq.computed + n
+        plan.prefill.append(
+            PrefillWork(seq, seq.computed, seq.prompt[seq.computed:end], end == len(seq.prompt))
+        )
+        return n
+
+    def update(self, plan: StepPlan, sampled: dict[int, int]) -> None:
+        """Advances the sequences of ``plan``; ``sampled`` maps ``id(seq)`` to the token drawn
+        from its logits (decodes and completed prompts)."""
+        for d in plan.decode:
+            d.seq.computed += 1
+        for p in plan.prefill:
+            p.seq.computed = p.start + len(p.tokens)
+        for seq_id_tokens in plan.decode + plan.prefill:
+            seq = seq_id_tokens.seq
+            token = sampled.get(id(seq))
+            if token is not None:
+                seq.output.append(token)

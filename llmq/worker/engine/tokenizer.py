@@ -1,0 +1,156 @@
+"""Tokenizer and chat template, built from what the checkpoint ships (GGUF metadata or
+tokenizer.json), so that prompts are encoded exactly as the model was trained on them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers.decoders import DecodeStream
+
+# llama.cpp's token types: 3 is a control token, 4 a user-defined one; both are atomic.
+_GGUF_SPECIAL_TYPES = (3, 4)
+
+# Pre-tokenizers by llama.cpp's ``tokenizer.ggml.pre`` name.
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+
+def _gguf_pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if name in ("smollm", "starcoder", "refact"):
+        return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    if name in ("llama-bpe", "llama3", "smaug-bpe"):
+        return pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(
+                    pattern=_tokenizers_regex(_LLAMA3_SPLIT), behavior="isolated", invert=False
+                ),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    if name in ("gpt2", "default", ""):
+        return byte_level
+    raise ValueError(f"unsupported GGUF pre-tokenizer {name!r}")
+
+
+def _tokenizers_regex(pattern: str) -> Any:
+    from tokenizers import Regex
+
+    return Regex(pattern)
+
+
+class TextTokenizer:
+    """Encodes prompts, renders chat messages and decodes streamed tokens."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        chat_template: str | None,
+        bos_token_id: int | None,
+        eos_token_ids: Sequence[int],
+        add_bos: bool = False,
+    ) -> None:
+        self._tok = tokenizer
+        self.chat_template = chat_template
+        self.bos_token_id = bos_token_id
+        self.eos_token_ids = tuple(eos_token_ids)
+        self.add_bos = add_bos
+        self._template = None
+        if chat_template:
+            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            env.globals["raise_exception"] = _raise_template_error
+            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+            self._template = env.from_string(chat_template)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_text(self, token_id: int) -> str | None:
+        return self._tok.id_to_token(token_id)
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        ids = self._tok.encode(text, add_special_tokens=False).ids
+        if (self.add_bos if add_bos is None else add_bos) and self.bos_token_id is not None:
+            ids = [self.bos_token_id, *ids]
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+    def decode_stream(self) -> DecodeStream:
+        """A streaming decoder that only yields whole UTF-8 characters."""
+        return DecodeStream(skip_special_tokens=True)
+
+    def stream_step(self, stream: DecodeStream, token_id: int) -> str:
+        return stream.step(self._tok, token_id) or ""
+
+    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+        if self._template is None:
+            raise ValueError("this model ships no chat template; send a plain prompt instead")
+        bos = self.token_text(self.bos_token_id) if self.bos_token_id is not None else ""
+        eos = self.token_text(self.eos_token_ids[0]) if self.eos_token_ids else ""
+        return self._template.render(
+            messages=list(messages), add_generation_prompt=True, bos_token=bos, eos_token=eos
+        )
+
+    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        # Templates write their own BOS where the model wants one.
+        return self.encode(self.render_chat(messages), add_bos=False)
+
+    @classmethod
+    def from_gguf_fields(cls, fields: dict[str, Any]) -> TextTokenizer:
+        model = fields.get("tokenizer.ggml.model")
+        if model != "gpt2":
+            raise ValueError(f"unsupported GGUF tokenizer model {model!r} (only BPE 'gpt2')")
+        tokens: list[str] = fields["tokenizer.ggml.tokens"]
+        types: list[int] = fields.get("tokenizer.ggml.token_type") or [1] * len(tokens)
+        merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"]]
+        vocab = {t: i for i, t in enumerate(tokens)}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+        tok.pre_tokenizer = _gguf_pre_tokenizer(fields.get("tokenizer.ggml.pre", "default"))
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens(
+            [
+                AddedToken(t, special=True, normalized=False)
+                for t, ty in zip(tokens, types, strict=True)
+                if ty in _GGUF_SPECIAL_TYPES
+            ]
+        )
+        eos = fields.get("tokenizer.ggml.eos_token_id")
+        eot = fields.get("tokenizer.ggml.eot_token_id")
+        eos_ids = tuple(dict.fromkeys(i for i in (eos, eot) if i is not None))
+        return cls(
+            tok,
+            fields.get("tokenizer.chat_template"),
+            fields.get("tokenizer.ggml.bos_token_id"),
+            eos_ids,
+            add_bos=bool(fields.get("tokenizer.ggml.add_bos_token", False)),
+        )
+
+    @classmethod
+    def from_hf_files(
+        cls,
+        tokenizer_json: str,
+        tokenizer_config: dict[str, Any],
+        eos_token_ids: Sequence[int],
+        bos_token_id: int | None,
+    ) -> TextTokenizer:
+        tok = Tokenizer.from_file(tokenizer_json)
+        return cls(
+            tok,
+            tokenizer_config.get("chat_template"),
+            bos_token_id,
+            eos_token_ids,
+            add_bos=bool(tokenizer_config.get("add_bos_token", False)),
+        )
+
+
+def _raise_template_error(message: str) -> None:
+    raise ValueError(f"chat template error: {message}")
