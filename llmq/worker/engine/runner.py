@@ -65,7 +65,7 @@ class ModelRunner:
             return torch.tensor(values, dtype=torch.long, device=dev)
 
         decode_slots = None
-        decode_mask = None
+        decode_bias = None
         span = decode_len = 0
         contiguous = True
         if num_decode:
@@ -76,16 +76,26 @@ class ModelRunner:
             # lengths per slot in the span; slots not decoding see position 0 only
             lengths = torch.ones(span, dtype=torch.long)
             lengths[torch.tensor(dslots)] = torch.tensor(positions[:num_decode]) + 1
-            decode_mask = (torch.arange(decode_len) < lengths[:, None]).view(
-                span, 1, 1, decode_len).to(dev)
+            visible = torch.arange(decode_len) < lengths[:, None]
+            decode_bias = torch.zeros(span, 1, 1, decode_len, dtype=self.model.dtype)
+            decode_bias.masked_fill_(~visible.view(span, 1, 1, decode_len), float("-inf"))
+            decode_bias = decode_bias.to(dev)
             decode_slots = as_tensor(dslots)
         step = StepInputs(
-            tokens=as_tensor(tokens), positions=as_tensor(positions), slots=as_tensor(slots),
+            tokens=as_tensor(tokens), positions=as_tensor(positions),
+            cache_rows=self._cache_rows(slots, positions).to(dev),
             num_decode=num_decode, decode_slots=decode_slots, decode_span=span,
-            decode_contiguous=contiguous, decode_mask=decode_mask, decode_len=decode_len,
+            decode_contiguous=contiguous, decode_bias=decode_bias, decode_len=decode_len,
             prefill=segments, logits_rows=as_tensor(rows),
         )
         return step, wanted
+
+    def _cache_rows(self, slots: list[int], positions: list[int]) -> torch.Tensor:
+        """Row of each (token, KV head) in the cache viewed as ``[S * K * L, E]``."""
+        heads, length = self.model.config.num_kv_heads, self.cache.length
+        slot_t = torch.tensor(slots, dtype=torch.long)[:, None]
+        pos_t = torch.tensor(positions, dtype=torch.long)[:, None]
+        return ((slot_t * heads + torch.arange(heads)) * length + pos_t).reshape(-1)
 
     def _prefill_mask(self, start: int, n: int) -> torch.Tensor | None:
         """Causal mask aligned to the bottom right: query i sees cache positions <= start + i."""

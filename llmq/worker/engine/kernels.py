@@ -1,0 +1,46 @@
+"""Matmul kernels for the linear layers.
+
+On this class of CPU, PyTorch's default fp32 GEMM (MKL) runs at 140-200 GFLOP/s at our shapes,
+while oneDNN's JIT kernels on a weight pre-packed into their blocked layout run at 400-500
+with the same fp32 arithmetic (measured in bench/kernels.py). So CPU fp32 linears pack their
+weight once and call oneDNN; every other device or dtype uses ``F.linear``."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_PACK_BATCH_HINT = 64  # oneDNN picks its blocking for this many rows; any row count works
+
+
+def onednn_available() -> bool:
+    return bool(torch.backends.mkldnn.is_available()) and hasattr(
+        torch.ops.mkldnn, "_linear_pointwise"
+    )
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` without bias that can pre-pack its weight for oneDNN."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+        self._packed: torch.Tensor | None = None
+
+    def pack(self) -> None:
+        w = self.weight
+        if w.device.type == "cpu" and w.dtype == torch.float32 and onednn_available():
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), _PACK_BATCH_HINT)
+        else:
+            self._packed = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed, None, "none", [], "")
+        return F.linear(x, self.weight)
+
+
+def pack_linears(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, Linear):
+            m.pack()
