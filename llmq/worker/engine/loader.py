@@ -70,6 +70,16 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     raise ValueError(f"{path}: expected a .gguf file or a folder with config.json")
 
 
+def load_tokenizer(path: str | Path) -> TextTokenizer:
+    """Only the tokenizer of a checkpoint: for chunking and counting without loading weights."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_hf_folder(path, weights=False).tokenizer
+    from gguf import GGUFReader
+
+    return TextTokenizer.from_gguf_fields(_gguf_fields(GGUFReader(str(path))))
+
+
 # --- GGUF -------------------------------------------------------------------------------------
 
 _GGUF_LAYER_NAMES = {
@@ -179,7 +189,7 @@ def _load_gguf(path: Path) -> Checkpoint:
 # --- Hugging Face folders -----------------------------------------------------------------------
 
 
-def _load_hf_folder(path: Path) -> Checkpoint:
+def _load_hf_folder(path: Path, weights: bool = True) -> Checkpoint:
     from safetensors.torch import load_file
 
     cfg_file = path / "config.json"
@@ -194,11 +204,11 @@ def _load_hf_folder(path: Path) -> Checkpoint:
     config = ModelConfig.from_hf(raw)
     config.validate()
     files = sorted(path.glob("*.safetensors"))
-    if not files:
+    if weights and not files:
         raise ValueError(f"{path}: no *.safetensors files")
-    weights: dict[str, torch.Tensor] = {}
-    for f in files:
-        weights.update({k: v.float() for k, v in load_file(str(f)).items()})
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files if weights else ():
+        tensors.update({k: v.float() for k, v in load_file(str(f)).items()})
     tok_cfg_file = path / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_file.read_text()) if tok_cfg_file.is_file() else {}
     template_file = path / "chat_template.jinja"
@@ -207,4 +217,4 @@ def _load_hf_folder(path: Path) -> Checkpoint:
     tokenizer = TextTokenizer.from_hf_files(
         str(path / "tokenizer.json"), tok_cfg, config.eos_token_ids, config.bos_token_id
     )
-    return Checkpoint(config, weights, tokenizer, str(path))
+    return Checkpoint(config, tensors, tokenizer, str(path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,19 +51,29 @@ class StepInputs:
 
 class KVCache(nn.Module):
     """Keys and values of every layer and slot, allocated once: ``[layers, 2, S, K, L, E]``.
-    Pages the step never touches are never written, so the OS commits only what is used."""
+
+    It must start as zeros: decode attention reads every slot up to the longest one and masks
+    the rest, and a masked NaN left in never-written memory would still poison the product.
+    On CPU the zeros come from calloc (via numpy), which maps zero pages lazily, so the OS
+    commits only the pages that steps write, however large the cache."""
 
     def __init__(self, config: ModelConfig, slots: int, length: int, dtype: torch.dtype,
                  device: torch.device) -> None:
         super().__init__()
         shape = (config.num_layers, 2, slots, config.num_kv_heads, length, config.head_dim)
-        self.register_buffer("kv", torch.empty(shape, dtype=dtype, device=device),
-                             persistent=False)
+        self.register_buffer("kv", _zeros_lazily(shape, dtype, device), persistent=False)
         self.slots = slots
         self.length = length
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.kv[index, 0], self.kv[index, 1]
+
+
+def _zeros_lazily(shape: tuple[int, ...], dtype: torch.dtype,
+                  device: torch.device) -> torch.Tensor:
+    if device.type == "cpu" and dtype == torch.float32:
+        return torch.from_numpy(np.zeros(shape, dtype=np.float32))
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:

@@ -1,0 +1,82 @@
+"""Request-level behaviour of the engine on the tiny model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from llmq.worker.engine import Engine, GenerationRequest, SamplingParams
+
+from .conftest import Tiny, hf_greedy
+
+
+def _sampled(seed: int, n: int = 12) -> GenerationRequest:
+    return GenerationRequest(prompt="The weather today is",
+                             params=SamplingParams(max_tokens=n, temperature=1.0, top_p=0.9,
+                                                   top_k=50, seed=seed, ignore_eos=True))
+
+
+def test_seeded_sampling_does_not_depend_on_batch_neighbours(tiny_engine: Engine) -> None:
+    alone = tiny_engine.generate([_sampled(42)])[0]
+    crowd = tiny_engine.generate([_sampled(1), _sampled(42), _sampled(2), _sampled(3)])
+    assert crowd[1].token_ids == alone.token_ids
+    assert len({tuple(r.token_ids) for r in crowd}) > 1  # different seeds, different text
+
+
+def test_top_k_one_is_greedy(tiny: Tiny, tiny_engine: Engine) -> None:
+    req = GenerationRequest(prompt="A B C", params=SamplingParams(
+        max_tokens=6, temperature=0.7, top_k=1, seed=3, ignore_eos=True))
+    result = tiny_engine.generate([req])[0]
+    assert result.token_ids == hf_greedy(tiny.hf, tiny.tokenizer.encode("A B C"), 6)
+
+
+def test_prompt_too_long_fails_alone(tiny_engine: Engine) -> None:
+    too_long = GenerationRequest(prompt="word " * 300, params=SamplingParams(max_tokens=4))
+    fine = GenerationRequest(prompt="hello", params=SamplingParams(max_tokens=4,
+                                                                   ignore_eos=True))
+    bad, good = tiny_engine.generate([too_long, fine])
+    assert bad.finish_reason == "error"
+    assert bad.error is not None and "exceeds the context of 256 tokens" in bad.error
+    assert good.finish_reason == "length" and good.completion_tokens == 4
+
+
+def test_stop_string_cuts_the_text(tiny_engine: Engine) -> None:
+    free = tiny_engine.generate([GenerationRequest(
+        prompt="x", params=SamplingParams(max_tokens=10, ignore_eos=True))])[0]
+    assert len(free.text) > 4
+    stop = free.text[2:4]
+    cut = tiny_engine.generate([GenerationRequest(
+        prompt="x", params=SamplingParams(max_tokens=10, ignore_eos=True, stop=(stop,)))])[0]
+    assert cut.finish_reason == "stop"
+    assert cut.text == free.text[: free.text.index(stop)]
+
+
+def test_eos_ends_a_request_unless_ignored(tiny: Tiny, tiny_engine: Engine) -> None:
+    ids = tiny.tokenizer.encode("x")
+    first = hf_greedy(tiny.hf, ids, 1)[0]
+    tiny_engine.eos_ids = frozenset({first})
+    stopped, ignored = tiny_engine.generate([
+        GenerationRequest(prompt="x", params=SamplingParams(max_tokens=5)),
+        GenerationRequest(prompt="x", params=SamplingParams(max_tokens=5, ignore_eos=True)),
+    ])
+    assert stopped.finish_reason == "stop" and stopped.text == ""
+    assert ignored.finish_reason == "length" and ignored.completion_tokens == 5
+
+
+def test_requests_join_a_running_batch_and_cancel_stops_one(tiny_engine: Engine) -> None:
+    long_params = SamplingParams(max_tokens=200, ignore_eos=True)
+    running = tiny_engine.submit(GenerationRequest(prompt="go", params=long_params,
+                                                   request_id="long"))
+    seen = threading.Event()
+    late = tiny_engine.submit(
+        GenerationRequest(prompt="late", params=SamplingParams(max_tokens=3, ignore_eos=True)),
+        on_token=lambda text, token: seen.set())
+    assert late.result(timeout=60).completion_tokens == 3
+    assert seen.is_set()
+    assert not running.done()  # the short request finished while the long one ran
+    tiny_engine.cancel("long")
+    result = running.result(timeout=60)
+    assert result.finish_reason == "cancelled" and 0 < result.completion_tokens < 200
+    timing = result.timing
+    assert timing.submitted_at <= timing.started_at <= timing.first_token_at
+    assert timing.first_token_at <= timing.finished_at <= time.time()

@@ -1,0 +1,105 @@
+"""Our decoder against transformers' Llama on the same weights."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+from llmq.worker.engine.loader import load_checkpoint, unpermute_rope_rows
+from llmq.worker.engine.model import LlamaModel
+from llmq.worker.engine.runner import ModelRunner
+from llmq.worker.engine.scheduler import PrefillWork, Sequence, StepPlan
+
+from .conftest import Tiny, hf_greedy
+from .tiny import llama_cpp_permute, write_hf_folder
+
+PROMPTS = [
+    "The river flows",
+    "Summarize in two sentences: the mountain is tall and the valley is deep.",
+    "1, 2, 3,",
+    "Once upon a time in a land far away, there lived a",
+]
+
+
+def test_unpermute_inverts_llama_cpp_permutation() -> None:
+    w = torch.randn(48, 7)
+    permuted = torch.from_numpy(llama_cpp_permute(w.numpy(), 3))
+    assert not torch.equal(permuted, w)
+    assert torch.equal(unpermute_rope_rows(permuted, 3), w)
+
+
+def test_gguf_loads_the_weights_that_were_written(tiny: Tiny) -> None:
+    ckpt = load_checkpoint(tiny.gguf)
+    # GGUF stores the epsilon as float32
+    assert ckpt.config.rms_norm_eps == pytest.approx(tiny.config.rms_norm_eps, rel=1e-6)
+    assert replace(ckpt.config, rms_norm_eps=tiny.config.rms_norm_eps) == tiny.config
+    for name, tensor in tiny.weights.items():
+        torch.testing.assert_close(ckpt.weights[name], tensor, rtol=0, atol=0, msg=name)
+
+
+def test_safetensors_folder_loads_the_same_model(tiny: Tiny, tmp_path) -> None:
+    folder = write_hf_folder(tmp_path / "hf", tiny.config, tiny.weights, tiny.tokenizer)
+    ckpt = load_checkpoint(folder)
+    assert ckpt.config.num_layers == tiny.config.num_layers
+    assert ckpt.tokenizer.encode("hello world") == tiny.tokenizer.encode("hello world")
+    for name, tensor in tiny.weights.items():
+        assert torch.equal(ckpt.weights[name], tensor), name
+
+
+def _our_logits(model: LlamaModel, prompt: list[int], chunk: int) -> torch.Tensor:
+    """Logits of every prompt position, prefilled in chunks of ``chunk`` tokens."""
+    runner = ModelRunner(model, 2, 256)
+    seq = Sequence("x", prompt, 1, slot=1)
+    rows = []
+    for start in range(0, len(prompt), chunk):
+        part = prompt[start:start + chunk]
+        plan = StepPlan(prefill=[PrefillWork(seq, start, part, False)])
+        step, _ = runner._build_inputs(plan)
+        step.logits_rows = torch.arange(len(part))
+        rows.append(model(step, runner.cache))
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("chunk", [1000, 5])
+def test_logits_match_transformers(tiny: Tiny, chunk: int) -> None:
+    ckpt = load_checkpoint(tiny.gguf)
+    model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)
+    prompt = tiny.tokenizer.encode(PROMPTS[1])
+    ours = _our_logits(model, prompt, chunk)
+    with torch.no_grad():
+        ref = tiny.hf(torch.tensor([prompt])).logits[0]
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_batched_greedy_tokens_match_transformers(tiny: Tiny) -> None:
+    """Four prompts of different lengths in one continuous batch, against batch-1 HF."""
+    engine = Engine.load(tiny.gguf, EngineConfig(num_slots=3, slot_length=128,
+                                                 max_step_tokens=16))
+    try:
+        params = SamplingParams(max_tokens=12, ignore_eos=True)
+        results = engine.generate(GenerationRequest(prompt=p, params=params) for p in PROMPTS)
+    finally:
+        engine.close()
+    for prompt, result in zip(PROMPTS, results, strict=True):
+        ids = tiny.tokenizer.encode(prompt)
+        assert result.finish_reason == "length"
+        assert result.token_ids == hf_greedy(tiny.hf, ids, 12), prompt
+
+
+def test_shared_chat_prefix_is_computed_once_and_gives_the_same_tokens(tiny: Tiny) -> None:
+    engine = Engine.load(tiny.gguf, EngineConfig(num_slots=4, slot_length=128,
+                                                 max_step_tokens=256))
+    chats = [[{"role": "user", "content": p}] for p in PROMPTS]
+    try:
+        params = SamplingParams(max_tokens=8, ignore_eos=True)
+        results = engine.generate(GenerationRequest(messages=m, params=params) for m in chats)
+        kept = len(engine.scheduler.prefixes)
+    finally:
+        engine.close()
+    assert kept == 1  # the default system prompt, shared by all four
+    for chat, result in zip(chats, results, strict=True):
+        ids = tiny.tokenizer.encode_chat(chat)
+        assert result.token_ids == hf_greedy(tiny.hf, ids, 8)

@@ -1,0 +1,110 @@
+"""The scheduler alone: plain dataclasses, no model."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from llmq.worker.engine import scheduler as sched
+from llmq.worker.engine.scheduler import Scheduler, SchedulerConfig, Sequence
+
+
+def make(n_slots: int = 2, budget: int = 100, prefix: int = 0, length: int = 64) -> Scheduler:
+    return Scheduler(SchedulerConfig(num_slots=n_slots, slot_length=length,
+                                     max_step_tokens=budget, prefix_cache_entries=prefix,
+                                     min_prefix_tokens=4))
+
+
+def run_step(s: Scheduler, token: int = 7) -> sched.StepPlan:
+    """Plans a step and feeds back one token for every sequence that gets one."""
+    plan = s.schedule()
+    sampled = {id(d.seq): token for d in plan.decode}
+    sampled.update({id(p.seq): token for p in plan.prefill if p.completes_prompt})
+    s.update(plan, sampled)
+    return plan
+
+
+def test_scheduler_module_imports_no_torch() -> None:
+    tree = ast.parse(Path(sched.__file__).read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
+             for a in n.names}
+    names |= {(n.module or "").split(".")[0] for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom)}
+    assert "torch" not in names
+
+
+def test_slots_fill_then_free_slot_is_refilled_next_step() -> None:
+    s = make(n_slots=2)
+    seqs = [Sequence(f"r{i}", [1, 2, 3], max_tokens=5) for i in range(3)]
+    for q in seqs:
+        s.add(q)
+    plan = run_step(s)
+    assert [p.seq for p in plan.prefill] == seqs[:2]  # two slots, third waits
+    assert {q.slot for q in seqs[:2]} == {0, 1} and seqs[2].slot == -1
+    plan = run_step(s)
+    assert [d.seq for d in plan.decode] == seqs[:2] and not plan.prefill
+    assert plan.decode[0].position == 3  # the first generated token sits after the prompt
+    s.finish(seqs[0])
+    plan = run_step(s)
+    assert [d.seq for d in plan.decode] == [seqs[1]]
+    assert [p.seq for p in plan.prefill] == [seqs[2]]
+    assert seqs[2].slot == 0  # the freed slot, at once
+
+
+def test_long_prompt_is_chunked_within_the_step_budget() -> None:
+    s = make(n_slots=2, budget=4)
+    long_seq = Sequence("long", list(range(10)), max_tokens=2)
+    s.add(long_seq)
+    chunks = []
+    while long_seq.prefilling:
+        plan = run_step(s)
+        assert plan.num_tokens <= 4
+        chunks.append((plan.prefill[0].start, len(plan.prefill[0].tokens),
+                       plan.prefill[0].completes_prompt))
+    assert chunks == [(0, 4, False), (4, 4, False), (8, 2, True)]
+    assert long_seq.output == [7]
+
+
+def test_decodes_come_before_new_prefill_in_the_budget() -> None:
+    s = make(n_slots=3, budget=5)
+    first = Sequence("a", [1, 2], max_tokens=5)
+    s.add(first)
+    run_step(s)
+    s.add(Sequence("b", list(range(20)), max_tokens=5))
+    plan = s.schedule()
+    assert len(plan.decode) == 1 and len(plan.prefill[0].tokens) == 4
+
+
+def test_request_that_cannot_fit_is_refused() -> None:
+    s = make(length=16)
+    assert s.check_fits(10, 6) is None
+    reason = s.check_fits(10, 7)
+    assert reason is not None and "exceeds the context of 16" in reason
+    with pytest.raises(ValueError):
+        s.add(Sequence("x", list(range(10)), max_tokens=7))
+
+
+def test_shared_prefix_is_computed_once_then_copied() -> None:
+    s = make(n_slots=4, prefix=4)
+    system = [9, 9, 9, 9, 9, 9]
+    seqs = [Sequence(f"r{i}", [*system, 10 + i, 20 + i], max_tokens=3) for i in range(3)]
+    for q in seqs:
+        s.add(q)
+    plan = run_step(s)
+    # the first sequence computes exactly the shared prefix and keeps it; peers wait a step
+    assert [(p.seq, p.start, len(p.tokens)) for p in plan.prefill] == [(seqs[0], 0, 6)]
+    assert [k.key for k in plan.prefix_saves] == [tuple(system)]
+    plan = run_step(s)
+    assert {c.slot for c in plan.prefix_copies} == {seqs[1].slot, seqs[2].slot}
+    assert sorted((p.start, len(p.tokens)) for p in plan.prefill) == [(6, 2)] * 3
+    assert not plan.prefix_saves
+
+
+def test_prefix_cache_evicts_least_recently_used() -> None:
+    index = sched.PrefixIndex(capacity=2)
+    assert index.add((1, 2)) == [] and index.add((3, 4)) == []
+    assert index.longest_match([1, 2, 5]) == (1, 2)  # touches (1, 2)
+    assert index.add((5, 6)) == [(3, 4)]
+    assert index.longest_match([1, 2]) is None  # must leave a token to compute
