@@ -1,0 +1,78 @@
+"""One measured configuration of bench/engine.py, in its own process (JSON in, JSON out)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import torch
+
+from bench.common import peak_rss_mb, workload
+
+
+def run_llmq(args: dict) -> dict:
+    from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+
+    engine = Engine.load(args.get("model", "smollm2-135m"), EngineConfig(
+        num_slots=args["slots"], slot_length=512, max_step_tokens=args.get("step_tokens", 4096),
+        prefix_cache_entries=args.get("prefix_entries", 16)))
+    prompts = workload(args.get("limit"))
+    params = SamplingParams(max_tokens=args["new_tokens"], ignore_eos=True)
+
+    def requests() -> list:
+        return [GenerationRequest(messages=p["messages"], params=params) for p in prompts]
+
+    engine.generate(requests()[:2])  # warm-up: first-call allocations and kernel selection
+    start = time.perf_counter()
+    results = engine.generate(requests())
+    seconds = time.perf_counter() - start
+    engine.close()
+    generated = sum(r.completion_tokens for r in results)
+    return {"tokens": generated, "seconds": seconds, "tok_s": generated / seconds,
+            "peak_rss_mb": peak_rss_mb(), "outputs": [r.token_ids for r in results]}
+
+
+def run_transformers(args: dict) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmq.worker.engine.loader import builtin_model_path
+
+    path = builtin_model_path("smollm2-135m")
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                 dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok.padding_side = "left"
+    prompts = workload(args.get("limit"))
+    batch = args["slots"]
+    n = args["new_tokens"]
+    texts = [tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+
+    def generate(chunk: list[str]) -> list[list[int]]:
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        return out[:, enc["input_ids"].shape[1]:].tolist()
+
+    generate(texts[:2])
+    start = time.perf_counter()
+    outputs: list[list[int]] = []
+    for i in range(0, len(texts), batch):
+        outputs += generate(texts[i:i + batch])
+    seconds = time.perf_counter() - start
+    generated = sum(len(o) for o in outputs)
+    return {"tokens": generated, "seconds": seconds, "tok_s": generated / seconds,
+            "peak_rss_mb": peak_rss_mb(), "outputs": outputs}
+
+
+def main() -> None:
+    args = json.loads(sys.stdin.read())
+    torch.set_num_threads(args.get("threads", 2))
+    result = run_llmq(args) if args["engine"] == "llmq" else run_transformers(args)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
