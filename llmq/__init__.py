@@ -1,0 +1,1 @@
+"""llmq: batch inference for language models."""

@@ -4,8 +4,16 @@ and the real SmolLM2 tokenizer; tests marked slow load the real SmolLM2 weights.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+import torch
+
+from llmq.worker.engine.config import ModelConfig
+from llmq.worker.engine.tokenizer import TextTokenizer
+
+from .engine.tiny import hf_model, random_weights, smollm2_tokenizer, tiny_config, write_gguf
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -14,3 +22,21 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("LLMQ_TEST_THREADS", "2")))
+
+
+@dataclass
+class Tiny:
+    tokenizer: TextTokenizer
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]
+    gguf: Path
+    hf: torch.nn.Module
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    tok = smollm2_tokenizer()
+    cfg = tiny_config(tok)
+    weights = random_weights(cfg)
+    path = write_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", cfg, weights)
+    return Tiny(tok, cfg, weights, path, hf_model(cfg, weights))

@@ -1,35 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
 from llmq.worker.engine import Engine, EngineConfig
-from llmq.worker.engine.config import ModelConfig
-from llmq.worker.engine.tokenizer import TextTokenizer
-
-from .tiny import hf_model, random_weights, smollm2_tokenizer, tiny_config, write_gguf
-
-
-@dataclass
-class Tiny:
-    tokenizer: TextTokenizer
-    config: ModelConfig
-    weights: dict[str, torch.Tensor]
-    gguf: Path
-    hf: torch.nn.Module
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    tok = smollm2_tokenizer()
-    cfg = tiny_config(tok)
-    weights = random_weights(cfg)
-    path = write_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", cfg, weights)
-    return Tiny(tok, cfg, weights, path, hf_model(cfg, weights))
+from tests.conftest import Tiny
 
 
 @pytest.fixture

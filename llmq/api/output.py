@@ -1,0 +1,58 @@
+"""How results leave llmq: our JSON lines, or OpenAI batch output lines."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from llmq.db.models import Request, Result
+
+
+def result_line(req: Request, res: Result | None) -> dict[str, Any]:
+    timing: dict[str, Any] = {}
+    usage = {"prompt_tokens": None, "completion_tokens": None}
+    if res is not None:
+        usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens}
+        timing = {
+            "queue_ms": res.queue_ms, "prefill_ms": res.prefill_ms,
+            "decode_ms": res.decode_ms, "total_ms": res.total_ms,
+            "engine_batch_size": res.engine_batch_size, "device": res.device,
+            "worker": f"{res.worker_host}:{res.worker_pid}", "model": res.model,
+        }
+    return {
+        "custom_id": req.custom_id,
+        "status": req.state,
+        "text": res.text if res is not None else None,
+        "finish_reason": res.finish_reason if res is not None else None,
+        "usage": usage,
+        "error": req.last_error,
+        "timing": timing,
+    }
+
+
+def openai_line(req: Request, res: Result | None) -> dict[str, Any]:
+    """One line of an OpenAI batch output file."""
+    if res is None:
+        return {"id": f"batch_req_{req.id}", "custom_id": req.custom_id, "response": None,
+                "error": {"code": req.state, "message": req.last_error or req.state}}
+    usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
+             "total_tokens": res.prompt_tokens + res.completion_tokens}
+    created = int(res.created_at.timestamp()) if res.created_at else int(time.time())
+    if req.kind == "chat":
+        body: dict[str, Any] = {
+            "id": f"chatcmpl-{req.id}", "object": "chat.completion", "created": created,
+            "model": res.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
+                         "finish_reason": res.finish_reason}],
+            "usage": usage,
+        }
+    else:
+        body = {
+            "id": f"cmpl-{req.id}", "object": "text_completion", "created": created,
+            "model": res.model,
+            "choices": [{"index": 0, "text": res.text, "finish_reason": res.finish_reason}],
+            "usage": usage,
+        }
+    return {"id": f"batch_req_{req.id}", "custom_id": req.custom_id,
+            "response": {"status_code": 200, "request_id": str(req.id), "body": body},
+            "error": None}

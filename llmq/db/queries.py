@@ -1,0 +1,283 @@
+"""The queries the CLI, the workers and the embedded runner share. Every state change is a
+conditional UPDATE, so two workers holding the same request can never both win."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from .models import FINAL_STATES, Batch, Request, RequestState, Result, utcnow
+
+COUNT_KEYS = ("total", "queued", "running", "succeeded", "failed", "cancelled")
+_INSERT_CHUNK = 2000
+
+
+def new_batch_id() -> str:
+    return "batch_" + uuid.uuid4().hex[:20]
+
+
+@dataclass
+class NewRequest:
+    custom_id: str
+    kind: str
+    input: dict[str, Any]
+    params: dict[str, Any]
+    line: int | None = None
+    error: str | None = None  # set: the request is stored as failed with this error
+
+
+def create_batch(session: Session, *, requests: Sequence[NewRequest], model: str,
+                 device: str = "any", priority: str = "normal", name: str | None = None,
+                 source_file: str | None = None,
+                 meta: dict[str, Any] | None = None) -> tuple[str, list[int]]:
+    """Writes the batch and all its requests; returns the batch id and the ids of the
+    requests to run, in input order."""
+    batch_id = new_batch_id()
+    now = utcnow()
+    session.add(Batch(id=batch_id, name=name, model=model, device=device, priority=priority,
+                      source_file=source_file, meta=meta or {}, created_at=now))
+    session.flush()
+    rows = [{
+        "batch_id": batch_id, "custom_id": r.custom_id, "line": r.line, "model": model,
+        "input": r.input, "params": r.params, "kind": r.kind,
+        "state": RequestState.FAILED if r.error else RequestState.QUEUED,
+        "attempts": 0, "last_error": r.error, "created_at": now,
+        "finished_at": now if r.error else None,
+    } for r in requests]
+    ids: list[int] = []
+    stmt = insert(Request).returning(Request.id, Request.state, sort_by_parameter_order=True)
+    for start in range(0, len(rows), _INSERT_CHUNK):
+        chunk = rows[start:start + _INSERT_CHUNK]
+        ids += [rid for rid, state in session.execute(stmt, chunk)
+                if state == RequestState.QUEUED]
+    return batch_id, ids
+
+
+def mark_enqueued(session: Session, ids: Sequence[int]) -> None:
+    now = utcnow()
+    for start in range(0, len(ids), _INSERT_CHUNK):
+        session.execute(update(Request)
+                        .where(Request.id.in_(ids[start:start + _INSERT_CHUNK]))
+                        .values(enqueued_at=now))
+
+
+@dataclass
+class Claimed:
+    id: int
+    batch_id: str
+    custom_id: str
+    model: str
+    kind: str
+    input: dict[str, Any]
+    params: dict[str, Any]
+    created_at: datetime
+    attempts: int
+
+
+def claim(session: Session, ids: Sequence[int], worker: str,
+          max_attempts: int) -> list[Claimed]:
+    out: list[Claimed] = []
+    for start in range(0, len(ids), _INSERT_CHUNK):
+        out += _claim(session, ids[start:start + _INSERT_CHUNK], worker, max_attempts)
+    return out
+
+
+def _claim(session: Session, ids: Sequence[int], worker: str,
+           max_attempts: int) -> list[Claimed]:
+    """Takes the requests among ``ids`` that still need running. One found ``running`` was
+    held by a worker that died (or its message outlived the visibility timeout): it is taken
+    again while it has attempts left, and failed once it has used them all."""
+    now = utcnow()
+    session.execute(
+        update(Request)
+        .where(Request.id.in_(ids), Request.state == RequestState.RUNNING,
+               Request.attempts >= max_attempts)
+        .values(state=RequestState.FAILED, finished_at=now,
+                last_error=f"gave up after {max_attempts} attempts: the worker running this "
+                           "request stopped each time before finishing it")
+    )
+    taken = session.execute(
+        update(Request)
+        .where(Request.id.in_(ids),
+               Request.state.in_([RequestState.QUEUED, RequestState.RUNNING]),
+               Request.attempts < max_attempts)
+        .values(state=RequestState.RUNNING, attempts=Request.attempts + 1, worker=worker,
+                started_at=None, first_token_at=None)
+        .returning(Request.id)
+    ).scalars().all()
+    if not taken:
+        return []
+    rows = session.execute(select(Request).where(Request.id.in_(taken))
+                           .order_by(Request.id)).scalars().all()
+    return [Claimed(r.id, r.batch_id, r.custom_id, r.model, r.kind, r.input, r.params,
+                    r.created_at, r.attempts) for r in rows]
+
+
+def _insert_ignore(session: Session) -> Any:
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Result)
+
+
+def record_success(session: Session, request_id: int, *, result: dict[str, Any],
+                   started_at: datetime, first_token_at: datetime,
+                   finished_at: datetime) -> bool:
+    """Stores the request's one result. False (and nothing written) when the request is no
+    longer running here: cancelled meanwhile, or already finished by another delivery."""
+    moved = session.execute(
+        update(Request)
+        .where(Request.id == request_id, Request.state == RequestState.RUNNING)
+        .values(state=RequestState.SUCCEEDED, started_at=started_at,
+                first_token_at=first_token_at, finished_at=finished_at, last_error=None)
+    ).rowcount
+    if not moved:
+        return False
+    stmt = _insert_ignore(session).values(request_id=request_id, **result)
+    session.execute(stmt.on_conflict_do_nothing(index_elements=["request_id"]))
+    return True
+
+
+def record_failure(session: Session, request_id: int, error: str) -> bool:
+    return bool(session.execute(
+        update(Request)
+        .where(Request.id == request_id, Request.state == RequestState.RUNNING)
+        .values(state=RequestState.FAILED, last_error=error, finished_at=utcnow())
+    ).rowcount)
+
+
+def release(session: Session, ids: Sequence[int]) -> None:
+    """Gives claimed requests back to the queue (a worker shutting down cleanly)."""
+    session.execute(update(Request)
+                    .where(Request.id.in_(ids), Request.state == RequestState.RUNNING)
+                    .values(state=RequestState.QUEUED, attempts=Request.attempts - 1))
+
+
+def cancelled_among(session: Session, ids: Iterable[int]) -> set[int]:
+    ids = list(ids)
+    if not ids:
+        return set()
+    return set(session.execute(select(Request.id).where(
+        Request.id.in_(ids), Request.state == RequestState.CANCELLED)).scalars())
+
+
+# --- batches ------------------------------------------------------------------------------
+
+def batch_counts(session: Session, batch_id: str) -> dict[str, int]:
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    for state, n in session.execute(select(Request.state, func.count())
+                                    .where(Request.batch_id == batch_id)
+                                    .group_by(Request.state)):
+        counts[state] = n
+        counts["total"] += n
+    return counts
+
+
+def batch_state(counts: dict[str, int], cancelled: bool) -> str:
+    if counts["queued"] or counts["running"]:
+        if counts["running"] or counts["total"] > counts["queued"]:
+            return "running"
+        return "queued"
+    return "cancelled" if cancelled else "completed"
+
+
+def get_batch(session: Session, batch_id: str) -> Batch | None:
+    return session.get(Batch, batch_id)
+
+
+def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
+    counts = batch_counts(session, batch.id)
+    started, finished, tokens = session.execute(
+        select(func.min(Request.started_at), func.max(Request.finished_at),
+               func.coalesce(func.sum(Result.completion_tokens), 0))
+        .select_from(Request).outerjoin(Result, Result.request_id == Request.id)
+        .where(Request.batch_id == batch.id)).one()
+    state = batch_state(counts, batch.cancelled_at is not None)
+    return {
+        "id": batch.id, "name": batch.name, "state": state, "counts": counts,
+        "model": batch.model, "device": batch.device, "priority": batch.priority,
+        "created_at": _iso(batch.created_at), "started_at": _iso(started),
+        "finished_at": _iso(finished) if state in ("completed", "cancelled") else None,
+        "completion_tokens": int(tokens or 0), "source_file": batch.source_file,
+    }
+
+
+def list_batches(session: Session, limit: int = 20) -> list[Batch]:
+    return list(session.execute(select(Batch).order_by(Batch.created_at.desc()).limit(limit))
+                .scalars())
+
+
+def cancel_batch(session: Session, batch_id: str) -> int:
+    """Cancels what has not finished: queued requests never start, running ones leave the
+    engine at its next step (their worker polls for this)."""
+    now = utcnow()
+    session.execute(update(Batch).where(Batch.id == batch_id).values(cancelled_at=now))
+    return session.execute(
+        update(Request)
+        .where(Request.batch_id == batch_id,
+               Request.state.in_([RequestState.QUEUED, RequestState.RUNNING]))
+        .values(state=RequestState.CANCELLED, finished_at=now)
+    ).rowcount
+
+
+def retry_batch(session: Session, batch_id: str, include_cancelled: bool = False) -> list[int]:
+    """Queues failed requests again (and cancelled ones if asked), plus queued requests whose
+    message was never sent; returns the ids to enqueue."""
+    states = [RequestState.FAILED] + ([RequestState.CANCELLED] if include_cancelled else [])
+    retry_ids = list(session.execute(
+        select(Request.id).where(
+            Request.batch_id == batch_id,
+            or_(Request.state.in_(states),
+                and_(Request.state == RequestState.QUEUED, Request.enqueued_at.is_(None))))
+        .order_by(Request.id)).scalars())
+    for start in range(0, len(retry_ids), _INSERT_CHUNK):
+        session.execute(update(Request)
+                        .where(Request.id.in_(retry_ids[start:start + _INSERT_CHUNK]))
+                        .values(state=RequestState.QUEUED, attempts=0, last_error=None,
+                                started_at=None, first_token_at=None, finished_at=None,
+                                enqueued_at=None))
+    if include_cancelled:
+        session.execute(update(Batch).where(Batch.id == batch_id).values(cancelled_at=None))
+    return retry_ids
+
+
+def result_rows(session: Session, batch_id: str,
+                chunk: int = 1000) -> Iterator[tuple[Request, Result | None]]:
+    """Every request of the batch with its result, in input order, streamed."""
+    last = 0
+    while True:
+        stmt: Select[tuple[Request, Result]] = (
+            select(Request, Result).outerjoin(Result, Result.request_id == Request.id)
+            .where(Request.batch_id == batch_id, Request.id > last)
+            .order_by(Request.id).limit(chunk))
+        rows = session.execute(stmt).all()
+        if not rows:
+            return
+        for req, res in rows:
+            yield req, res
+        last = rows[-1][0].id
+
+
+def timing_rows(session: Session, batch_id: str | None) -> list[tuple[Any, ...]]:
+    """(created, started, first token, finished, completion tokens) of succeeded requests."""
+    stmt = (select(Request.created_at, Request.started_at, Request.first_token_at,
+                   Request.finished_at, Result.completion_tokens, Result.queue_ms)
+            .join(Result, Result.request_id == Request.id))
+    if batch_id:
+        stmt = stmt.where(Request.batch_id == batch_id)
+    return [tuple(r) for r in session.execute(stmt)]
+
+
+def pending_ids(session: Session, batch_id: str) -> list[int]:
+    return list(session.execute(select(Request.id).where(
+        Request.batch_id == batch_id, Request.state.notin_(list(FINAL_STATES)))
+        .order_by(Request.id)).scalars())
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() + "Z" if value else None

@@ -1,0 +1,56 @@
+"""The one settings object: environment variables prefixed ``LLMQ_``, read once. Imports
+nothing of ours, so every layer may import it."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMQ_", extra="ignore")
+
+    # where things live
+    database_url: str = "sqlite:///llmq.db"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    model: str = Field("smollm2-135m", description="model variant used when a request names none")
+
+    # request defaults (a line of the input file overrides them)
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+
+    # engine
+    device: Literal["cpu", "gpu", "auto"] = "auto"
+    slots: int = Field(32, ge=1, description="sequences decoded together by one engine")
+    slot_length: int = Field(2048, ge=64, description="context per slot: prompt + output")
+    step_tokens: int = Field(2048, ge=16, description="tokens per forward pass")
+    threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+
+    # delivery
+    chunk_size: int = Field(16, ge=1, description="request ids per queue message")
+    concurrency: int | None = Field(None, ge=1, description="feeder threads per worker")
+    max_attempts: int = Field(3, ge=1, description="claims before a request is failed")
+    task_time_limit: int = Field(3600, ge=1, description="hard limit per message, seconds")
+    visibility_timeout: int = Field(
+        7200, ge=1, description="seconds before an unacknowledged message is redelivered")
+    cancel_poll_seconds: float = Field(1.0, gt=0)
+
+    # nightly pipeline
+    pipeline_cron: str = "0 2 * * *"
+
+    @model_validator(mode="after")
+    def _redelivery_after_time_limit(self) -> Settings:
+        # a message still running legitimately must never be handed to a second worker
+        if self.visibility_timeout <= self.task_time_limit:
+            raise ValueError(
+                f"LLMQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed "
+                f"LLMQ_TASK_TIME_LIMIT ({self.task_time_limit}s)")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

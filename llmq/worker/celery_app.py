@@ -1,0 +1,65 @@
+"""The Celery application: configuration only. No torch here; the CLI imports this module to
+enqueue by task name."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from celery import Celery
+from kombu import Queue
+
+from llmq.settings import Settings, get_settings
+
+TASK_RUN_REQUESTS = "llmq.run_requests"
+DEVICE_QUEUES = ("cpu", "gpu", "any")
+# The Redis transport serves lower numbers first.
+PRIORITIES = {"high": 0, "normal": 3, "low": 6}
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    s = settings or get_settings()
+    app = Celery("llmq", broker=s.broker_url, include=["llmq.worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,  # results live in the SQL database
+        result_backend=None,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        # enforced by prefork pools; the threads pool we run ignores these, so the feeder
+        # keeps its own deadline (llmq.worker.tasks)
+        task_time_limit=s.task_time_limit + 30,
+        task_soft_time_limit=s.task_time_limit,
+        broker_transport_options={
+            "visibility_timeout": s.visibility_timeout,
+            "priority_steps": sorted(PRIORITIES.values()),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            # sweep for messages of dead workers often enough to honour a short timeout
+            "unacked_restore_interval": max(1, min(10, s.visibility_timeout // 4)),
+            "unacked_restore_throttle": 1,
+        },
+        task_queues=[Queue(q) for q in DEVICE_QUEUES],
+        task_default_queue="any",
+        task_default_priority=PRIORITIES["normal"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app
+
+
+app = make_app()
+
+
+@lru_cache(maxsize=4)
+def _producer_app(broker_url: str) -> Celery:
+    return make_app(get_settings())
+
+
+def producer_app() -> Celery:
+    """An app for sending messages, following the current settings' broker (the module-level
+    ``app`` is fixed when the worker imports it)."""
+    return _producer_app(get_settings().broker_url)

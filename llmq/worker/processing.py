@@ -1,0 +1,138 @@
+"""Running stored requests through an engine: claim, submit, wait, write each result once.
+The Celery feeders and the embedded ``llmq run`` both call ``process_ids``, so a request is
+handled the same way wherever it runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from llmq.db import queries
+from llmq.db.queries import Claimed
+from llmq.worker.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerIdentity:
+    host: str
+    pid: int
+    device: str
+    model: str
+
+    @classmethod
+    def here(cls, device: str, model: str) -> WorkerIdentity:
+        return cls(socket.gethostname(), os.getpid(), device, model)
+
+    @property
+    def label(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+def to_generation_request(claimed: Claimed) -> GenerationRequest:
+    p = claimed.params
+    params = SamplingParams(
+        max_tokens=int(p.get("max_tokens", 256)),
+        temperature=float(p.get("temperature", 0.0)),
+        top_p=float(p.get("top_p", 1.0)),
+        top_k=int(p.get("top_k", 0)),
+        seed=p.get("seed"),
+        stop=tuple(p.get("stop") or ()),
+        ignore_eos=bool(p.get("ignore_eos", False)),
+    )
+    rid = str(claimed.id)
+    if claimed.kind == "chat":
+        return GenerationRequest(messages=claimed.input["messages"], params=params,
+                                 request_id=rid)
+    return GenerationRequest(prompt=claimed.input["prompt"], params=params, request_id=rid)
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+
+
+def _ms(a: datetime, b: datetime) -> float:
+    return round((b - a).total_seconds() * 1000.0, 3)
+
+
+def write_result(session: Session, claimed: Claimed, result: GenerationResult,
+                 ident: WorkerIdentity) -> str:
+    """Stores one outcome; returns the request's state as this worker left it."""
+    t = result.timing
+    if result.finish_reason == "cancelled":
+        return "cancelled"
+    if not result.ok:
+        queries.record_failure(session, claimed.id, result.error or result.finish_reason)
+        return "failed"
+    started = max(_utc(t.started_at or t.submitted_at), claimed.created_at)
+    first = max(_utc(t.first_token_at or t.finished_at or time.time()), started)
+    finished = max(_utc(t.finished_at or time.time()), first)
+    created = claimed.created_at
+    row = {
+        "text": result.text, "finish_reason": result.finish_reason,
+        "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+        "worker_host": ident.host, "worker_pid": ident.pid, "device": ident.device,
+        "model": ident.model, "engine_batch_size": t.batch_size,
+        "queue_ms": _ms(created, started), "prefill_ms": _ms(started, first),
+        "decode_ms": _ms(first, finished), "total_ms": _ms(created, finished),
+    }
+    ok = queries.record_success(session, claimed.id, result=row, started_at=started,
+                                first_token_at=first, finished_at=finished)
+    return "succeeded" if ok else "skipped"
+
+
+def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int],
+                ident: WorkerIdentity, *, max_attempts: int, cancel_poll: float = 1.0,
+                deadline: float | None = None,
+                on_result: Callable[[str, int], None] | None = None) -> dict[str, int]:
+    """Claims ``ids``, runs them on ``engine`` and writes their outcomes as each finishes.
+    Returns how many ended in each state. Requests cancelled in the database meanwhile are
+    cancelled in the engine within ``cancel_poll`` seconds."""
+    with sessions.begin() as session:
+        claimed = queries.claim(session, ids, ident.label, max_attempts)
+    outcome: dict[str, int] = {}
+    futures: dict[Future[GenerationResult], Claimed] = {}
+    for c in claimed:
+        if c.model != ident.model:
+            with sessions.begin() as session:
+                queries.record_failure(session, c.id, f"request wants model {c.model!r} but "
+                                                      f"reached a worker serving {ident.model!r}")
+            outcome["failed"] = outcome.get("failed", 0) + 1
+            continue
+        futures[engine.submit(to_generation_request(c))] = c
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, timeout=cancel_poll, return_when=FIRST_COMPLETED)
+        for fut in done:
+            c = futures[fut]
+            with sessions.begin() as session:
+                state = write_result(session, c, fut.result(), ident)
+            outcome[state] = outcome.get(state, 0) + 1
+            if on_result is not None:
+                on_result(state, fut.result().completion_tokens)
+        if pending:
+            _cancel_or_expire(sessions, engine, [futures[f] for f in pending], deadline)
+    return outcome
+
+
+def _cancel_or_expire(sessions: sessionmaker[Session], engine: Engine, running: list[Claimed],
+                      deadline: float | None) -> None:
+    if deadline is not None and time.time() > deadline:
+        with sessions.begin() as session:
+            for c in running:
+                queries.record_failure(session, c.id, "time limit exceeded")
+                engine.cancel(str(c.id))
+        return
+    with sessions.begin() as session:
+        cancelled = queries.cancelled_among(session, (c.id for c in running))
+    for rid in cancelled:
+        engine.cancel(str(rid))

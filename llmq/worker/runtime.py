@@ -1,0 +1,62 @@
+"""The one engine of a worker process, loaded before the first message is taken."""
+
+from __future__ import annotations
+
+import threading
+
+from llmq.settings import Settings
+from llmq.worker.engine import Engine, EngineConfig
+from llmq.worker.processing import WorkerIdentity
+
+_lock = threading.Lock()
+_engine: Engine | None = None
+_identity: WorkerIdentity | None = None
+
+
+def engine_device(device: str) -> str:
+    """The worker's ``cpu|gpu|auto`` in torch's words."""
+    return {"gpu": "cuda", "cpu": "cpu"}.get(device, "auto")
+
+
+def start(settings: Settings, model: str, device: str) -> tuple[Engine, WorkerIdentity]:
+    global _engine, _identity
+    with _lock:
+        if _engine is None:
+            engine = Engine.load(resolve_model(model), EngineConfig(
+                num_slots=settings.slots, slot_length=settings.slot_length,
+                max_step_tokens=settings.step_tokens, threads=settings.threads,
+                device=engine_device(device)))
+            actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
+            _engine, _identity = engine, WorkerIdentity.here(actual, model)
+        assert _identity is not None
+        return _engine, _identity
+
+
+def current() -> tuple[Engine, WorkerIdentity]:
+    if _engine is None or _identity is None:
+        raise RuntimeError("this worker has no engine loaded")
+    return _engine, _identity
+
+
+def resolve_model(name: str) -> str:
+    """A registered variant's artifact, a built-in model, or a path."""
+    from llmq.db.models import ModelVariant
+    from llmq.db.session import session_scope
+
+    try:
+        with session_scope() as session:
+            from sqlalchemy import select
+
+            path = session.execute(select(ModelVariant.artifact_path)
+                                   .where(ModelVariant.name == name)).scalar_one_or_none()
+    except Exception:  # no table yet: the built-in names still work
+        path = None
+    return path or name
+
+
+def shutdown() -> None:
+    global _engine, _identity
+    with _lock:
+        if _engine is not None:
+            _engine.close()
+        _engine = _identity = None

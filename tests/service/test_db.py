@@ -1,0 +1,107 @@
+"""The database layer on SQLite and PostgreSQL: schema, claims, idempotent results."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import func, select
+
+from llmq.db import queries
+from llmq.db.migrate import upgrade
+from llmq.db.models import Base, Request, Result
+from llmq.db.session import get_engine, session_scope
+
+
+def _batch(n: int = 3, failed_line: bool = False) -> tuple[str, list[int]]:
+    reqs = [queries.NewRequest(f"c{i}", "completion", {"prompt": f"p{i}"}, {"max_tokens": 4},
+                               line=i + 1) for i in range(n)]
+    if failed_line:
+        reqs.append(queries.NewRequest("bad", "invalid", {}, {}, line=n + 1,
+                                       error="line 4: invalid JSON"))
+    with session_scope() as s:
+        return queries.create_batch(s, requests=reqs, model="m")
+
+
+RESULT = {"text": "t", "finish_reason": "length", "prompt_tokens": 3, "completion_tokens": 4,
+          "worker_host": "h", "worker_pid": 1, "device": "cpu", "model": "m",
+          "engine_batch_size": 2.0, "queue_ms": 1.0, "prefill_ms": 2.0, "decode_ms": 3.0,
+          "total_ms": 6.0}
+
+
+def _succeed(rid: int) -> bool:
+    from llmq.db.models import utcnow
+
+    now = utcnow()
+    with session_scope() as s:
+        return queries.record_success(s, rid, result=RESULT, started_at=now,
+                                      first_token_at=now, finished_at=now)
+
+
+def test_migrations_match_the_models(llmq_env: dict[str, str]) -> None:
+    upgrade()
+    with get_engine().connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_batch_rows_counts_and_state(llmq_env: dict[str, str]) -> None:
+    upgrade()
+    batch_id, ids = _batch(3, failed_line=True)
+    assert len(ids) == 3  # the rejected line is stored failed, not queued
+    with session_scope() as s:
+        counts = queries.batch_counts(s, batch_id)
+        assert counts == {"total": 4, "queued": 3, "running": 0, "succeeded": 0, "failed": 1,
+                          "cancelled": 0}
+        assert queries.batch_state(counts, False) == "running"  # some already ended
+        claimed = queries.claim(s, ids[:2], "w1", max_attempts=3)
+    assert [c.custom_id for c in claimed] == ["c0", "c1"]
+    assert _succeed(ids[0]) and _succeed(ids[1])
+    with session_scope() as s:
+        queries.claim(s, ids[2:], "w1", max_attempts=3)
+        assert queries.record_failure(s, ids[2], "boom")
+        info = queries.batch_summary(s, queries.get_batch(s, batch_id))
+    assert info["state"] == "completed"
+    assert info["counts"]["succeeded"] == 2 and info["counts"]["failed"] == 2
+    assert info["completion_tokens"] == 8
+
+
+def test_a_result_is_written_once(llmq_env: dict[str, str]) -> None:
+    upgrade()
+    _, ids = _batch(1)
+    with session_scope() as s:
+        assert len(queries.claim(s, ids, "w1", 3)) == 1
+        assert queries.claim(s, ids, "w2", 3)  # redelivery while running: taken again
+    assert _succeed(ids[0])
+    assert not _succeed(ids[0])  # the second delivery's write is refused
+    with session_scope() as s:
+        assert queries.claim(s, ids, "w3", 3) == []  # finished: nothing to claim
+        assert s.scalar(select(func.count()).select_from(Result)) == 1
+        assert s.get(Request, ids[0]).attempts == 2
+
+
+def test_a_request_that_keeps_killing_workers_ends_failed(llmq_env: dict[str, str]) -> None:
+    upgrade()
+    _, ids = _batch(1)
+    for worker in ("w1", "w2"):  # each claim is a delivery whose worker then died
+        with session_scope() as s:
+            assert queries.claim(s, ids, worker, max_attempts=2)
+    with session_scope() as s:
+        assert queries.claim(s, ids, "w3", max_attempts=2) == []
+        req = s.get(Request, ids[0])
+        assert req.state == "failed" and "gave up after 2 attempts" in req.last_error
+
+
+def test_cancel_then_retry(llmq_env: dict[str, str]) -> None:
+    upgrade()
+    batch_id, ids = _batch(3)
+    with session_scope() as s:
+        queries.claim(s, ids[:1], "w1", 3)
+        assert queries.cancel_batch(s, batch_id) == 3
+        info = queries.batch_summary(s, queries.get_batch(s, batch_id))
+        assert info["state"] == "cancelled" and info["counts"]["cancelled"] == 3
+    assert not _succeed(ids[0])  # a cancelled request's late result is not stored
+    with session_scope() as s:
+        assert queries.retry_batch(s, batch_id) == []
+        assert queries.retry_batch(s, batch_id, include_cancelled=True) == ids
+        info = queries.batch_summary(s, queries.get_batch(s, batch_id))
+        assert info["state"] == "queued" and info["counts"]["queued"] == 3
