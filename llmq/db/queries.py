@@ -258,8 +258,7 @@ def result_rows(session: Session, batch_id: str,
         rows = session.execute(stmt).all()
         if not rows:
             return
-        for req, res in rows:
-            yield req, res
+        yield from ((req, res) for req, res in rows)
         last = rows[-1][0].id
 
 
