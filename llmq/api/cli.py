@@ -31,7 +31,9 @@ class LlmqGroup(click.Group):
             return super().invoke(ctx)
         except (InputFileError, service.NotFound, service.EnqueueError, SchemaOutOfDate,
                 LookupError) as exc:
-            raise click.ClickException(str(exc).strip("'\"")) from None
+            # KeyError-style lookups quote their message; show it as written
+            message = exc.args[0] if len(exc.args) == 1 else str(exc)
+            raise click.ClickException(str(message)) from None
         except Exception as exc:
             message = _infrastructure_error(exc)
             if message is None:
