@@ -18,6 +18,8 @@ def run_llmq(args: dict) -> dict:
         num_slots=args["slots"], slot_length=512, max_step_tokens=args.get("step_tokens", 4096),
         prefix_cache_entries=args.get("prefix_entries", 16)))
     prompts = workload(args.get("limit"))
+    if args.get("repeat_to"):
+        prompts = [prompts[i % len(prompts)] for i in range(args["repeat_to"])]
     params = SamplingParams(max_tokens=args["new_tokens"], ignore_eos=True)
 
     def requests() -> list:

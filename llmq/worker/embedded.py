@@ -7,19 +7,14 @@ from collections.abc import Callable, Sequence
 
 from llmq.db.session import session_factory
 from llmq.settings import get_settings
-from llmq.worker.engine import Engine, EngineConfig
+from llmq.worker import runtime
+from llmq.worker.engine import Engine
 from llmq.worker.processing import WorkerIdentity, process_ids
-from llmq.worker.runtime import engine_device, resolve_model
 
 
-def load_engine(model: str, slots: int | None = None,
-                device: str | None = None) -> tuple[Engine, WorkerIdentity]:
-    s = get_settings()
-    engine = Engine.load(resolve_model(model), EngineConfig(
-        num_slots=slots or s.slots, slot_length=s.slot_length, max_step_tokens=s.step_tokens,
-        threads=s.threads, device=engine_device(device or s.device)))
-    actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
-    return engine, WorkerIdentity.here(actual, model)
+def load_engine(model: str, slots: int | None = None) -> tuple[Engine, WorkerIdentity]:
+    settings = get_settings()
+    return runtime.load(settings, model, settings.device, slots)
 
 
 def run_batch(ids: Sequence[int], model: str, slots: int | None = None,

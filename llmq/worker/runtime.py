@@ -18,17 +18,23 @@ def engine_device(device: str) -> str:
     return {"gpu": "cuda", "cpu": "cpu"}.get(device, "auto")
 
 
+def load(settings: Settings, model: str, device: str,
+         slots: int | None = None) -> tuple[Engine, WorkerIdentity]:
+    """A new engine for ``model``, and who this worker is once it runs."""
+    engine = Engine.load(resolve_model(model), EngineConfig(
+        num_slots=slots or settings.slots, slot_length=settings.slot_length,
+        max_step_tokens=settings.step_tokens, threads=settings.threads,
+        device=engine_device(device)))
+    actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
+    return engine, WorkerIdentity.here(actual, model)
+
+
 def start(settings: Settings, model: str, device: str) -> tuple[Engine, WorkerIdentity]:
+    """Loads this process's engine (once)."""
     global _engine, _identity
     with _lock:
-        if _engine is None:
-            engine = Engine.load(resolve_model(model), EngineConfig(
-                num_slots=settings.slots, slot_length=settings.slot_length,
-                max_step_tokens=settings.step_tokens, threads=settings.threads,
-                device=engine_device(device)))
-            actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
-            _engine, _identity = engine, WorkerIdentity.here(actual, model)
-        assert _identity is not None
+        if _engine is None or _identity is None:
+            _engine, _identity = load(settings, model, device)
         return _engine, _identity
 
 
