@@ -51,7 +51,8 @@ def build_requests(parsed: ParsedFile, defaults: dict[str, Any]) -> list[queries
         while cid in taken:
             cid += "#"
         taken.add(cid)
-        rows.append(queries.NewRequest(cid, "invalid", {}, {}, r.line, error=r.error))
+        rows.append(queries.NewRequest(cid, queries.INVALID_KIND, {}, {}, r.line,
+                                        error=r.error))
     rows.sort(key=lambda q: q.line or 0)
     return rows
 

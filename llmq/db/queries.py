@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from .models import FINAL_STATES, Batch, Request, RequestState, Result, utcnow
 
+INVALID_KIND = "invalid"  # a rejected input line, stored failed with its reason
 COUNT_KEYS = ("total", "queued", "running", "succeeded", "failed", "cancelled")
 _INSERT_CHUNK = 2000
 
@@ -227,11 +228,12 @@ def cancel_batch(session: Session, batch_id: str) -> int:
 
 def retry_batch(session: Session, batch_id: str, include_cancelled: bool = False) -> list[int]:
     """Queues failed requests again (and cancelled ones if asked), plus queued requests whose
-    message was never sent; returns the ids to enqueue."""
+    message was never sent; returns the ids to enqueue. Lines that were never valid input
+    stay failed: running them again cannot help."""
     states = [RequestState.FAILED] + ([RequestState.CANCELLED] if include_cancelled else [])
     retry_ids = list(session.execute(
         select(Request.id).where(
-            Request.batch_id == batch_id,
+            Request.batch_id == batch_id, Request.kind != INVALID_KIND,
             or_(Request.state.in_(states),
                 and_(Request.state == RequestState.QUEUED, Request.enqueued_at.is_(None))))
         .order_by(Request.id)).scalars())

@@ -102,13 +102,17 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
     outcome: dict[str, int] = {}
     futures: dict[Future[GenerationResult], Claimed] = {}
     for c in claimed:
-        if c.model != ident.model:
+        try:
+            if c.model != ident.model:
+                raise ValueError(f"request wants model {c.model!r} but reached a worker "
+                                 f"serving {ident.model!r}")
+            request = to_generation_request(c)
+        except (ValueError, KeyError, TypeError) as exc:
             with sessions.begin() as session:
-                queries.record_failure(session, c.id, f"request wants model {c.model!r} but "
-                                                      f"reached a worker serving {ident.model!r}")
+                queries.record_failure(session, c.id, f"cannot run this request: {exc}")
             outcome["failed"] = outcome.get("failed", 0) + 1
             continue
-        futures[engine.submit(to_generation_request(c))] = c
+        futures[engine.submit(request)] = c
     pending = set(futures)
     while pending:
         done, pending = wait(pending, timeout=cancel_poll, return_when=FIRST_COMPLETED)

@@ -106,11 +106,18 @@ def test_bad_lines_fail_alone_and_cancel_stops_the_rest(env: dict, tmp_path: Pat
             time.sleep(0.2)
         assert "cancelled" in llmq(env, "cancel", batch).stdout
         info = wait_done(batch)
+        c = info["counts"]
+        assert info["state"] == "cancelled" and c["cancelled"] > 0 and c["succeeded"] >= 2
+        assert c["total"] == 32 and c["failed"] == 2
+        # watch follows to the end; on a finished batch it returns at once with its state
+        assert llmq(env, "watch", batch).stdout.strip() == f"{batch} cancelled"
+        requeued = llmq(env, "retry", batch, "--cancelled").stdout
+        assert f"re-queued {c['cancelled'] + 1} requests" in requeued  # not the invalid line
+        info = wait_done(batch)
     finally:
         worker.stop()
     c = info["counts"]
-    assert info["state"] == "cancelled" and c["cancelled"] > 0 and c["succeeded"] >= 2
-    assert c["total"] == 32 and c["failed"] >= 1
+    assert info["state"] == "completed" and c["succeeded"] == 30 and c["failed"] == 2
     lines = {x["custom_id"]: x for x in map(json.loads, llmq(env, "results", batch)
                                              .stdout.splitlines())}
     assert lines["line-31"]["status"] == "failed" and "invalid JSON" in lines["line-31"]["error"]

@@ -8,7 +8,9 @@ E head dim, S cache slots, L cache positions per slot."""
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,8 +74,30 @@ class KVCache(nn.Module):
 def _zeros_lazily(shape: tuple[int, ...], dtype: torch.dtype,
                   device: torch.device) -> torch.Tensor:
     if device.type == "cpu" and dtype == torch.float32:
-        return torch.from_numpy(np.zeros(shape, dtype=np.float32))
+        t = torch.from_numpy(np.zeros(shape, dtype=np.float32))
+        _no_huge_pages(t)
+        return t
     return torch.zeros(shape, dtype=dtype, device=device)
+
+
+_PAGE = 4096
+_MADV_NOHUGEPAGE = 15
+
+
+def _no_huge_pages(t: torch.Tensor) -> None:
+    """Keeps the kernel from backing the cache with 2 MB pages: one written position per slot
+    and head would then commit (and zero) 2 MB at a time, i.e. the whole cache at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        addr = t.data_ptr()
+        start = (addr + _PAGE - 1) // _PAGE * _PAGE
+        end = addr + t.numel() * t.element_size()
+        if end > start:
+            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_NOHUGEPAGE)
+    except (OSError, AttributeError):  # an advisory call: without it only memory use grows
+        pass
 
 
 def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
