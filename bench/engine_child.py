@@ -38,7 +38,7 @@ def run_llmq(args: dict) -> dict:
 def run_transformers(args: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmq.worker.engine.loader import builtin_model_path
+    from llmq.worker.engine.files import builtin_model_path
 
     path = builtin_model_path("smollm2-135m")
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,

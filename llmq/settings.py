@@ -39,7 +39,21 @@ class Settings(BaseSettings):
     cancel_poll_seconds: float = Field(1.0, gt=0)
 
     # nightly pipeline
-    pipeline_cron: str = "0 2 * * *"
+    pipeline_cron: str = Field("0 2 * * *", description="when beat runs the pipelines")
+    pipelines: list[dict[str, str]] = Field(
+        default_factory=list,
+        description='pipelines beat runs: [{"name": ..., "source": ..., "model": ...}]')
+    pipeline_chunk_tokens: int | None = Field(
+        None, ge=32, description="tokens per chunk (default: what the slot leaves free)")
+    pipeline_overlap_tokens: int = Field(64, ge=0)
+    pipeline_summary_tokens: int = Field(256, ge=8, description="max tokens of each summary")
+    pipeline_poll_seconds: float = Field(2.0, gt=0)
+    pipeline_map_prompt: str = (
+        "Summarize this part of a longer document in a few sentences.\n\n{text}")
+    pipeline_combine_prompt: str = (
+        "These are summaries of consecutive parts of one document. Combine them into one "
+        "summary of a few sentences.\n\n{text}")
+    pipeline_final_prompt: str = "Summarize the following document in a few sentences.\n\n{text}"
 
     @model_validator(mode="after")
     def _redelivery_after_time_limit(self) -> Settings:

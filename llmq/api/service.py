@@ -91,30 +91,17 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
 
 def enqueue(batch_id: str, ids: Sequence[int], device: str, priority: str) -> int:
     """Sends the messages (chunks of request ids) and stamps the requests enqueued."""
-    from llmq.worker.celery_app import PRIORITIES, TASK_RUN_REQUESTS, producer_app
+    from llmq.worker.celery_app import enqueue_requests
 
-    app = producer_app()
-    settings = get_settings()
-    size = settings.chunk_size
-    sent: list[int] = []
     try:
-        with app.producer_or_acquire() as producer:
-            for start in range(0, len(ids), size):
-                chunk = list(ids[start:start + size])
-                app.send_task(TASK_RUN_REQUESTS, args=[chunk], queue=device,
-                              priority=PRIORITIES[priority], producer=producer,
-                              retry=True, retry_policy={"max_retries": 3})
-                sent += chunk
+        return len(enqueue_requests(ids, device, priority))
     except Exception as exc:
+        with session_scope() as session:
+            sent = len(ids) - len(queries.unsent_ids(session, ids))
         raise EnqueueError(
-            f"batch {batch_id} is stored but only {len(sent)} of {len(ids)} requests were "
+            f"batch {batch_id} is stored but only {sent} of {len(ids)} requests were "
             f"enqueued ({exc}); run `llmq retry {batch_id}` once the broker is reachable"
         ) from exc
-    finally:
-        if sent:
-            with session_scope() as session:
-                queries.mark_enqueued(session, sent)
-    return len(sent)
 
 
 def submit(path: str | Path, **kwargs: Any) -> SubmitReport:
@@ -206,3 +193,31 @@ def stats(batch_id: str | None = None) -> dict[str, Any]:
         "time_to_first_token_ms": _percentiles(sorted(ms(r[0], r[2]) for r in rows)),
         "total_ms": _percentiles(sorted(ms(r[0], r[3]) for r in rows)),
     }
+
+
+# --- pipeline runs ------------------------------------------------------------------------
+
+def pipeline_status(run_id: str, documents: bool = False) -> dict[str, Any]:
+    from llmq.worker.pipeline import store
+
+    with session_scope() as session:
+        info = store.run_summary(session, store.get_run(session, run_id))
+        if documents:
+            info["document_states"] = store.run_documents(session, run_id)
+        return info
+
+
+def pipeline_runs(limit: int = 20) -> list[dict[str, Any]]:
+    from llmq.worker.pipeline import store
+
+    ensure_schema()
+    with session_scope() as session:
+        return [store.run_summary(session, r) for r in store.list_runs(session, limit)]
+
+
+def pipeline_summaries(run_id: str) -> list[dict[str, Any]]:
+    from llmq.worker.pipeline import store
+
+    with session_scope() as session:
+        store.get_run(session, run_id)
+        return store.run_summaries(session, run_id)

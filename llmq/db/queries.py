@@ -69,6 +69,16 @@ def mark_enqueued(session: Session, ids: Sequence[int]) -> None:
                         .values(enqueued_at=now))
 
 
+def unsent_ids(session: Session, ids: Sequence[int]) -> list[int]:
+    """Those of ``ids`` still queued with no message sent for them."""
+    out: list[int] = []
+    for start in range(0, len(ids), _INSERT_CHUNK):
+        out += session.execute(select(Request.id).where(
+            Request.id.in_(ids[start:start + _INSERT_CHUNK]),
+            Request.state == RequestState.QUEUED, Request.enqueued_at.is_(None))).scalars()
+    return out
+
+
 @dataclass
 class Claimed:
     id: int

@@ -3,14 +3,18 @@ enqueue by task name."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 from celery import Celery
+from celery.schedules import crontab
 from kombu import Queue
 
 from llmq.settings import Settings, get_settings
 
 TASK_RUN_REQUESTS = "llmq.run_requests"
+TASK_PIPELINE_ADVANCE = "llmq.pipeline_advance"
+TASK_PIPELINE_NIGHTLY = "llmq.pipeline_nightly"
 DEVICE_QUEUES = ("cpu", "gpu", "any")
 # The Redis transport serves lower numbers first.
 PRIORITIES = {"high": 0, "normal": 3, "low": 6}
@@ -48,7 +52,21 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
+    app.conf.beat_schedule = {
+        "llmq-pipelines": {"task": TASK_PIPELINE_NIGHTLY, "schedule": cron_schedule(
+            s.pipeline_cron), "options": {"queue": "any"}},
+    }
     return app
+
+
+def cron_schedule(expr: str) -> crontab:
+    """A five-field cron expression (minute hour day-of-month month day-of-week)."""
+    fields = expr.split()
+    if len(fields) != 5:
+        raise ValueError(f"LLMQ_PIPELINE_CRON {expr!r}: expected five fields")
+    minute, hour, dom, month, dow = fields
+    return crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month,
+                   day_of_week=dow)
 
 
 app = make_app()
@@ -63,3 +81,29 @@ def producer_app() -> Celery:
     """An app for sending messages, following the current settings' broker (the module-level
     ``app`` is fixed when the worker imports it)."""
     return _producer_app(get_settings().broker_url)
+
+
+def enqueue_requests(ids: Sequence[int], device: str = "any", priority: str = "normal",
+                     chunk_size: int | None = None) -> list[int]:
+    """Sends messages of request ids (``chunk_size`` per message) and stamps the requests
+    enqueued; returns the ids sent, which fall short of ``ids`` only if sending failed (the
+    exception is raised after stamping what was sent)."""
+    from llmq.db import queries
+    from llmq.db.session import session_scope
+
+    app = producer_app()
+    size = chunk_size or get_settings().chunk_size
+    sent: list[int] = []
+    try:
+        with app.producer_or_acquire() as producer:
+            for start in range(0, len(ids), size):
+                chunk = list(ids[start:start + size])
+                app.send_task(TASK_RUN_REQUESTS, args=[chunk], queue=device,
+                              priority=PRIORITIES[priority], producer=producer,
+                              retry=True, retry_policy={"max_retries": 3})
+                sent += chunk
+    finally:
+        if sent:
+            with session_scope() as session:
+                queries.mark_enqueued(session, sent)
+    return sent

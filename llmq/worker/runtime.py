@@ -6,6 +6,7 @@ import threading
 
 from llmq.settings import Settings
 from llmq.worker.engine import Engine, EngineConfig
+from llmq.worker.models import resolve_model
 from llmq.worker.processing import WorkerIdentity
 
 _lock = threading.Lock()
@@ -42,22 +43,6 @@ def current() -> tuple[Engine, WorkerIdentity]:
     if _engine is None or _identity is None:
         raise RuntimeError("this worker has no engine loaded")
     return _engine, _identity
-
-
-def resolve_model(name: str) -> str:
-    """A registered variant's artifact, a built-in model, or a path."""
-    from llmq.db.models import ModelVariant
-    from llmq.db.session import session_scope
-
-    try:
-        with session_scope() as session:
-            from sqlalchemy import select
-
-            path = session.execute(select(ModelVariant.artifact_path)
-                                   .where(ModelVariant.name == name)).scalar_one_or_none()
-    except Exception:  # no table yet: the built-in names still work
-        path = None
-    return path or name
 
 
 def shutdown() -> None:

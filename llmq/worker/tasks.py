@@ -9,9 +9,12 @@ from sqlalchemy.exc import OperationalError
 
 from llmq.db.session import session_factory
 from llmq.settings import get_settings
-from llmq.worker import runtime
-from llmq.worker.celery_app import TASK_RUN_REQUESTS, app
-from llmq.worker.processing import process_ids
+from llmq.worker.celery_app import (
+    TASK_PIPELINE_ADVANCE,
+    TASK_PIPELINE_NIGHTLY,
+    TASK_RUN_REQUESTS,
+    app,
+)
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +24,9 @@ log = logging.getLogger(__name__)
 def run_requests(request_ids: list[int]) -> dict[str, int]:
     """Runs one message's requests. Safe to run twice: claims and result writes are
     conditional, so a redelivered message only finishes what is still unfinished."""
+    from llmq.worker import runtime  # the engine (and torch) only where requests run
+    from llmq.worker.processing import process_ids
+
     settings = get_settings()
     engine, ident = runtime.current()
     outcome = process_ids(session_factory(), engine, request_ids, ident,
@@ -29,3 +35,30 @@ def run_requests(request_ids: list[int]) -> dict[str, int]:
                           deadline=time.time() + settings.task_time_limit)
     log.info("message of %d requests: %s", len(request_ids), outcome)
     return outcome
+
+
+@app.task(name=TASK_PIPELINE_ADVANCE, acks_late=True, reject_on_worker_lost=True,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
+def pipeline_advance(run_id: str) -> bool:
+    """Moves a pipeline run forward, then looks again later until it is complete."""
+    from llmq.worker.pipeline.run import advance_and_enqueue
+
+    finished = advance_and_enqueue(run_id)
+    if not finished:
+        pipeline_advance.apply_async((run_id,), countdown=get_settings().pipeline_poll_seconds,
+                                     queue="any")
+    return finished
+
+
+@app.task(name=TASK_PIPELINE_NIGHTLY)
+def pipeline_nightly() -> list[str]:
+    """Beat's entry: starts a run of every configured pipeline."""
+    from llmq.worker.pipeline.run import start_run
+
+    runs = []
+    for cfg in get_settings().pipelines:
+        run_id = start_run(cfg["source"], name=cfg.get("name"), model=cfg.get("model"))
+        pipeline_advance.apply_async((run_id,), queue="any")
+        runs.append(run_id)
+        log.info("pipeline %s: run %s", cfg.get("name") or cfg["source"], run_id)
+    return runs

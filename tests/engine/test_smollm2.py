@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from llmq.worker.engine.loader import builtin_model_path
+from llmq.worker.engine.files import builtin_model_path
 
 from .conftest import hf_greedy
 
@@ -57,7 +57,7 @@ def test_greedy_tokens_match_transformers_on_the_real_model(reference) -> None:
 
 def test_workload_prompts_tokenize_like_transformers(reference) -> None:
     _, hf_tok = reference
-    from llmq.worker.engine.loader import load_tokenizer
+    from llmq.worker.engine.tokenizer import load_tokenizer
 
     tok = load_tokenizer(builtin_model_path("smollm2-135m"))
     for line in WORKLOAD.read_text().splitlines()[:16]:

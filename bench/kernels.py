@@ -1,0 +1,95 @@
+"""The kernel choices of llmq's engine, measured at SmolLM2's shapes (2 threads):
+fp32 GEMM through PyTorch's default (MKL) against oneDNN on a pre-packed weight, and
+attention through explicit matmuls against PyTorch's fused kernel, for decode (one query per
+sequence, 64 sequences) and for a prompt of ~200 tokens.
+
+    .venv/bin/python -m bench.kernels
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from bench.common import markdown_table, record
+
+
+def per_call(fn: Callable[[], object], repeat: int = 30) -> float:
+    for _ in range(3):
+        fn()
+    best = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        best.append((time.perf_counter() - start) / repeat)
+    return sorted(best)[1]
+
+
+def gemm_rows() -> list[list[str]]:
+    rows = []
+    for tokens in (64, 2048):
+        for n_in, n_out in ((576, 1536), (1536, 576), (576, 49152)):
+            if n_out == 49152 and tokens > 64:
+                continue
+            x, w = torch.randn(tokens, n_in), torch.randn(n_out, n_in)
+            packed = torch.ops.mkldnn._reorder_linear_weight(w, 64)
+            flops = 2 * tokens * n_in * n_out
+            mkl = flops / per_call(lambda x=x, w=w: F.linear(x, w)) / 1e9
+            dnn = flops / per_call(lambda x=x, p=packed: torch.ops.mkldnn._linear_pointwise(
+                x, p, None, "none", [], "")) / 1e9
+            rows.append([f"linear [{tokens}x{n_in}] x [{n_in}x{n_out}]", f"{mkl:.0f} GFLOP/s",
+                         f"{dnn:.0f} GFLOP/s", f"{dnn / mkl:.2f}x"])
+    return rows
+
+
+def attention_rows() -> list[list[str]]:
+    kv, group, dim, slots, length = 3, 3, 64, 64, 250
+    kc, vc = torch.randn(slots, kv, length, dim), torch.randn(slots, kv, length, dim)
+    q = torch.randn(slots, kv, group, dim)
+    mask = torch.ones(slots, 1, 1, length, dtype=torch.bool)
+    bias = torch.zeros(slots, 1, 1, length)
+
+    def decode_matmul() -> torch.Tensor:
+        s = torch.matmul(q, kc.transpose(-1, -2)) + bias
+        return torch.matmul(torch.softmax(s, -1), vc)
+
+    fused = per_call(lambda: F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask))
+    mm = per_call(decode_matmul)
+    rows = [["decode attention, 64 seqs x 250 positions", f"{fused * 1e6:.0f} us",
+             f"{mm * 1e6:.0f} us", f"{fused / mm:.2f}x"]]
+    n = 200
+    qp = torch.randn(1, kv * group, n, dim)
+    kp, vp = torch.randn(1, kv, n, dim), torch.randn(1, kv, n, dim)
+    allowed = torch.ones(n, n, dtype=torch.bool).tril()
+    pbias = torch.zeros(n, n).masked_fill(~allowed, float("-inf")).repeat(group, 1)
+    qg = torch.randn(kv, group * n, dim)
+
+    def prefill_matmul() -> torch.Tensor:
+        s = torch.matmul(qg, kp[0].transpose(-1, -2)) + pbias
+        return torch.matmul(torch.softmax(s, -1), vp[0])
+
+    fused = per_call(lambda: F.scaled_dot_product_attention(qp, kp, vp, is_causal=True,
+                                                            enable_gqa=True))
+    mm = per_call(prefill_matmul)
+    rows.append([f"prompt attention, {n} tokens, causal", f"{fused * 1e6:.0f} us",
+                 f"{mm * 1e6:.0f} us", f"{fused / mm:.2f}x"])
+    return rows
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    table = markdown_table(["kernel", "PyTorch default", "llmq's choice", "speed-up"],
+                           gemm_rows() + attention_rows())
+    print(table)
+    record("Kernels (bench/kernels.py)", table,
+           "GEMM: F.linear (MKL) vs oneDNN on a weight packed once. Attention: fused "
+           "scaled_dot_product_attention vs explicit matmuls with the G query heads of a KV "
+           "head stacked as rows. Middle of 3 timings of 30 calls each.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""How documents are cut and summaries grouped: plain arithmetic on token counts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from llmq.settings import Settings
+
+TEMPLATE_OVERHEAD = 96  # tokens of prompt template and chat markup around a chunk
+
+
+@dataclass(frozen=True)
+class PlanParams:
+    chunk_tokens: int
+    overlap_tokens: int
+    summary_tokens: int
+    map_prompt: str
+    combine_prompt: str
+    final_prompt: str
+
+    @classmethod
+    def from_settings(cls, s: Settings, chunk_tokens: int | None = None,
+                      overlap_tokens: int | None = None) -> PlanParams:
+        budget = s.slot_length - s.pipeline_summary_tokens - TEMPLATE_OVERHEAD
+        chunk = chunk_tokens or s.pipeline_chunk_tokens or budget
+        if chunk > budget:
+            raise ValueError(f"chunks of {chunk} tokens leave no room for the prompt and a "
+                             f"{s.pipeline_summary_tokens}-token summary in the "
+                             f"{s.slot_length}-token context (at most {budget})")
+        overlap = s.pipeline_overlap_tokens if overlap_tokens is None else overlap_tokens
+        if overlap >= chunk // 2:
+            raise ValueError(f"overlap {overlap} must be under half the chunk ({chunk})")
+        return cls(chunk, overlap, s.pipeline_summary_tokens, s.pipeline_map_prompt,
+                   s.pipeline_combine_prompt, s.pipeline_final_prompt)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def split_tokens(tokens: list[int], size: int, overlap: int) -> list[tuple[int, int]]:
+    """Token ranges of at most ``size`` that overlap by ``overlap`` and cover everything."""
+    if len(tokens) <= size:
+        return [(0, len(tokens))]
+    step = size - overlap
+    spans = []
+    start = 0
+    while True:
+        end = min(start + size, len(tokens))
+        spans.append((start, end))
+        if end == len(tokens):
+            return spans
+        start += step
+
+
+def group_by_budget(lengths: list[int], budget: int) -> list[list[int]]:
+    """Consecutive groups of indices whose lengths fit ``budget``, at least two per group
+    (so each level shrinks), unless a single item is left."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    used = 0
+    for i, n in enumerate(lengths):
+        if current and used + n > budget and len(current) >= 2:
+            groups.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += n
+    if current:
+        if len(current) == 1 and groups:
+            groups[-1].append(current[0])
+        else:
+            groups.append(current)
+    return groups

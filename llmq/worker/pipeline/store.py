@@ -1,0 +1,136 @@
+"""The pipeline's records: sources and documents (with content hashes), runs and the
+per-document progress of each run, and the summaries. A document needs summarizing when no
+summary exists for its current content and model, so a rerun does only what is new, changed
+or failed."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from llmq.db.models import (
+    Chunk,
+    Document,
+    PipelineRun,
+    Request,
+    Result,
+    RunDocument,
+    Source,
+    Summary,
+    utcnow,
+)
+
+from .sources import SourceDocument
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+def ingest(session: Session, name: str, location: str, docs: list[SourceDocument]) -> Source:
+    """Records the source's documents, updating those whose content changed."""
+    source = session.execute(select(Source).where(Source.name == name)).scalar_one_or_none()
+    if source is None:
+        source = Source(name=name, location=location)
+        session.add(source)
+        session.flush()
+    else:
+        source.location = location
+    known = {d.key: d for d in session.execute(
+        select(Document).where(Document.source_id == source.id)).scalars()}
+    now = utcnow()
+    for doc in docs:
+        row = known.get(doc.key)
+        if row is None:
+            session.add(Document(source_id=source.id, key=doc.key, text=doc.text,
+                                 content_hash=doc.content_hash, updated_at=now))
+        elif row.content_hash != doc.content_hash:
+            row.text, row.content_hash, row.updated_at = doc.text, doc.content_hash, now
+    session.flush()
+    return source
+
+
+def create_run(session: Session, source: Source, keys: list[str], model: str,
+               params: dict[str, Any]) -> PipelineRun:
+    """A run over the source's documents (those in ``keys``) that have no summary of their
+    current content by ``model``; completed at once when there are none."""
+    run = PipelineRun(id="run_" + uuid.uuid4().hex[:20], source_id=source.id, model=model,
+                      params=params, state="running")
+    session.add(run)
+    session.flush()
+    done = select(Summary.id).where(Summary.document_id == Document.id,
+                                    Summary.content_hash == Document.content_hash,
+                                    Summary.model == model)
+    todo = session.execute(select(Document).where(
+        Document.source_id == source.id, Document.key.in_(keys), ~done.exists())
+        .order_by(Document.key)).scalars().all()
+    for doc in todo:
+        session.add(RunDocument(run_id=run.id, document_id=doc.id,
+                                content_hash=doc.content_hash))
+    if not todo:
+        run.state, run.finished_at = "completed", utcnow()
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: str) -> PipelineRun:
+    run = session.get(PipelineRun, run_id)
+    if run is None:
+        raise RunNotFound(f"no pipeline run {run_id!r}")
+    return run
+
+
+def run_summary(session: Session, run: PipelineRun) -> dict[str, Any]:
+    counts = dict(session.execute(select(RunDocument.state, func.count())
+                                  .where(RunDocument.run_id == run.id)
+                                  .group_by(RunDocument.state)).all())
+    source = session.get(Source, run.source_id)
+    requests = session.scalar(select(func.count(Chunk.id)).join(RunDocument).where(
+        RunDocument.run_id == run.id)) or 0
+    return {
+        "id": run.id, "source": source.name if source else None, "model": run.model,
+        "state": run.state, "documents": sum(counts.values()),
+        "counts": {k: counts.get(k, 0) for k in ("pending", "running", "succeeded", "failed")},
+        "requests": requests,
+        "created_at": run.created_at.isoformat() + "Z",
+        "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
+    }
+
+
+def list_runs(session: Session, limit: int = 20) -> list[PipelineRun]:
+    return list(session.execute(select(PipelineRun).order_by(PipelineRun.created_at.desc())
+                                .limit(limit)).scalars())
+
+
+def run_documents(session: Session, run_id: str) -> list[dict[str, Any]]:
+    """Per-document state of a run, with its map-reduce level and request counts."""
+    rows = session.execute(
+        select(RunDocument, Document.key).join(Document, Document.id == RunDocument.document_id)
+        .where(RunDocument.run_id == run_id).order_by(Document.key)).all()
+    chunk_counts = dict(session.execute(
+        select(Chunk.run_document_id, func.count()).join(RunDocument)
+        .where(RunDocument.run_id == run_id).group_by(Chunk.run_document_id)).all())
+    return [{"document": key, "state": rd.state, "level": rd.level,
+             "requests": chunk_counts.get(rd.id, 0), "error": rd.error} for rd, key in rows]
+
+
+def run_summaries(session: Session, run_id: str) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(Summary, Document.key).join(Document, Document.id == Summary.document_id)
+        .where(Summary.run_id == run_id).order_by(Document.key)).all()
+    return [{"document": key, "summary": s.text, "model": s.model, "requests": s.requests,
+             "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
+             "content_hash": s.content_hash} for s, key in rows]
+
+
+def chunk_outputs(session: Session, run_document_id: int, level: int) -> list[tuple[Chunk,
+                                                                                   Request,
+                                                                                   Result | None]]:
+    return [tuple(r) for r in session.execute(  # type: ignore[misc]
+        select(Chunk, Request, Result).join(Request, Request.id == Chunk.request_id)
+        .outerjoin(Result, Result.request_id == Request.id)
+        .where(Chunk.run_document_id == run_document_id, Chunk.level == level)
+        .order_by(Chunk.index)).all()]
