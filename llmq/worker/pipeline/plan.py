@@ -28,6 +28,11 @@ class PlanParams:
             raise ValueError(f"chunks of {chunk} tokens leave no room for the prompt and a "
                              f"{s.pipeline_summary_tokens}-token summary in the "
                              f"{s.slot_length}-token context (at most {budget})")
+        if chunk < 2 * (s.pipeline_summary_tokens + 2):
+            # two summaries must fit one combining prompt, or reducing could not shrink
+            raise ValueError(f"chunks of {chunk} tokens cannot hold two "
+                             f"{s.pipeline_summary_tokens}-token summaries; use at least "
+                             f"{2 * (s.pipeline_summary_tokens + 2)}")
         overlap = s.pipeline_overlap_tokens if overlap_tokens is None else overlap_tokens
         if overlap >= chunk // 2:
             raise ValueError(f"overlap {overlap} must be under half the chunk ({chunk})")
