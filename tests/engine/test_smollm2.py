@@ -14,8 +14,6 @@ from llmq.worker.engine.files import builtin_model_path
 
 from .conftest import hf_greedy
 
-pytestmark = pytest.mark.slow
-
 WORKLOAD = Path(__file__).resolve().parents[3] / "shared" / "bench" / "prompts.jsonl"
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],

@@ -211,9 +211,8 @@ class DecoderLayer(nn.Module):
 
     def _prefill_matmul(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                         seg: PrefillSegment) -> torch.Tensor:
-        """Attention of one short segment as three batched matmuls, the G query heads of a KV
-        head stacked as rows (faster than the fused kernel at prompt lengths of a few hundred:
-        bench/kernels.py)."""
+        """Attention of one short masked segment as three batched matmuls, the G query heads
+        of a KV head stacked as rows."""
         c = self.config
         kv_heads, group, dim = c.num_kv_heads, c.group_size, c.head_dim
         n = seg.end - seg.begin

@@ -99,9 +99,10 @@ class ModelRunner:
         return ((slot_t * heads + torch.arange(heads)) * length + pos_t).reshape(-1)
 
     def _segment(self, begin: int, n: int, slot: int, start: int) -> PrefillSegment:
-        """Short segments take the matmul path with an additive bias, long ones the fused
-        kernel with a boolean mask (the bias would grow as n * (start + n))."""
-        if n * (start + n) <= _MATMUL_ATTENTION_MAX:
+        """A segment with nothing cached before it is plainly causal: the fused kernel. One
+        that continues a cached prefix or chunk needs a mask, and there explicit matmuls with
+        an additive bias beat the fused kernel while the bias is small (bench/kernels.py)."""
+        if start > 0 and n * (start + n) <= _MATMUL_ATTENTION_MAX:
             allowed = self._causal(start, n)
             bias = torch.zeros(allowed.shape, dtype=self.model.dtype, device=self.device)
             bias.masked_fill_(~allowed, float("-inf"))
