@@ -32,7 +32,6 @@ class PrefillSegment:
     slot: int
     start: int
     mask: torch.Tensor | None  # [n, start + n] bool, None when start == 0 (plain causal)
-    bias: torch.Tensor | None = None  # [G * n, start + n] 0/-inf: use the matmul path
 
 
 @dataclass
@@ -179,7 +178,7 @@ class DecoderLayer(nn.Module):
         if nd:
             # The G query heads that share a KV head act as G query rows, so keys and values
             # are read once per KV head and never expanded. Explicit matmuls beat the fused
-            # kernel at one query position (measured: 0.67 vs 1.0 ms per layer at 64 slots).
+            # kernel at one query position (bench/kernels.py: 1.4x at 64 slots).
             qd = q[:nd].reshape(nd, kv_heads, group, dim) * (dim ** -0.5)  # [B, K, G, E]
             span, length = step.decode_span, step.decode_len
             if not step.decode_contiguous:
@@ -195,9 +194,6 @@ class DecoderLayer(nn.Module):
                 od = od[step.decode_slots]
             out[:nd] = od.reshape(nd, c.num_heads, dim)
         for seg in step.prefill:
-            if seg.bias is not None:
-                out[seg.begin:seg.end] = self._prefill_matmul(q, k_cache, v_cache, seg)
-                continue
             n = seg.end - seg.begin
             qs = q[seg.begin:seg.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, E]
             end = seg.start + n
@@ -208,22 +204,6 @@ class DecoderLayer(nn.Module):
             )  # [1, H, n, E]
             out[seg.begin:seg.end] = os_[0].transpose(0, 1)
         return out
-
-    def _prefill_matmul(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                        seg: PrefillSegment) -> torch.Tensor:
-        """Attention of one short masked segment as three batched matmuls, the G query heads
-        of a KV head stacked as rows."""
-        c = self.config
-        kv_heads, group, dim = c.num_kv_heads, c.group_size, c.head_dim
-        n = seg.end - seg.begin
-        end = seg.start + n
-        qs = (q[seg.begin:seg.end].view(n, kv_heads, group, dim).permute(1, 2, 0, 3)
-              .reshape(kv_heads, group * n, dim)) * (dim ** -0.5)  # [K, G*n, E]
-        scores = torch.matmul(qs, k_cache[seg.slot, :, :end].transpose(-1, -2))  # [K, G*n, end]
-        scores += seg.bias
-        probs = torch.softmax(scores, dim=-1)
-        o = torch.matmul(probs, v_cache[seg.slot, :, :end])  # [K, G*n, E]
-        return o.view(kv_heads, group, n, dim).permute(2, 0, 1, 3).reshape(n, c.num_heads, dim)
 
 
 class LlamaModel(nn.Module):
@@ -275,8 +255,8 @@ class LlamaModel(nn.Module):
     def from_hf_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor],
                         dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> LlamaModel:
-        """Builds the model from Hugging Face tensor names, fusing Q/K/V and gate/up so that
-        each layer does three matmuls fewer per step."""
+        """Builds the model from Hugging Face tensor names, fusing Q, K and V into one
+        matmul per layer."""
         with torch.device("meta"):
             model = cls(config)
         w = weights

@@ -8,8 +8,6 @@ import torch
 from .model import KVCache, LlamaModel, PrefillSegment, StepInputs
 from .scheduler import Sequence, StepPlan
 
-_MATMUL_ATTENTION_MAX = 512 * 512  # query x key positions of the largest matmul-path segment
-
 
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_slots: int, slot_length: int) -> None:
@@ -99,16 +97,9 @@ class ModelRunner:
         return ((slot_t * heads + torch.arange(heads)) * length + pos_t).reshape(-1)
 
     def _segment(self, begin: int, n: int, slot: int, start: int) -> PrefillSegment:
-        """A segment with nothing cached before it is plainly causal: the fused kernel. One
-        that continues a cached prefix or chunk needs a mask, and there explicit matmuls with
-        an additive bias beat the fused kernel while the bias is small (bench/kernels.py)."""
-        if start > 0 and n * (start + n) <= _MATMUL_ATTENTION_MAX:
-            allowed = self._causal(start, n)
-            bias = torch.zeros(allowed.shape, dtype=self.model.dtype, device=self.device)
-            bias.masked_fill_(~allowed, float("-inf"))
-            group = self.model.config.group_size
-            return PrefillSegment(begin, begin + n, slot, start, None, bias.repeat(group, 1))
-        mask = None if start == 0 else self._causal(start, n)  # None: plain causal
+        """Plain causal attention when nothing is cached before the segment; otherwise a
+        mask aligned to the bottom right (after a cached prefix or an earlier chunk)."""
+        mask = None if start == 0 else self._causal(start, n)
         return PrefillSegment(begin, begin + n, slot, start, mask)
 
     def _causal(self, start: int, n: int) -> torch.Tensor:
