@@ -26,7 +26,7 @@ class Settings(BaseSettings):
     device: Literal["cpu", "gpu", "auto"] = "auto"
     slots: int = Field(32, ge=1, description="sequences decoded together by one engine")
     slot_length: int = Field(2048, ge=64, description="context per slot: prompt + output")
-    step_tokens: int = Field(2048, ge=16, description="tokens per forward pass")
+    step_tokens: int = Field(4096, ge=16, description="tokens per forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
 
     # delivery

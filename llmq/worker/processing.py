@@ -114,17 +114,26 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
             continue
         futures[engine.submit(request)] = c
     pending = set(futures)
-    while pending:
-        done, pending = wait(pending, timeout=cancel_poll, return_when=FIRST_COMPLETED)
-        for fut in done:
-            c = futures[fut]
-            with sessions.begin() as session:
-                state = write_result(session, c, fut.result(), ident)
-            outcome[state] = outcome.get(state, 0) + 1
-            if on_result is not None:
-                on_result(state, fut.result().completion_tokens)
-        if pending:
-            _cancel_or_expire(sessions, engine, [futures[f] for f in pending], deadline)
+    try:
+        while pending:
+            done, pending = wait(pending, timeout=cancel_poll, return_when=FIRST_COMPLETED)
+            for fut in done:
+                c = futures[fut]
+                with sessions.begin() as session:
+                    state = write_result(session, c, fut.result(), ident)
+                outcome[state] = outcome.get(state, 0) + 1
+                if on_result is not None:
+                    on_result(state, fut.result().completion_tokens)
+            if pending:
+                _cancel_or_expire(sessions, engine, [futures[f] for f in pending], deadline)
+    except BaseException:
+        # interrupted (Ctrl-C, shutdown): what did not finish goes back to the queue
+        unfinished = [futures[f].id for f in pending]
+        for rid in unfinished:
+            engine.cancel(str(rid))
+        with sessions.begin() as session:
+            queries.release(session, unfinished)
+        raise
     return outcome
 
 

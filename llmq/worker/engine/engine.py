@@ -78,7 +78,7 @@ class GenerationResult:
 class EngineConfig:
     num_slots: int = 32
     slot_length: int = 2048
-    max_step_tokens: int = 2048
+    max_step_tokens: int = 4096
     prefix_cache_entries: int = 16
     threads: int | None = None
     device: str = "cpu"  # cpu | cuda | auto

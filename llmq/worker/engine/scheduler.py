@@ -95,7 +95,7 @@ class StepPlan:
 class SchedulerConfig:
     num_slots: int = 32
     slot_length: int = 2048  # cache positions per slot: prompt + generated tokens must fit
-    max_step_tokens: int = 2048  # tokens per forward pass (decodes + prefill chunks)
+    max_step_tokens: int = 4096  # tokens per forward pass (decodes + prefill chunks)
     prefix_cache_entries: int = 16  # 0 disables prefix caching
     min_prefix_tokens: int = 16  # shorter shared prefixes are not worth a cache entry
     prefix_peers: int = 8  # waiting sequences compared when looking for a shared prefix
