@@ -4,7 +4,6 @@ fast and read only the database."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
@@ -14,11 +13,14 @@ from rich.console import Console
 from rich.table import Table
 
 from llmq.api import service
+from llmq.api.cli_common import emit_json as _emit_json
+from llmq.api.cli_common import err
+from llmq.api.cli_model import model
+from llmq.api.cli_pipeline import pipeline
 from llmq.api.inputs import InputFileError
 from llmq.db.migrate import SchemaOutOfDate
 from llmq.settings import get_settings
 
-err = Console(stderr=True)
 DEVICES = click.Choice(["cpu", "gpu", "any"])
 PRIORITIES = click.Choice(["low", "normal", "high"])
 
@@ -50,10 +52,6 @@ def _infrastructure_error(exc: Exception) -> str | None:
     if isinstance(exc, BrokerError):
         return f"broker unavailable ({get_settings().broker_url}): {exc}"
     return None
-
-
-def _emit_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=None, ensure_ascii=False))
 
 
 @click.group(cls=LlmqGroup)
@@ -346,143 +344,6 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at {revision}: {get_settings().database_url}")
 
 
-if __name__ == "__main__":
-    main()
-
-
-# --- the summarization pipeline ----------------------------------------------------------
-
-@main.group()
-def pipeline() -> None:
-    """The summarization pipeline: one summary per document, map-reduce for long ones."""
-
-
-@pipeline.command("summarize")
-@click.argument("source", type=click.Path(exists=True))
-@click.option("--name", help="the source's name (default: the folder or file name)")
-@click.option("--model", help="model variant (default: LLMQ_MODEL)")
-@click.option("--local", is_flag=True, help="run here on the embedded engine, no Redis")
-@click.option("--chunk-tokens", type=click.IntRange(min=32),
-              help="tokens per chunk (default: what the context leaves free)")
-@click.option("--overlap", type=click.IntRange(min=0), help="tokens shared by adjacent chunks")
-@click.option("--slots", type=click.IntRange(min=1), help="with --local: engine slots")
-@click.option("--wait", is_flag=True, help="without --local: wait for the run to complete")
-@click.option("--json", "as_json", is_flag=True)
-def pipeline_summarize(source: str, name: str | None, model: str | None, local: bool,
-                       chunk_tokens: int | None, overlap: int | None, slots: int | None,
-                       wait: bool, as_json: bool) -> None:
-    """Summarize every new, changed or failed document of SOURCE (a folder of .txt/.md
-    files, a JSONL of {"id", "text"}, or a CSV with id and text columns)."""
-    from llmq.worker.pipeline.run import start_run
-
-    try:
-        run_id = start_run(source, name=name, model=model, chunk_tokens=chunk_tokens,
-                           overlap_tokens=overlap)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    info = service.pipeline_status(run_id)
-    if info["state"] == "running":
-        if local:
-            from llmq.worker.pipeline.run import run_local
-
-            err.print(f"run {run_id}: {info['documents']} documents to summarize")
-            run_local(run_id, slots, on_level=lambda n: err.print(f"  running {n} requests"))
-        else:
-            from llmq.worker.celery_app import TASK_PIPELINE_ADVANCE, producer_app
-
-            producer_app().send_task(TASK_PIPELINE_ADVANCE, args=[run_id], queue="any")
-            while wait and service.pipeline_status(run_id)["state"] == "running":
-                time.sleep(1.0)
-        info = service.pipeline_status(run_id)
-    if as_json:
-        _emit_json(info)
-        return
-    click.echo(run_id)
-    c = info["counts"]
-    err.print(f"{info['state']}: {info['documents']} documents, {c['succeeded']} summarized, "
-              f"{c['failed']} failed, {info['requests']} requests")
-
-
-@pipeline.command("runs")
-@click.option("--json", "as_json", is_flag=True)
-@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
-def pipeline_runs(as_json: bool, limit: int) -> None:
-    """List pipeline runs, newest first."""
-    runs = service.pipeline_runs(limit)
-    if as_json:
-        _emit_json(runs)
-        return
-    table = Table("run", "source", "state", "documents", "summarized", "failed", "requests",
-                  "created")
-    for r in runs:
-        table.add_row(r["id"], r["source"] or "", r["state"], str(r["documents"]),
-                      str(r["counts"]["succeeded"]), str(r["counts"]["failed"]),
-                      str(r["requests"]), r["created_at"])
-    Console().print(table)
-
-
-@pipeline.command("status")
-@click.argument("run_id", metavar="RUN")
-@click.option("--json", "as_json", is_flag=True)
-def pipeline_status(run_id: str, as_json: bool) -> None:
-    """A run's state, with each document's state, map-reduce level and requests."""
-    info = service.pipeline_status(run_id, documents=True)
-    if as_json:
-        _emit_json(info)
-        return
-    click.echo(f"{info['id']}  {info['state']}  source {info['source']}  "
-               f"documents {info['documents']}  requests {info['requests']}")
-    table = Table("document", "state", "level", "requests", "error")
-    for d in info["document_states"]:
-        table.add_row(d["document"], d["state"], str(d["level"]), str(d["requests"]),
-                      d["error"] or "")
-    Console().print(table)
-
-
-@pipeline.command("export")
-@click.argument("run_id", metavar="RUN")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "md"]), default="jsonl",
-              show_default=True)
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True))
-def pipeline_export(run_id: str, fmt: str, output: str | None) -> None:
-    """Write the summaries a run produced."""
-    rows = service.pipeline_summaries(run_id)
-    if fmt == "jsonl":
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    else:
-        text = f"# Summaries of run {run_id}\n" + "".join(
-            f"\n## {r['document']}\n\n{r['summary']}\n" for r in rows)
-    if output:
-        with open(output, "w", encoding="utf-8") as f:
-            f.write(text)
-        err.print(f"wrote {len(rows)} summaries to {output}")
-    else:
-        click.echo(text, nl=False)
-
-
-@pipeline.command("schedule")
-@click.option("--json", "as_json", is_flag=True)
-def pipeline_schedule(as_json: bool) -> None:
-    """The pipelines `llmq beat` runs, and when."""
-    from llmq.worker.celery_app import cron_schedule
-
-    settings = get_settings()
-    schedule = cron_schedule(settings.pipeline_cron)
-    due = schedule.remaining_estimate(schedule.now())
-    info = {"cron": settings.pipeline_cron, "next_in_seconds": int(due.total_seconds()),
-            "pipelines": settings.pipelines}
-    if as_json:
-        _emit_json(info)
-        return
-    click.echo(f"cron {info['cron']} (next in {due}), timezone {schedule.tz or 'UTC'}")
-    if not settings.pipelines:
-        click.echo('no pipelines configured: set LLMQ_PIPELINES=\'[{"name": "...", '
-                   '"source": "/path"}]\'')
-    for p in settings.pipelines:
-        click.echo(f"  {p.get('name') or p['source']}: {p['source']} "
-                   f"(model {p.get('model') or settings.model})")
-
-
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
@@ -490,3 +351,10 @@ def beat(loglevel: str) -> None:
     from llmq.worker.celery_app import app
 
     app.Beat(loglevel=loglevel, schedule="llmq-beat-schedule").run()
+
+
+main.add_command(pipeline)
+main.add_command(model)
+
+if __name__ == "__main__":
+    main()
