@@ -37,9 +37,6 @@ class RequestState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
-FINAL_STATES = (RequestState.SUCCEEDED, RequestState.FAILED, RequestState.CANCELLED)
-
-
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime()}
 

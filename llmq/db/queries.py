@@ -13,7 +13,7 @@ from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from .models import FINAL_STATES, Batch, Request, RequestState, Result, utcnow
+from .models import Batch, Request, RequestState, Result, utcnow
 
 INVALID_KIND = "invalid"  # a rejected input line, stored failed with its reason
 COUNT_KEYS = ("total", "queued", "running", "succeeded", "failed", "cancelled")
@@ -282,12 +282,6 @@ def timing_rows(session: Session, batch_id: str | None) -> list[tuple[Any, ...]]
     if batch_id:
         stmt = stmt.where(Request.batch_id == batch_id)
     return [tuple(r) for r in session.execute(stmt)]
-
-
-def pending_ids(session: Session, batch_id: str) -> list[int]:
-    return list(session.execute(select(Request.id).where(
-        Request.batch_id == batch_id, Request.state.notin_(list(FINAL_STATES)))
-        .order_by(Request.id)).scalars())
 
 
 def _iso(value: datetime | None) -> str | None:

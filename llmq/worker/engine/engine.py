@@ -45,18 +45,6 @@ class Timing:
     finished_at: float | None = None
     batch_size: float = 0.0  # mean number of sequences in the steps this request ran in
 
-    def ms(self, a: float | None, b: float | None) -> float | None:
-        return None if a is None or b is None else round((b - a) * 1000.0, 3)
-
-    def as_dict(self) -> dict[str, float | None]:
-        return {
-            "queue_ms": self.ms(self.submitted_at, self.started_at),
-            "prefill_ms": self.ms(self.started_at, self.first_token_at),
-            "decode_ms": self.ms(self.first_token_at, self.finished_at),
-            "total_ms": self.ms(self.submitted_at, self.finished_at),
-            "batch_size": round(self.batch_size, 2),
-        }
-
 
 @dataclass
 class GenerationResult:
