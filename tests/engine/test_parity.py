@@ -57,7 +57,7 @@ def _our_logits(model: LlamaModel, prompt: list[int], chunk: int) -> torch.Tenso
     for start in range(0, len(prompt), chunk):
         part = prompt[start:start + chunk]
         plan = StepPlan(prefill=[PrefillWork(seq, start, part, False)])
-        step, _ = runner._build_inputs(plan)
+        step, _ = runner.build_inputs(plan)
         step.logits_rows = torch.arange(len(part))
         rows.append(model(step, runner.cache))
     return torch.cat(rows)

@@ -27,7 +27,7 @@ def sequence_logits(model: LlamaModel, tokens: list[int]) -> torch.Tensor:
     """``[len(tokens), V]`` next-token logits of every position, in one prefill."""
     runner = ModelRunner(model, 1, len(tokens))
     seq = Sequence("fidelity", tokens, 1, slot=0)
-    step, _ = runner._build_inputs(StepPlan(prefill=[PrefillWork(seq, 0, tokens, False)]))
+    step, _ = runner.build_inputs(StepPlan(prefill=[PrefillWork(seq, 0, tokens, False)]))
     step.logits_rows = torch.arange(len(tokens), device=model.device)
     return model(step, runner.cache)
 

@@ -23,7 +23,7 @@ class ModelRunner:
         for copy in plan.prefix_copies:
             stored = self._prefixes[copy.key]
             kv[:, :, copy.slot, :, : stored.shape[3]] = stored
-        step, wanted = self._build_inputs(plan)
+        step, wanted = self.build_inputs(plan)
         logits = self.model(step, self.cache) if step.tokens.numel() else None
         for save in plan.prefix_saves:
             n = len(save.key)
@@ -34,7 +34,7 @@ class ModelRunner:
             logits = torch.empty(0, self.model.config.vocab_size)
         return wanted, logits
 
-    def _build_inputs(self, plan: StepPlan) -> tuple[StepInputs, list[Sequence]]:
+    def build_inputs(self, plan: StepPlan) -> tuple[StepInputs, list[Sequence]]:
         tokens: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
