@@ -17,6 +17,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///llmq.db"
     broker_url: str = "redis://127.0.0.1:6379/0"
     model: str = Field("smollm2-135m", description="model variant used when a request names none")
+    model_dir: str = Field("models", description="where `llmq model optimize` writes artifacts "
+                           "(workers read them from the path registered, so share it)")
 
     # request defaults (a line of the input file overrides them)
     max_tokens: int = Field(256, ge=1)
@@ -28,6 +30,7 @@ class Settings(BaseSettings):
     slot_length: int = Field(2048, ge=64, description="context per slot: prompt + output")
     step_tokens: int = Field(4096, ge=16, description="tokens per forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
+    compile: bool = Field(True, description="fuse int8 layers' quantize passes with inductor")
 
     # delivery
     chunk_size: int = Field(16, ge=1, description="request ids per queue message")

@@ -304,25 +304,26 @@ def stats(batch: str | None, as_json: bool) -> None:
 @click.option("--loglevel", default="INFO", show_default=True)
 def worker(device: str, model: str | None, slots: int | None, concurrency: int | None,
            loglevel: str) -> None:
-    """Run a worker: one engine, fed by the queue of its device and the `any` queue."""
+    """Run a worker: one engine serving one model variant, fed by that variant's queues for
+    its device and for any device (plus the control queue of the pipeline's driver)."""
     from llmq.db.migrate import ensure_schema
     from llmq.worker import runtime
-    from llmq.worker.celery_app import app
+    from llmq.worker.celery_app import app, worker_queues
 
     settings = get_settings()
     if slots:
         settings = settings.model_copy(update={"slots": slots})
     ensure_schema()
     engine, ident = runtime.start(settings, model or settings.model, device)
-    queue = ident.device
+    queues = ",".join(worker_queues(ident.device, ident.model))
     threads = concurrency or settings.concurrency or max(
         2, 2 * -(-settings.slots // settings.chunk_size))
     err.print(f"llmq worker: {ident.model} on {ident.device}, {settings.slots} slots, "
-              f"{threads} feeders, queues {queue},any")
+              f"{threads} feeders, queues {queues}")
     try:
         app.worker_main([
-            "worker", "--pool=threads", f"--concurrency={threads}", f"--queues={queue},any",
-            f"--loglevel={loglevel}", f"--hostname=llmq-{queue}-{ident.pid}@%h",
+            "worker", "--pool=threads", f"--concurrency={threads}", f"--queues={queues}",
+            f"--loglevel={loglevel}", f"--hostname=llmq-{ident.device}-{ident.pid}@%h",
             "--without-gossip", "--without-mingle",
         ])
     finally:

@@ -31,7 +31,7 @@ def _ensure_builtins() -> None:
 
 @click.group()
 def model() -> None:
-    """Model variants: list, import, evaluate."""
+    """Model variants: list, import, optimize, evaluate."""
 
 
 @model.command("list")
@@ -113,3 +113,93 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
     click.echo(f"{name} vs {base}: KL {fid.kl:.4f}, top-1 {fid.top1:.1%}, greedy outputs "
                f"identical {fid.same_outputs}/{fid.sequences}, mean shared prefix "
                f"{fid.mean_shared_prefix:.1f}/{new_tokens} tokens")
+
+
+@model.command("optimize")
+@click.option("--from", "base", required=True, help="the float model to start from")
+@click.option("--name", required=True, help="name of the new variant")
+@click.option("--preset", type=click.Choice(["cpu"]),
+              help="the recommended recipe (the options below override its parts)")
+@click.option("--quantize", type=click.Choice(["none", "bf16", "int8", "int4"]),
+              help="bf16: bf16 weights and matmul inputs, float32 accumulation; int8: int8 "
+                   "weights and per-token int8 activations; int4: 4-bit weights in groups of "
+                   "32 [default: int8, or the preset's]")
+@click.option("--smooth-alpha", type=click.FloatRange(0, 1),
+              help="SmoothQuant strength for int8 (0 = off) [default: 0.5]")
+@click.option("--keep-float", multiple=True,
+              help="a linear left unquantized: wqkv, wo, w_gate, w_up, w_down, or LAYER.NAME "
+                   "(repeatable)")
+@click.option("--prune-ffn", type=click.FloatRange(0, 1, max_open=True), default=0.0,
+              help="share of FFN channels removed in every layer")
+@click.option("--prune-kv-groups", type=click.IntRange(min=0), default=0,
+              help="KV head groups (with their query heads) removed in every layer")
+@click.option("--prune-layers", type=click.IntRange(min=0), default=0,
+              help="whole layers removed (the least influential on calibration prompts)")
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
+              help="JSONL of calibration prompts (default: the set shipped with llmq)")
+@click.option("--output", type=click.Path(file_okay=False),
+              help="artifact folder (default: LLMQ_MODEL_DIR/NAME)")
+@click.option("--no-measure", is_flag=True, help="skip the fidelity and speed measurements")
+@click.option("--exist-ok", is_flag=True, help="do nothing if NAME is already registered")
+@click.option("--json", "as_json", is_flag=True)
+def model_optimize(base: str, name: str, preset: str | None, quantize: str | None,
+                   smooth_alpha: float | None, keep_float: tuple[str, ...], prune_ffn: float,
+                   prune_kv_groups: int, prune_layers: int, calibration: str | None,
+                   output: str | None, no_measure: bool, exist_ok: bool,
+                   as_json: bool) -> None:
+    """Build a pruned and/or quantized variant of a model, measure it against its base and
+    register it as NAME."""
+    from dataclasses import replace
+
+    from llmq.settings import get_settings
+    from llmq.worker.engine.prune import PruneRecipe
+    from llmq.worker.optimize import PRESETS, Recipe, optimize
+
+    _ensure_builtins()
+    with session_scope() as session:
+        if variants.get(session, name) is not None:
+            if exist_ok:
+                err.print(f"{name} is already registered")
+                click.echo(name)
+                return
+            raise click.ClickException(f"a model named {name!r} is already registered")
+    recipe = PRESETS[preset] if preset else Recipe()
+    updates: dict[str, object] = {}
+    if quantize is not None:
+        updates["quantize"] = quantize
+    if smooth_alpha is not None:
+        updates["smooth_alpha"] = smooth_alpha or None
+    if keep_float:
+        updates["keep_float"] = keep_float
+    if prune_ffn or prune_kv_groups or prune_layers:
+        updates["prune"] = PruneRecipe(prune_ffn, prune_kv_groups, prune_layers)
+    recipe = replace(recipe, **updates)  # type: ignore[arg-type]
+    target = Path(output or Path(get_settings().model_dir) / name).resolve()
+    if target.exists() and any(target.iterdir()):
+        raise click.ClickException(f"{target} exists and is not empty: pass --output")
+    try:
+        outcome = optimize(base, recipe, target, calibration,
+                           measure=not no_measure, log=err.print)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    fid = outcome.fidelity
+    with session_scope() as session:
+        v = variants.register(session, name, target, base, outcome.manifest["recipe"])
+        v.metrics = outcome.metrics
+        if fid is not None:
+            v.kl, v.top1 = fid.kl, fid.top1
+        v.tokens_per_s = outcome.tokens_per_s
+        row = variants.as_json(v)
+    if as_json:
+        emit_json({k: v for k, v in row.items() if k != "artifact"} | {"artifact": str(target)})
+        return
+    size = row["size_bytes"] / 1e6
+    err.print(f"registered {name}: {target} ({size:.1f} MB)")
+    if fid is not None and outcome.tokens_per_s is not None:
+        ratio = outcome.tokens_per_s / (outcome.base_tokens_per_s or outcome.tokens_per_s)
+        err.print(f"  fidelity vs {base}: KL {fid.kl:.4f}, top-1 {fid.top1:.1%}, greedy "
+                  f"outputs identical {fid.same_outputs}/{fid.sequences}, mean shared prefix "
+                  f"{fid.mean_shared_prefix:.1f} tokens")
+        err.print(f"  speed: {outcome.tokens_per_s:.0f} tokens/s ({ratio:.2f}x {base} on the "
+                  f"same run)")
+    click.echo(name)

@@ -51,9 +51,13 @@ def pipeline_summarize(source: str, name: str | None, model: str | None, local: 
             err.print(f"run {run_id}: {info['documents']} documents to summarize")
             run_local(run_id, slots, on_level=lambda n: err.print(f"  running {n} requests"))
         else:
-            from llmq.worker.celery_app import TASK_PIPELINE_ADVANCE, producer_app
+            from llmq.worker.celery_app import (
+                CONTROL_QUEUE,
+                TASK_PIPELINE_ADVANCE,
+                producer_app,
+            )
 
-            producer_app().send_task(TASK_PIPELINE_ADVANCE, args=[run_id], queue="any")
+            producer_app().send_task(TASK_PIPELINE_ADVANCE, args=[run_id], queue=CONTROL_QUEUE)
             while wait and service.pipeline_status(run_id)["state"] == "running":
                 time.sleep(1.0)
         info = service.pipeline_status(run_id)

@@ -33,6 +33,7 @@ class EnqueueError(RuntimeError):
 class SubmitReport:
     batch_id: str
     accepted: int
+    model: str
     rejected: list[dict[str, Any]] = field(default_factory=list)
     request_ids: list[int] = field(default_factory=list)
 
@@ -78,23 +79,25 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
     if not parsed.accepted and not parsed.rejected:
         raise InputFileError(f"{path}: no requests in the file")
     defaults = {**request_defaults(settings, max_tokens, temperature), **(extra_defaults or {})}
+    model = model or settings.model
     ensure_schema()
     with session_scope() as session:
         batch_id, ids = queries.create_batch(
-            session, requests=build_requests(parsed, defaults), model=model or settings.model,
+            session, requests=build_requests(parsed, defaults), model=model,
             device=device, priority=priority, name=name or Path(path).name,
             source_file=str(Path(path).resolve()))
     rejected = [{"line": r.line, "custom_id": r.custom_id, "error": r.error}
                 for r in parsed.rejected]
-    return SubmitReport(batch_id, len(parsed.accepted), rejected, ids)
+    return SubmitReport(batch_id, len(parsed.accepted), model, rejected, ids)
 
 
-def enqueue(batch_id: str, ids: Sequence[int], device: str, priority: str) -> int:
-    """Sends the messages (chunks of request ids) and stamps the requests enqueued."""
+def enqueue(batch_id: str, ids: Sequence[int], model: str, device: str, priority: str) -> int:
+    """Sends the messages (chunks of request ids) to the queue of the batch's model and
+    device, and stamps the requests enqueued."""
     from llmq.worker.celery_app import enqueue_requests
 
     try:
-        return len(enqueue_requests(ids, device, priority))
+        return len(enqueue_requests(ids, model, device, priority))
     except Exception as exc:
         with session_scope() as session:
             sent = len(ids) - len(queries.unsent_ids(session, ids))
@@ -106,7 +109,7 @@ def enqueue(batch_id: str, ids: Sequence[int], device: str, priority: str) -> in
 
 def submit(path: str | Path, **kwargs: Any) -> SubmitReport:
     report = store_batch(path, **kwargs)
-    enqueue(report.batch_id, report.request_ids, kwargs.get("device", "any"),
+    enqueue(report.batch_id, report.request_ids, report.model, kwargs.get("device", "any"),
             kwargs.get("priority", "normal"))
     return report
 
@@ -140,9 +143,9 @@ def retry(batch_id: str, include_cancelled: bool = False) -> int:
     with session_scope() as session:
         batch = _batch(session, batch_id)
         ids = queries.retry_batch(session, batch_id, include_cancelled)
-        device, priority = batch.device, batch.priority
+        model, device, priority = batch.model, batch.device, batch.priority
     if ids:
-        enqueue(batch_id, ids, device, priority)
+        enqueue(batch_id, ids, model, device, priority)
     return len(ids)
 
 

@@ -123,6 +123,8 @@ class ModelVariant(Base):
     kl: Mapped[float | None] = mapped_column(Float)
     top1: Mapped[float | None] = mapped_column(Float)
     tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    # greedy agreement, parameters, FLOPs, how speed was measured: whatever optimize measured
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

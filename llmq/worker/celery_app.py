@@ -15,7 +15,11 @@ from llmq.settings import Settings, get_settings
 TASK_RUN_REQUESTS = "llmq.run_requests"
 TASK_PIPELINE_ADVANCE = "llmq.pipeline_advance"
 TASK_PIPELINE_NIGHTLY = "llmq.pipeline_nightly"
-DEVICE_QUEUES = ("cpu", "gpu", "any")
+DEVICES = ("cpu", "gpu", "any")
+# Generation messages go to "<device>.<model>" queues, so that a request only ever reaches a
+# worker that holds the variant it names; tasks that need no model (the pipeline's driver,
+# beat's nightly start) go to the control queue, which every worker consumes.
+CONTROL_QUEUE = "control"
 # The Redis transport serves lower numbers first.
 PRIORITIES = {"high": 0, "normal": 3, "low": 6}
 
@@ -45,8 +49,8 @@ def make_app(settings: Settings | None = None) -> Celery:
             "unacked_restore_interval": max(1, min(10, s.visibility_timeout // 4)),
             "unacked_restore_throttle": 1,
         },
-        task_queues=[Queue(q) for q in DEVICE_QUEUES],
-        task_default_queue="any",
+        task_queues=[Queue(CONTROL_QUEUE)],
+        task_default_queue=CONTROL_QUEUE,
         task_default_priority=PRIORITIES["normal"],
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
@@ -54,7 +58,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     )
     app.conf.beat_schedule = {
         "llmq-pipelines": {"task": TASK_PIPELINE_NIGHTLY, "schedule": cron_schedule(
-            s.pipeline_cron), "options": {"queue": "any"}},
+            s.pipeline_cron), "options": {"queue": CONTROL_QUEUE}},
     }
     return app
 
@@ -83,22 +87,33 @@ def producer_app() -> Celery:
     return _producer_app(get_settings().broker_url)
 
 
-def enqueue_requests(ids: Sequence[int], device: str = "any", priority: str = "normal",
-                     chunk_size: int | None = None) -> list[int]:
-    """Sends messages of request ids (``chunk_size`` per message) and stamps the requests
-    enqueued; returns the ids sent, which fall short of ``ids`` only if sending failed (the
-    exception is raised after stamping what was sent)."""
+def request_queue(device: str, model: str) -> str:
+    return f"{device}.{model}"
+
+
+def worker_queues(device: str, model: str) -> list[str]:
+    """A worker serves its model's requests for its device and for any device."""
+    return [request_queue(device, model), request_queue("any", model), CONTROL_QUEUE]
+
+
+def enqueue_requests(ids: Sequence[int], model: str, device: str = "any",
+                     priority: str = "normal", chunk_size: int | None = None) -> list[int]:
+    """Sends messages of request ids (``chunk_size`` per message) to the queue of ``model``
+    on ``device`` and stamps the requests enqueued; returns the ids sent, which fall short
+    of ``ids`` only if sending failed (the exception is raised after stamping what was
+    sent)."""
     from llmq.db import queries
     from llmq.db.session import session_scope
 
     app = producer_app()
     size = chunk_size or get_settings().chunk_size
+    queue = request_queue(device, model)
     sent: list[int] = []
     try:
         with app.producer_or_acquire() as producer:
             for start in range(0, len(ids), size):
                 chunk = list(ids[start:start + size])
-                app.send_task(TASK_RUN_REQUESTS, args=[chunk], queue=device,
+                app.send_task(TASK_RUN_REQUESTS, args=[chunk], queue=queue,
                               priority=PRIORITIES[priority], producer=producer,
                               retry=True, retry_policy={"max_retries": 3})
                 sent += chunk

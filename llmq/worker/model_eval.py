@@ -1,34 +1,72 @@
-"""Evaluating a variant against its base on the held-out prompts shipped in llmq/data."""
+"""Measuring a variant: fidelity against its base on the held-out prompts shipped in
+llmq/data (never the calibration set), and generated tokens/s."""
 
 from __future__ import annotations
 
 import json
+import time
 from importlib.resources import files
+from typing import Any
 
 from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from llmq.worker.engine.fidelity import Fidelity, compare
+from llmq.worker.engine.model import LlamaModel
+from llmq.worker.engine.tokenizer import TextTokenizer
 from llmq.worker.models import resolve_model
 
+SPEED_REQUESTS = 64
+SPEED_NEW_TOKENS = 64
 
-def heldout_messages() -> list[list[dict[str, str]]]:
-    text = files("llmq.data").joinpath("heldout_prompts.jsonl").read_text()
+
+def shipped_messages(filename: str) -> list[list[dict[str, str]]]:
+    text = files("llmq.data").joinpath(filename).read_text()
     return [json.loads(line)["messages"] for line in text.splitlines() if line.strip()]
 
 
-def evaluate(name: str, base: str, new_tokens: int = 64) -> Fidelity:
-    chats = heldout_messages()
+def heldout_messages() -> list[list[dict[str, str]]]:
+    return shipped_messages("heldout_prompts.jsonl")
+
+
+def greedy_outputs(model: LlamaModel, tokenizer: TextTokenizer,
+                   chats: list[list[dict[str, Any]]], new_tokens: int) -> list[list[int]]:
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
-    config = EngineConfig(num_slots=len(chats), slot_length=512)
-    outputs = {}
-    engines = {}
+    with Engine(model, tokenizer, EngineConfig(num_slots=len(chats), slot_length=512)) as eng:
+        return [r.token_ids for r in eng.generate(
+            GenerationRequest(messages=m, params=params) for m in chats)]
+
+
+def evaluate_models(base: LlamaModel, variant: LlamaModel, tokenizer: TextTokenizer,
+                    new_tokens: int = 64, base_outputs: list[list[int]] | None = None
+                    ) -> Fidelity:
+    chats = heldout_messages()
+    if base_outputs is None:
+        base_outputs = greedy_outputs(base, tokenizer, chats, new_tokens)
+    outputs = greedy_outputs(variant, tokenizer, chats, new_tokens)
+    prompts = [tokenizer.encode_chat(m) for m in chats]
+    return compare(base, variant, prompts, base_outputs, outputs)
+
+
+def evaluate(name: str, base: str, new_tokens: int = 64) -> Fidelity:
+    engines = {which: Engine.load(resolve_model(which), EngineConfig(num_slots=1))
+               for which in (base, name)}
     try:
-        for which in (base, name):
-            engines[which] = Engine.load(resolve_model(which), config)
-            outputs[which] = [r.token_ids for r in engines[which].generate(
-                GenerationRequest(messages=m, params=params) for m in chats)]
-        prompts = [engines[base].tokenizer.encode_chat(m) for m in chats]
-        return compare(engines[base].model, engines[name].model, prompts, outputs[base],
-                       outputs[name])
+        return evaluate_models(engines[base].model, engines[name].model,
+                               engines[base].tokenizer, new_tokens)
     finally:
         for engine in engines.values():
             engine.close()
+
+
+def measure_speed(model: LlamaModel, tokenizer: TextTokenizer, slots: int = 64) -> float:
+    """Generated tokens/s over 64 held-out requests of 64 tokens each (EOS ignored), prefill
+    included, after a warm-up that also triggers any kernel compilation."""
+    chats = heldout_messages()
+    chats = [chats[i % len(chats)] for i in range(SPEED_REQUESTS)]
+    params = SamplingParams(max_tokens=SPEED_NEW_TOKENS, ignore_eos=True)
+    with Engine(model, tokenizer, EngineConfig(num_slots=slots, slot_length=512)) as eng:
+        eng.generate(GenerationRequest(messages=m, params=SamplingParams(
+            max_tokens=4, ignore_eos=True)) for m in chats[:4])
+        start = time.perf_counter()
+        results = eng.generate(GenerationRequest(messages=m, params=params) for m in chats)
+        seconds = time.perf_counter() - start
+    return sum(r.completion_tokens for r in results) / seconds

@@ -10,6 +10,7 @@ from sqlalchemy.exc import OperationalError
 from llmq.db.session import session_factory
 from llmq.settings import get_settings
 from llmq.worker.celery_app import (
+    CONTROL_QUEUE,
     TASK_PIPELINE_ADVANCE,
     TASK_PIPELINE_NIGHTLY,
     TASK_RUN_REQUESTS,
@@ -46,7 +47,7 @@ def pipeline_advance(run_id: str) -> bool:
     finished = advance_and_enqueue(run_id)
     if not finished:
         pipeline_advance.apply_async((run_id,), countdown=get_settings().pipeline_poll_seconds,
-                                     queue="any")
+                                     queue=CONTROL_QUEUE)
     return finished
 
 
@@ -58,7 +59,7 @@ def pipeline_nightly() -> list[str]:
     runs = []
     for cfg in get_settings().pipelines:
         run_id = start_run(cfg["source"], name=cfg.get("name"), model=cfg.get("model"))
-        pipeline_advance.apply_async((run_id,), queue="any")
+        pipeline_advance.apply_async((run_id,), queue=CONTROL_QUEUE)
         runs.append(run_id)
         log.info("pipeline %s: run %s", cfg.get("name") or cfg["source"], run_id)
     return runs

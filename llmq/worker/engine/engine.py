@@ -17,9 +17,12 @@ from typing import Any
 
 import torch
 
+from .artifact import is_variant, load_variant
 from .files import resolve_model_path
 from .loader import load_checkpoint
+from .memory import keep_freed_memory
 from .model import LlamaModel
+from .quant import Int8Linear, compile_int8
 from .runner import ModelRunner
 from .sampling import SamplingParams, make_generator, sample
 from .scheduler import Scheduler, SchedulerConfig
@@ -71,6 +74,7 @@ class EngineConfig:
     threads: int | None = None
     device: str = "cpu"  # cpu | cuda | auto
     dtype: str = "auto"  # auto (cpu: float32, cuda: bfloat16) | float32 | bfloat16 | float16
+    compile: bool = True  # fuse the int8 layers' quantize/dequantize passes with inductor
 
 
 @dataclass(eq=False)
@@ -106,6 +110,8 @@ class Engine:
     def __init__(self, model: LlamaModel, tokenizer: TextTokenizer,
                  config: EngineConfig | None = None, name: str = "model") -> None:
         self.config = config or EngineConfig()
+        if model.device.type == "cpu":
+            keep_freed_memory()
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -133,7 +139,13 @@ class Engine:
             torch.set_num_threads(config.threads)
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
-        ckpt = load_checkpoint(resolve_model_path(str(model)))
+        path = resolve_model_path(str(model))
+        if is_variant(path):  # an optimized artifact: built exactly as saved
+            net, tokenizer, _ = load_variant(path, device)
+            if any(isinstance(m, Int8Linear) for m in net.modules()):
+                compile_int8(config.compile)
+            return cls(net, tokenizer, config, name=str(model))
+        ckpt = load_checkpoint(path)
         net = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights, dtype=dtype, device=device)
         return cls(net, ckpt.tokenizer, config, name=str(model))
 

@@ -41,6 +41,8 @@ class Linear(nn.Linear):
 
 
 def pack_linears(module: nn.Module) -> None:
+    """Packs every layer that keeps a packed weight (float and bf16 linears)."""
     for m in module.modules():
-        if isinstance(m, Linear):
-            m.pack()
+        pack = getattr(m, "pack", None)
+        if callable(pack):
+            pack()

@@ -8,18 +8,17 @@ E head dim, S cache slots, L cache positions per slot."""
 
 from __future__ import annotations
 
-import ctypes
-import math
-import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
 from .kernels import Linear, pack_linears
+from .memory import zeros_lazily
+from .quant import LAYER_LINEARS, Int8Linear, fused, int8_out_ffn, int8_qkv
+from .rope import apply_rope, rope_inv_freq
 
 
 @dataclass
@@ -63,72 +62,12 @@ class KVCache(nn.Module):
                  device: torch.device) -> None:
         super().__init__()
         shape = (config.num_layers, 2, slots, config.num_kv_heads, length, config.head_dim)
-        self.register_buffer("kv", _zeros_lazily(shape, dtype, device), persistent=False)
+        self.register_buffer("kv", zeros_lazily(shape, dtype, device), persistent=False)
         self.slots = slots
         self.length = length
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.kv[index, 0], self.kv[index, 1]
-
-
-def _zeros_lazily(shape: tuple[int, ...], dtype: torch.dtype,
-                  device: torch.device) -> torch.Tensor:
-    if device.type == "cpu" and dtype == torch.float32:
-        t = torch.from_numpy(np.zeros(shape, dtype=np.float32))
-        _no_huge_pages(t)
-        return t
-    return torch.zeros(shape, dtype=dtype, device=device)
-
-
-_PAGE = 4096
-_MADV_NOHUGEPAGE = 15
-
-
-def _no_huge_pages(t: torch.Tensor) -> None:
-    """Keeps the kernel from backing the cache with 2 MB pages: one written position per slot
-    and head would then commit (and zero) 2 MB at a time, i.e. the whole cache at once."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        addr = t.data_ptr()
-        start = (addr + _PAGE - 1) // _PAGE * _PAGE
-        end = addr + t.numel() * t.element_size()
-        if end > start:
-            libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_NOHUGEPAGE)
-    except (OSError, AttributeError):  # an advisory call: without it only memory use grows
-        pass
-
-
-def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
-    dim = config.head_dim
-    inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-    scaling = config.rope_scaling or {}
-    kind = scaling.get("rope_type") or scaling.get("type")
-    if kind == "linear":
-        inv = inv / float(scaling["factor"])
-    elif kind == "llama3":
-        factor = float(scaling["factor"])
-        low = float(scaling.get("low_freq_factor", 1.0))
-        high = float(scaling.get("high_freq_factor", 4.0))
-        old_ctx = float(scaling["original_max_position_embeddings"])
-        wavelen = 2 * math.pi / inv
-        smooth = (old_ctx / wavelen - low) / (high - low)
-        scaled = torch.where(wavelen > old_ctx / low, inv / factor, inv)
-        mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
-        inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
-    elif kind not in (None, "default"):
-        raise ValueError(f"unsupported rope scaling {kind!r}")
-    return inv.float()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
-    """Hugging Face's half-split RoPE, ``x * cos + rotate_half(x) * sin``, in two passes:
-    swapping the halves is a flip, and the sign of ``rotate_half`` lives in ``signed_sin``.
-    x: [T, heads, E]; cos, signed_sin: [T, 1, E]."""
-    n, heads, dim = x.shape
-    swapped = x.reshape(n, heads, 2, dim // 2).flip(2).view(n, heads, dim)
-    return torch.addcmul(x * cos, swapped, signed_sin)
 
 
 class DecoderLayer(nn.Module):
@@ -147,8 +86,13 @@ class DecoderLayer(nn.Module):
         self.w_up = Linear(c.hidden_size, c.intermediate_size)
         self.w_down = Linear(c.intermediate_size, c.hidden_size)
 
+    def all_int8(self) -> bool:
+        return all(isinstance(getattr(self, n), Int8Linear) for n in LAYER_LINEARS)
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
+        if x.device.type == "cpu" and self.all_int8():
+            return self._forward_int8(x, cos, sin, cache, step)
         c = self.config
         n_tok = x.shape[0]
         heads, kv_heads, dim = c.num_heads, c.num_kv_heads, c.head_dim
@@ -168,6 +112,25 @@ class DecoderLayer(nn.Module):
         h = F.rms_norm(x, (c.hidden_size,), self.ffn_norm, c.rms_norm_eps)
         gate = F.silu(self.w_gate(h), inplace=True)  # [T, F]
         return x.add_(self.w_down(gate.mul_(self.w_up(h))))
+
+    def _forward_int8(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs
+                      ) -> torch.Tensor:
+        """The same layer with every linear int8, in two fused pieces around attention."""
+        c = self.config
+        n_tok = x.shape[0]
+        wqkv, wo = self.wqkv, self.wo
+        q, k, v = fused(int8_qkv, n_tok)(
+            x, self.attn_norm, c.rms_norm_eps, wqkv.qweight.t(), wqkv.scale, cos, sin,
+            c.num_heads, c.num_kv_heads, c.head_dim)
+        k_cache, v_cache = cache
+        k_cache.view(-1, c.head_dim).index_copy_(0, step.cache_rows, k)
+        v_cache.view(-1, c.head_dim).index_copy_(0, step.cache_rows, v)
+        attn = self._attention(q, k_cache, v_cache, step)
+        g, u, d = self.w_gate, self.w_up, self.w_down
+        return fused(int8_out_ffn, n_tok)(
+            x, attn.view(n_tok, -1), wo.qweight.t(), wo.scale, self.ffn_norm, c.rms_norm_eps,
+            g.qweight.t(), g.scale, u.qweight.t(), u.scale, d.qweight.t(), d.scale)
 
     def _attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    step: StepInputs) -> torch.Tensor:

@@ -106,6 +106,16 @@ class TextTokenizer:
         # Templates write their own BOS where the model wants one.
         return self.encode(self.render_chat(messages), add_bos=False)
 
+    def save_hf_files(self, folder: Path) -> None:
+        """Writes ``tokenizer.json`` and ``tokenizer_config.json``, which ``from_hf_files``
+        (and Hugging Face) read back: how a variant artifact carries its tokenizer."""
+        self._tok.save(str(folder / "tokenizer.json"))
+        bos = self.token_text(self.bos_token_id) if self.bos_token_id is not None else None
+        eos = self.token_text(self.eos_token_ids[0]) if self.eos_token_ids else None
+        config = {"chat_template": self.chat_template, "add_bos_token": self.add_bos,
+                  "bos_token": bos, "eos_token": eos}
+        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+
     @classmethod
     def from_gguf_fields(cls, fields: dict[str, Any]) -> TextTokenizer:
         model = fields.get("tokenizer.ggml.model")

@@ -75,5 +75,5 @@ def advance_and_enqueue(run_id: str) -> bool:
         step = advance(session, run_id, tokenizer_for(model))
     ids = step.new_ids + step.unsent_ids
     if ids:
-        enqueue_requests(ids)
+        enqueue_requests(ids, model)
     return step.finished

@@ -1,0 +1,284 @@
+"""Low-precision linear layers.
+
+W8A8 (``int8``): int8 weights with one scale per output channel, and activations quantized to
+int8 per token at run time, so the matmul itself is an int8 GEMM (``torch._int_mm``, VNNI on
+this CPU: about 4-6x the fp32 GEMM at our shapes, bench/kernels.py). Per-token scales keep one
+token's outliers from flattening every other token in the packed batch; per-tensor scales, as
+in ``torch.ao`` dynamic quantization, collapse this model's output.
+
+The quantize and dequantize passes around the GEMM cost as much as the GEMM when run as
+separate eager ops, so on CPU they are compiled with inductor into one loop each
+(``compile_int8``); eager mode gives the same numbers and serves where no compiler is found.
+
+``int4``: weights in groups of 32 along the input with one bf16 scale and zero point each,
+through ``torch.ops.aten._weight_int4pack_mm_for_cpu``; activations stay float."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rope import apply_rope
+
+log = logging.getLogger(__name__)
+
+INT8_MAX = 127.0
+INT4_GROUP = 32
+_PACK_BATCH_HINT = 64
+
+
+def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row: ``weight ~= q * scale[:, None]``."""
+    w = weight.float()
+    scale = (w.abs().amax(dim=1) / INT8_MAX).clamp_min(1e-12)
+    q = torch.round(w / scale[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    return q, scale
+
+
+def int8_linear(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x @ dequant(weight).T`` with x quantized per row. x: [T, K] float;
+    weight_t: [K, N] int8 (a transposed view); scale: [N] float32."""
+    xq, x_scale = quantize_rows(x.float())
+    return int8_matmul(xq, x_scale, weight_t, scale).to(x.dtype)
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row symmetric int8: ``x ~= q * scale``; scale ``[T, 1]``."""
+    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / INT8_MAX
+    return torch.round(x / scale).to(torch.int8), scale
+
+
+def int8_matmul(xq: torch.Tensor, x_scale: torch.Tensor, weight_t: torch.Tensor,
+                scale: torch.Tensor) -> torch.Tensor:
+    return torch._int_mm(xq, weight_t).mul(scale).mul_(x_scale)
+
+
+def int8_qkv(x: torch.Tensor, norm: torch.Tensor, eps: float, weight_t: torch.Tensor,
+             scale: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
+             kv_heads: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A layer's attention input: RMSNorm, int8 QKV projection, RoPE. Returns q ``[T, H, E]``,
+    k and v ``[T * K, E]``."""
+    n = x.shape[0]
+    hq, hs = quantize_rows(F.rms_norm(x, (x.shape[-1],), norm, eps))
+    qkv = int8_matmul(hq, hs, weight_t, scale)
+    q_end = heads * dim
+    k_end = q_end + kv_heads * dim
+    qk = apply_rope(qkv[:, :k_end].reshape(n, heads + kv_heads, dim), cos, sin)
+    return (qk[:, :heads], qk[:, heads:].reshape(n * kv_heads, dim),
+            qkv[:, k_end:].reshape(n * kv_heads, dim))
+
+
+def int8_out_ffn(x: torch.Tensor, attn: torch.Tensor, wo_t: torch.Tensor, wo_s: torch.Tensor,
+                 norm: torch.Tensor, eps: float, gate_t: torch.Tensor, gate_s: torch.Tensor,
+                 up_t: torch.Tensor, up_s: torch.Tensor, down_t: torch.Tensor,
+                 down_s: torch.Tensor) -> torch.Tensor:
+    """The rest of a layer: output projection and residual, RMSNorm, SwiGLU FFN, residual.
+    Fused, the int32 GEMM outputs are dequantized inside the next op's loop instead of being
+    written out as float first."""
+    aq, a_s = quantize_rows(attn)
+    x = x + int8_matmul(aq, a_s, wo_t, wo_s)
+    hq, hs = quantize_rows(F.rms_norm(x, (x.shape[-1],), norm, eps))
+    act = F.silu(int8_matmul(hq, hs, gate_t, gate_s)) * int8_matmul(hq, hs, up_t, up_s)
+    mq, ms = quantize_rows(act)
+    return x + int8_matmul(mq, ms, down_t, down_s)
+
+
+_fused: dict[str, Callable[..., Any]] = {}
+
+
+def compile_int8(enabled: bool = True) -> None:
+    """Switches int8 layers to inductor-fused kernels (a process-wide choice): the quantize
+    and dequantize passes around each int8 GEMM then run inside the neighbouring ops' loops.
+    Needs a C++ compiler for CPU code; without one the eager path (same numbers) stays."""
+    _fused.clear()
+    if not enabled:
+        return
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        log.warning("no C++ compiler found: int8 layers run their eager (slower) path")
+        return
+    for fn in (int8_linear, int8_qkv, int8_out_ffn):
+        _fused[fn.__name__] = torch.compile(fn, dynamic=True)
+
+
+def fused(fn: Callable[..., Any], rows: int) -> Callable[..., Any]:
+    """The compiled form of ``fn`` where there is one; single rows stay eager (not worth a
+    second graph specialised to one row)."""
+    if rows < 2:
+        return fn
+    return _fused.get(fn.__name__, fn)
+
+
+_CUDA_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows
+
+
+def int8_linear_fast(x: torch.Tensor, weight_t: torch.Tensor,
+                     scale: torch.Tensor) -> torch.Tensor:
+    rows = x.shape[0]
+    if x.is_cuda and rows < _CUDA_MIN_ROWS:
+        padded = torch.zeros(_CUDA_MIN_ROWS, x.shape[1], dtype=x.dtype, device=x.device)
+        padded[:rows] = x
+        return int8_linear_fast(padded, weight_t, scale)[:rows]
+    return fused(int8_linear, rows)(x, weight_t, scale)
+
+
+class Int8Linear(nn.Module):
+    """A bias-free linear layer with int8 weights and per-token int8 activations."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("qweight", torch.zeros(out_features, in_features,
+                                                    dtype=torch.int8))
+        self.register_buffer("scale", torch.ones(out_features))
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> Int8Linear:
+        out_f, in_f = weight.shape
+        layer = cls(in_f, out_f)
+        q, scale = quantize_per_channel(weight)
+        layer.qweight = q.to(weight.device)
+        layer.scale = scale.to(weight.device)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_linear_fast(x, self.qweight.t(), self.scale)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.qweight.float() * self.scale[:, None]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+class BF16Linear(nn.Module):
+    """bfloat16 weights and matmul inputs, float32 accumulation; the residual stream, norms
+    and attention around it stay float32. On CPUs with AMX, oneDNN's bf16 GEMM on a weight
+    packed once runs about 7x its fp32 GEMM (bench/kernels.py)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features,
+                                                   dtype=torch.bfloat16))
+        self._packed: torch.Tensor | None = None
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor) -> BF16Linear:
+        out_f, in_f = weight.shape
+        layer = cls(in_f, out_f)
+        layer.weight = weight.detach().to(torch.bfloat16)
+        return layer
+
+    def pack(self) -> None:
+        from .kernels import onednn_available
+
+        w = self.weight
+        if w.device.type == "cpu" and onednn_available():
+            self._packed = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_BATCH_HINT)
+        else:
+            self._packed = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xb = x.to(torch.bfloat16)
+        if self._packed is not None:
+            out = torch.ops.mkldnn._linear_pointwise(xb, self._packed, None, "none", [], "")
+        else:
+            out = F.linear(xb, self.weight)
+        return out.to(x.dtype)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float()
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bf16"
+
+
+def int4_available() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+def quantize_int4_groups(weight: torch.Tensor, group: int = INT4_GROUP
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric 4-bit per group of ``group`` inputs. Returns codes ``[N, K]`` uint8 in 0..15
+    and ``[K // group, N, 2]`` (scale, zero) in the layout of ``_weight_int4pack_mm``, where
+    ``w = (q - 8) * scale + zero``."""
+    n, k = weight.shape
+    w = weight.float().reshape(n, k // group, group)
+    lo, hi = w.amin(-1), w.amax(-1)
+    scale = ((hi - lo) / 15).clamp_min(1e-12)
+    zero = lo + 8 * scale
+    q = torch.round((w - lo[..., None]) / scale[..., None]).clamp_(0, 15).to(torch.uint8)
+    sz = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # [K/g, N, 2]
+    return q.reshape(n, k), sz
+
+
+class Int4Linear(nn.Module):
+    """Weight-only int4 in groups; the matmul dequantizes inside the kernel."""
+
+    def __init__(self, in_features: int, out_features: int, group: int = INT4_GROUP) -> None:
+        super().__init__()
+        if in_features % group:
+            raise ValueError(f"int4 needs in_features divisible by {group}, not {in_features}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group = group
+        self.register_buffer("codes", torch.zeros(out_features, in_features, dtype=torch.uint8))
+        self.register_buffer("scale_zero", torch.zeros(in_features // group, out_features, 2))
+        self._packed: torch.Tensor | None = None
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, group: int = INT4_GROUP) -> Int4Linear:
+        out_f, in_f = weight.shape
+        layer = cls(in_f, out_f, group)
+        layer.codes, layer.scale_zero = quantize_int4_groups(weight, group)
+        return layer
+
+    def pack(self) -> None:
+        codes = self.codes.to(torch.int32)
+        self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+        self._sz = self.scale_zero.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._packed is None:
+            self.pack()
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.to(torch.bfloat16), self._packed, self.group, self._sz)
+        return out.to(x.dtype)
+
+    def dequantized(self) -> torch.Tensor:
+        n, k = self.codes.shape
+        sz = self.scale_zero.transpose(0, 1)  # [N, K/g, 2]
+        q = self.codes.float().reshape(n, k // self.group, self.group)
+        return ((q - 8) * sz[..., :1] + sz[..., 1:]).reshape(n, k)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"int4 groups of {self.group}")
+
+
+LAYER_LINEARS = ("wqkv", "wo", "w_gate", "w_up", "w_down")
+
+
+def quantize_layers(model: nn.Module, scheme: str,
+                    keep_float: frozenset[str] = frozenset()) -> None:
+    """Replaces the decoder layers' linears in place (``scheme`` int8, int4 or bf16); the embedding
+    and output head stay float. ``keep_float`` names linears (e.g. ``"w_down"``, or
+    ``"3.w_down"`` for one layer) left as they are."""
+    make = {"int8": Int8Linear.from_float, "int4": Int4Linear.from_float,
+            "bf16": BF16Linear.from_float}[scheme]
+    for i, layer in enumerate(model.layers):  # type: ignore[union-attr]
+        for name in LAYER_LINEARS:
+            if name in keep_float or f"{i}.{name}" in keep_float:
+                continue
+            new = make(getattr(layer, name).weight.detach())
+            if hasattr(new, "pack"):
+                new.pack()
+            setattr(layer, name, new)

@@ -1,0 +1,172 @@
+"""`llmq model optimize`: base checkpoint -> calibration -> pruning -> smoothing ->
+quantization -> artifact, then fidelity and speed measured and everything registered.
+
+Pruning decides on statistics of the base model; smoothing and quantization on statistics
+of the pruned model, since pruning changes the activations they must fit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmq.worker.engine.artifact import is_variant, save_variant, sha256_file
+from llmq.worker.engine.calibrate import collect_stats
+from llmq.worker.engine.fidelity import Fidelity
+from llmq.worker.engine.files import resolve_model_path
+from llmq.worker.engine.loader import Checkpoint, load_checkpoint
+from llmq.worker.engine.model import LlamaModel
+from llmq.worker.engine.prune import PruneRecipe, flops_per_token, prune, total_params
+from llmq.worker.engine.quant import LAYER_LINEARS, quantize_layers
+from llmq.worker.engine.smooth import smooth
+from llmq.worker.engine.tokenizer import TextTokenizer
+from llmq.worker.model_eval import (
+    evaluate_models,
+    greedy_outputs,
+    heldout_messages,
+    measure_speed,
+    shipped_messages,
+)
+from llmq.worker.models import resolve_model
+
+QUANTIZATIONS = ("none", "bf16", "int8", "int4")
+CALIBRATION_NEW_TOKENS = 48  # continuations add the model's own outputs to what is measured
+
+
+@dataclass(frozen=True)
+class Recipe:
+    prune: PruneRecipe = field(default_factory=PruneRecipe)
+    quantize: str = "int8"
+    smooth_alpha: float | None = 0.5  # SmoothQuant migration strength (int8 only)
+    keep_float: tuple[str, ...] = ()  # linears left unquantized: "w_down" or "3.w_down"
+
+    def validate(self) -> None:
+        if self.quantize not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}")
+        if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
+            raise ValueError(f"smoothing strength must be in [0, 1], not {self.smooth_alpha}")
+        for name in self.keep_float:
+            if name.rpartition(".")[2] not in LAYER_LINEARS:
+                raise ValueError(f"--keep-float {name!r}: expected one of "
+                                 f"{', '.join(LAYER_LINEARS)}, optionally as LAYER.NAME")
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["keep_float"] = list(self.keep_float)
+        if self.quantize != "int8":
+            d["smooth_alpha"] = None
+        return d
+
+
+# The recommended CPU variant, chosen by bench/optimize.py's figures (bench/BENCHMARKS.md).
+PRESETS: dict[str, Recipe] = {
+    "cpu": Recipe(quantize="int8", smooth_alpha=0.5),
+}
+
+
+@dataclass
+class Outcome:
+    manifest: dict[str, Any]
+    path: Path
+    fidelity: Fidelity | None
+    tokens_per_s: float | None
+    base_tokens_per_s: float | None
+    metrics: dict[str, Any]
+
+
+def read_calibration(path: str | None) -> list[list[dict[str, Any]]]:
+    """Chat messages from a JSONL file (``messages`` or ``prompt`` per line), or the set that
+    ships with llmq."""
+    if path is None:
+        return shipped_messages("calibration_prompts.jsonl")
+    chats = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            chats.append(row["messages"] if "messages" in row else
+                         [{"role": "user", "content": str(row["prompt"])}])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path} line {n}: expected a JSON object with \"messages\" or "
+                             f"\"prompt\" ({exc})") from None
+    if not chats:
+        raise ValueError(f"{path}: no calibration prompts")
+    return chats
+
+
+def build(base: str, recipe: Recipe, output: Path, calibration: str | None = None,
+          log: Callable[[str], None] = print) -> tuple[LlamaModel, LlamaModel, TextTokenizer,
+                                                       dict[str, Any]]:
+    """Writes the artifact; returns (base model, variant model, tokenizer, manifest)."""
+    recipe.validate()
+    base_path = resolve_model_path(resolve_model(base))
+    if is_variant(base_path):
+        raise ValueError(f"{base} is already an optimized variant: optimize from its float "
+                         "base instead")
+    ckpt: Checkpoint = load_checkpoint(base_path)
+    recipe.prune.validate(ckpt.config)
+    base_model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)
+    tok = ckpt.tokenizer
+    chats = read_calibration(calibration)
+    log(f"calibrating on {len(chats)} prompts")
+    outputs = greedy_outputs(base_model, tok, chats, CALIBRATION_NEW_TOKENS)
+    sequences = [tok.encode_chat(m) + out for m, out in zip(chats, outputs, strict=True)]
+    stats = collect_stats(base_model, sequences)
+    config, weights = ckpt.config, ckpt.weights
+    metrics: dict[str, Any] = {"calibration_tokens": stats.tokens}
+    if not recipe.prune.empty:
+        config, weights, report = prune(config, weights, stats, recipe.prune)
+        metrics["removed_layers"] = report.removed_layers
+        log(f"pruned: {report.params_before / 1e6:.1f}M -> {report.params_after / 1e6:.1f}M "
+            f"parameters, {report.flops_per_token_before / 1e6:.0f} -> "
+            f"{report.flops_per_token_after / 1e6:.0f} MFLOP per token")
+    metrics.update(params=total_params(config), flops_per_token=flops_per_token(config),
+                   base_params=total_params(ckpt.config),
+                   base_flops_per_token=flops_per_token(ckpt.config))
+    if recipe.quantize == "int8" and recipe.smooth_alpha:
+        pruned_model = (base_model if recipe.prune.empty
+                        else LlamaModel.from_hf_weights(config, weights))
+        pruned_stats = stats if recipe.prune.empty else collect_stats(pruned_model, sequences)
+        weights = smooth(config, weights, pruned_stats, recipe.smooth_alpha)
+        del pruned_model
+    variant = LlamaModel.from_hf_weights(config, weights)
+    if recipe.quantize != "none":
+        quantize_layers(variant, recipe.quantize, frozenset(recipe.keep_float))
+    # written beside the target and renamed into place, so a crash leaves no half artifact
+    partial = output.with_name(output.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    manifest = save_variant(partial, variant, tok, {
+        "base": base, "base_sha256": sha256_file(base_path) if base_path.is_file() else None,
+        "recipe": recipe.as_dict(), "metrics": metrics,
+    })
+    if output.exists():
+        output.rmdir()  # the caller checked that it is empty
+    partial.rename(output)
+    log(f"wrote {output}")
+    return base_model, variant, tok, manifest
+
+
+def optimize(base: str, recipe: Recipe, output: Path, calibration: str | None = None,
+             measure: bool = True, log: Callable[[str], None] = print) -> Outcome:
+    base_model, variant, tok, manifest = build(base, recipe, output, calibration, log)
+    metrics = dict(manifest["metrics"])
+    fid = speed = base_speed = None
+    if measure:
+        log(f"measuring fidelity on {len(heldout_messages())} held-out prompts")
+        fid = evaluate_models(base_model, variant, tok)
+        metrics.update(same_outputs=fid.same_outputs, sequences=fid.sequences,
+                       mean_shared_prefix=fid.mean_shared_prefix)
+        log("measuring speed (64 requests x 64 tokens, 64 slots)")
+        if recipe.quantize == "int8":
+            from llmq.worker.engine.quant import compile_int8
+
+            compile_int8()
+        speed = measure_speed(variant, tok)
+        base_speed = measure_speed(base_model, tok)
+        metrics.update(base_tokens_per_s=base_speed,
+                       speed_workload="64 held-out requests x 64 tokens, 64 slots")
+    return Outcome(manifest, output, fid, speed, base_speed, metrics)

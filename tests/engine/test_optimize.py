@@ -1,0 +1,158 @@
+"""Quantized linears against their float reference, pruning that really shrinks the model,
+smoothing that keeps its function, and artifacts that load back to the same tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+from llmq.worker.engine.artifact import ArtifactError, load_variant, verify
+from llmq.worker.engine.calibrate import collect_stats
+from llmq.worker.engine.kernels import Linear
+from llmq.worker.engine.model import LlamaModel
+from llmq.worker.engine.prune import (
+    PruneRecipe,
+    flops_per_token,
+    linear_params,
+    prune,
+    total_params,
+)
+from llmq.worker.engine.quant import Int4Linear, Int8Linear, int8_linear, quantize_layers
+from llmq.worker.engine.smooth import smooth
+from llmq.worker.optimize import Recipe, build
+from tests.conftest import Tiny
+
+from .tiny import random_weights, tiny_config
+
+PROMPTS = ["The quick brown fox", "Write a haiku about the sea.", "1, 2, 3,", "Hello there"]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+def test_int8_linear_matches_float_reference() -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(96, 64, generator=g) * 0.1
+    x = torch.randn(37, 64, generator=g)
+    x[:, 5] *= 20  # an outlier channel, as real activations have
+    layer = Int8Linear.from_float(w)
+    assert layer.qweight.dtype == torch.int8 and layer.scale.shape == (96,)
+    out = layer(x)
+    assert rel_err(out, x @ w.T) < 0.02
+    # the int8 GEMM is exact integer arithmetic: the only error is rounding x and w
+    x_scale = x.abs().amax(-1, keepdim=True) / 127
+    fake = (torch.round(x / x_scale) * x_scale) @ layer.dequantized().T
+    assert rel_err(out, fake) < 1e-5
+    assert torch.equal(int8_linear(x, layer.qweight.t(), layer.scale), out)
+
+
+def test_int4_linear_matches_its_dequantized_weights() -> None:
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(64, 96, generator=g) * 0.1
+    x = torch.randn(9, 96, generator=g)
+    layer = Int4Linear.from_float(w)
+    assert layer.codes.max() <= 15
+    assert rel_err(layer.dequantized(), w) < 0.12  # 16 levels per group of 32
+    assert rel_err(layer(x), x @ layer.dequantized().T) < 0.01  # bf16 activations
+
+
+def logits(model: LlamaModel, tokens: list[int]) -> torch.Tensor:
+    from llmq.worker.engine.fidelity import sequence_logits
+
+    return sequence_logits(model, tokens)
+
+
+def test_smoothing_keeps_the_function(tiny: Tiny) -> None:
+    base = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
+    seqs = [tiny.tokenizer.encode(p) for p in PROMPTS]
+    stats = collect_stats(base, seqs)
+    smoothed = LlamaModel.from_hf_weights(tiny.config,
+                                          smooth(tiny.config, tiny.weights, stats, 0.5))
+    assert not torch.allclose(smoothed.layers[0].wqkv.weight, base.layers[0].wqkv.weight)
+    for tokens in seqs:
+        torch.testing.assert_close(logits(smoothed, tokens), logits(base, tokens),
+                                   rtol=1e-4, atol=1e-4)
+
+
+def test_pruning_removes_parameters_and_flops(tiny: Tiny) -> None:
+    cfg = tiny_config(tiny.tokenizer, num_layers=3)
+    weights = random_weights(cfg, seed=3)
+    # make layer 1 a near no-op, and channel 7 of every FFN dead: both must go first
+    for name in ("self_attn.o_proj.weight", "mlp.down_proj.weight"):
+        weights[f"model.layers.1.{name}"] *= 1e-3
+    for i in range(3):
+        weights[f"model.layers.{i}.mlp.down_proj.weight"][:, 7] = 0
+    base = LlamaModel.from_hf_weights(cfg, weights)
+    stats = collect_stats(base, [tiny.tokenizer.encode(p) for p in PROMPTS])
+    recipe = PruneRecipe(ffn=0.3, kv_groups=1, layers=1)
+    pruned_cfg, pruned_w, report = prune(cfg, weights, stats, recipe)
+    assert report.removed_layers == [1]
+    assert (pruned_cfg.num_layers, pruned_cfg.intermediate_size) == (2, 64)
+    assert (pruned_cfg.num_kv_heads, pruned_cfg.num_heads) == (1, 2)
+    model = LlamaModel.from_hf_weights(pruned_cfg, pruned_w)
+    counted = sum(p.numel() for n, p in model.named_parameters() if n != "lm_head.weight")
+    assert counted == report.params_after == total_params(pruned_cfg)
+    # the tiny model is mostly embedding: compare what pruning can shrink, the layers' matmuls
+    # (3 layers -> 2, FFN 96 -> 64 channels, attention 4 + 2 + 2 heads -> 2 + 1 + 1)
+    before, after = linear_params(cfg), linear_params(pruned_cfg)
+    assert after == 2 * (64 * 4 * 16 + 2 * 16 * 64 + 3 * 64 * 64)
+    assert after < 0.5 * before
+    norms = 2 * cfg.hidden_size  # the removed layer's two RMSNorm weights
+    assert report.params_before - report.params_after == before - after + norms
+    head = 2 * cfg.hidden_size * cfg.vocab_size
+    assert report.flops_per_token_after == flops_per_token(pruned_cfg)
+    assert report.flops_per_token_after - head < 0.5 * (report.flops_per_token_before - head)
+    assert model.layers[0].w_gate.weight.shape == (64, cfg.hidden_size)
+    assert model.layers[0].wqkv.weight.shape == ((2 + 2 * 1) * cfg.head_dim, cfg.hidden_size)
+    kept = pruned_w["model.layers.0.mlp.down_proj.weight"]
+    assert not any(torch.equal(kept[:, j], weights["model.layers.0.mlp.down_proj.weight"][:, 7])
+                   for j in range(kept.shape[1]))
+    out = logits(model, tiny.tokenizer.encode(PROMPTS[0]))
+    assert torch.isfinite(out).all()
+
+
+def test_quantize_layers_replaces_the_decoder_linears(tiny: Tiny) -> None:
+    model = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
+    quantize_layers(model, "int8", frozenset({"1.w_down"}))
+    assert isinstance(model.layers[0].w_down, Int8Linear)
+    assert isinstance(model.layers[1].w_down, Linear)
+    assert isinstance(model.lm_head, Linear)
+
+
+def generate(engine: Engine, n: int = 12) -> list[list[int]]:
+    params = SamplingParams(max_tokens=n, ignore_eos=True)
+    return [r.token_ids for r in engine.generate(
+        GenerationRequest(prompt=p, params=params) for p in PROMPTS)]
+
+
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_pruned_quantized_artifact_round_trips(tiny: Tiny, tmp_path: Path,
+                                               quantize: str) -> None:
+    recipe = Recipe(prune=PruneRecipe(ffn=0.3, kv_groups=1), quantize=quantize)
+    out = tmp_path / "variant"
+    _, variant, tok, manifest = build(str(tiny.gguf), recipe, out, log=lambda _: None)
+    assert manifest["recipe"]["quantize"] == quantize
+    assert set(manifest["linears"].values()) == {quantize}
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.pt"))
+    verify(out)
+    config = EngineConfig(num_slots=4, slot_length=128, compile=False)
+    before = generate(Engine(variant, tok, config))
+    with Engine.load(out, config) as loaded:
+        assert loaded.model.config.intermediate_size == 64
+        assert loaded.model.config.num_kv_heads == 1
+        assert generate(loaded) == before
+    reloaded, _, _ = load_variant(out)
+    assert torch.equal(reloaded.layers[0].w_up.state_dict()[
+        "qweight" if quantize == "int8" else "codes"],
+        variant.layers[0].w_up.state_dict()["qweight" if quantize == "int8" else "codes"])
+    manifest_file = out / "llmq-manifest.json"
+    data = json.loads(manifest_file.read_text())
+    data["files"]["model.safetensors"] = "0" * 64
+    manifest_file.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="do not match"):
+        verify(out)
