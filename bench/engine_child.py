@@ -15,7 +15,8 @@ def run_llmq(args: dict) -> dict:
     from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 
     engine = Engine.load(args.get("model", "smollm2-135m"), EngineConfig(
-        num_slots=args["slots"], slot_length=512, max_step_tokens=args.get("step_tokens", 4096),
+        num_slots=args["slots"], slot_length=512, threads=args.get("threads", 2),
+        max_step_tokens=args.get("step_tokens", 4096),
         prefix_cache_entries=args.get("prefix_entries", 16)))
     prompts = workload(args.get("limit"))
     if args.get("repeat_to"):
@@ -71,8 +72,11 @@ def run_transformers(args: dict) -> dict:
 
 def main() -> None:
     args = json.loads(sys.stdin.read())
-    torch.set_num_threads(args.get("threads", 2))
-    result = run_llmq(args) if args["engine"] == "llmq" else run_transformers(args)
+    if args["engine"] == "llmq":  # the engine sets its own thread's count (threads.py)
+        result = run_llmq(args)
+    else:
+        torch.set_num_threads(args.get("threads", 2))
+        result = run_transformers(args)
     print(json.dumps(result))
 
 

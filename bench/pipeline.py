@@ -61,9 +61,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
     opts = ap.parse_args()
-    import torch
-
-    torch.set_num_threads(2)
     results = []
     for i in range(opts.runs):
         with tempfile.TemporaryDirectory(prefix="llmq-bench-pipeline-") as tmp:

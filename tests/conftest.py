@@ -18,12 +18,6 @@ from .engine.tiny import hf_model, random_weights, smollm2_tokenizer, tiny_confi
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    import torch
-
-    torch.set_num_threads(int(os.environ.get("LLMQ_TEST_THREADS", "2")))
-
-
 @dataclass
 class Tiny:
     tokenizer: TextTokenizer

@@ -11,6 +11,7 @@ from typing import Any
 from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
 from llmq.worker.engine.fidelity import Fidelity, compare
 from llmq.worker.engine.model import LlamaModel
+from llmq.worker.engine.threads import on_compute_thread
 from llmq.worker.engine.tokenizer import TextTokenizer
 from llmq.worker.models import resolve_model
 
@@ -30,9 +31,9 @@ def heldout_messages() -> list[list[dict[str, str]]]:
 def greedy_outputs(model: LlamaModel, tokenizer: TextTokenizer,
                    chats: list[list[dict[str, Any]]], new_tokens: int) -> list[list[int]]:
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
-    with Engine(model, tokenizer, EngineConfig(num_slots=len(chats), slot_length=512)) as eng:
-        return [r.token_ids for r in eng.generate(
-            GenerationRequest(messages=m, params=params) for m in chats)]
+    eng = Engine(model, tokenizer, EngineConfig(num_slots=len(chats), slot_length=512))
+    return [r.token_ids for r in eng.generate_here(
+        GenerationRequest(messages=m, params=params) for m in chats)]
 
 
 def evaluate_models(base: LlamaModel, variant: LlamaModel, tokenizer: TextTokenizer,
@@ -47,26 +48,26 @@ def evaluate_models(base: LlamaModel, variant: LlamaModel, tokenizer: TextTokeni
 
 
 def evaluate(name: str, base: str, new_tokens: int = 64) -> Fidelity:
-    engines = {which: Engine.load(resolve_model(which), EngineConfig(num_slots=1))
-               for which in (base, name)}
-    try:
+    def run() -> Fidelity:
+        engines = {which: Engine.load(resolve_model(which), EngineConfig(num_slots=1))
+                   for which in (base, name)}
         return evaluate_models(engines[base].model, engines[name].model,
                                engines[base].tokenizer, new_tokens)
-    finally:
-        for engine in engines.values():
-            engine.close()
+
+    return on_compute_thread(run)
 
 
 def measure_speed(model: LlamaModel, tokenizer: TextTokenizer, slots: int = 64) -> float:
     """Generated tokens/s over 64 held-out requests of 64 tokens each (EOS ignored), prefill
-    included, after a warm-up that also triggers any kernel compilation."""
+    included, after a warm-up that also triggers any kernel compilation. Runs on the calling
+    thread, which should be a compute thread (threads.py)."""
     chats = heldout_messages()
     chats = [chats[i % len(chats)] for i in range(SPEED_REQUESTS)]
     params = SamplingParams(max_tokens=SPEED_NEW_TOKENS, ignore_eos=True)
-    with Engine(model, tokenizer, EngineConfig(num_slots=slots, slot_length=512)) as eng:
-        eng.generate(GenerationRequest(messages=m, params=SamplingParams(
-            max_tokens=4, ignore_eos=True)) for m in chats[:4])
-        start = time.perf_counter()
-        results = eng.generate(GenerationRequest(messages=m, params=params) for m in chats)
-        seconds = time.perf_counter() - start
+    eng = Engine(model, tokenizer, EngineConfig(num_slots=slots, slot_length=512))
+    eng.generate_here(GenerationRequest(messages=m, params=SamplingParams(
+        max_tokens=4, ignore_eos=True)) for m in chats[:4])
+    start = time.perf_counter()
+    results = eng.generate_here(GenerationRequest(messages=m, params=params) for m in chats)
+    seconds = time.perf_counter() - start
     return sum(r.completion_tokens for r in results) / seconds

@@ -22,6 +22,7 @@ from llmq.worker.engine.model import LlamaModel
 from llmq.worker.engine.prune import PruneRecipe, flops_per_token, prune, total_params
 from llmq.worker.engine.quant import LAYER_LINEARS, quantize_layers
 from llmq.worker.engine.smooth import smooth
+from llmq.worker.engine.threads import on_compute_thread
 from llmq.worker.engine.tokenizer import TextTokenizer
 from llmq.worker.model_eval import (
     evaluate_models,
@@ -63,7 +64,7 @@ class Recipe:
 
 # The recommended CPU variant, chosen by bench/optimize.py's figures (bench/BENCHMARKS.md).
 PRESETS: dict[str, Recipe] = {
-    "cpu": Recipe(quantize="int8", smooth_alpha=0.5),
+    "cpu": Recipe(quantize="bf16"),
 }
 
 
@@ -152,6 +153,13 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
 
 def optimize(base: str, recipe: Recipe, output: Path, calibration: str | None = None,
              measure: bool = True, log: Callable[[str], None] = print) -> Outcome:
+    """Build, measure: all on one compute thread (threads.py)."""
+    return on_compute_thread(lambda: _optimize(base, recipe, output, calibration, measure,
+                                               log))
+
+
+def _optimize(base: str, recipe: Recipe, output: Path, calibration: str | None,
+              measure: bool, log: Callable[[str], None]) -> Outcome:
     base_model, variant, tok, manifest = build(base, recipe, output, calibration, log)
     metrics = dict(manifest["metrics"])
     fid = speed = base_speed = None

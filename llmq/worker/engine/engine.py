@@ -27,6 +27,7 @@ from .runner import ModelRunner
 from .sampling import SamplingParams, make_generator, sample
 from .scheduler import Scheduler, SchedulerConfig
 from .scheduler import Sequence as SeqState
+from .threads import default_threads
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,6 @@ class Engine:
     @classmethod
     def load(cls, model: str | Path, config: EngineConfig | None = None) -> Engine:
         config = config or EngineConfig()
-        if config.threads:
-            torch.set_num_threads(config.threads)
         device = pick_device(config.device)
         dtype = pick_dtype(config.dtype, device)
         path = resolve_model_path(str(model))
@@ -168,6 +167,21 @@ class Engine:
         futures = [self.submit(r) for r in requests]
         return [f.result() for f in futures]
 
+    def generate_here(self, requests: Iterable[GenerationRequest]) -> list[GenerationResult]:
+        """Runs ``requests`` to completion on the calling thread, without the engine thread:
+        for offline work that already runs on a compute thread (see threads.py). Not to be
+        mixed with ``submit`` on the same engine."""
+        if self._thread is not None:
+            raise RuntimeError("the engine thread is running: use generate()")
+        futures = []
+        for request in requests:
+            future: Future[GenerationResult] = Future()
+            self._add(request, future, None, time.time())
+            futures.append(future)
+        while self.scheduler.has_work:
+            self.step()
+        return [f.result() for f in futures]
+
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
@@ -197,6 +211,7 @@ class Engine:
             self._thread.start()
 
     def _loop(self) -> None:
+        torch.set_num_threads(self.config.threads or default_threads())
         while not self._stop.is_set():
             self._drain_inbox()
             if not self.scheduler.has_work:

@@ -17,8 +17,12 @@ from torch import nn
 from .config import ModelConfig
 from .kernels import Linear, pack_linears
 from .memory import zeros_lazily
-from .quant import LAYER_LINEARS, Int8Linear, fused, int8_out_ffn, int8_qkv
+from .quant import LAYER_LINEARS, BF16Linear, Int8Linear, fused, int8_out_ffn, int8_qkv
 from .rope import apply_rope, rope_inv_freq
+from .threads import keep_main_thread_serial
+
+# Before the first multi-threaded op of the process: see threads.py.
+keep_main_thread_serial()
 
 
 @dataclass
@@ -93,6 +97,8 @@ class DecoderLayer(nn.Module):
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
         if x.device.type == "cpu" and self.all_int8():
             return self._forward_int8(x, cos, sin, cache, step)
+        if x.dtype == torch.float32 and self.all_bf16():
+            return self._forward_bf16(x, cos, sin, cache, step)
         c = self.config
         n_tok = x.shape[0]
         heads, kv_heads, dim = c.num_heads, c.num_kv_heads, c.head_dim
@@ -112,6 +118,36 @@ class DecoderLayer(nn.Module):
         h = F.rms_norm(x, (c.hidden_size,), self.ffn_norm, c.rms_norm_eps)
         gate = F.silu(self.w_gate(h), inplace=True)  # [T, F]
         return x.add_(self.w_down(gate.mul_(self.w_up(h))))
+
+    def all_bf16(self) -> bool:
+        return all(isinstance(getattr(self, n), BF16Linear) for n in LAYER_LINEARS)
+
+    def _forward_bf16(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs
+                      ) -> torch.Tensor:
+        """The same layer with bf16 matmuls around a float32 residual stream, norms, RoPE and
+        attention. Activations stay bf16 between the matmuls of the FFN, and bf16 outputs
+        are added to the residual directly: every cast is a full pass over the activations,
+        and at AMX speeds the casts cost as much as the matmuls."""
+        c = self.config
+        n_tok = x.shape[0]
+        heads, kv_heads, dim = c.num_heads, c.num_kv_heads, c.head_dim
+        bf16 = torch.bfloat16
+        h = F.rms_norm(x, (c.hidden_size,), self.attn_norm, c.rms_norm_eps).to(bf16)
+        qkv = self.wqkv.bf16(h)  # [T, (H + 2K) * E] bf16
+        q_end = heads * dim
+        k_end = q_end + kv_heads * dim
+        qk = apply_rope(qkv[:, :k_end].view(n_tok, heads + kv_heads, dim), cos, sin)  # fp32
+        k = qk[:, heads:].reshape(n_tok * kv_heads, dim)
+        v = qkv[:, k_end:].reshape(n_tok * kv_heads, dim).to(x.dtype)
+        k_cache, v_cache = cache
+        k_cache.view(-1, dim).index_copy_(0, step.cache_rows, k)
+        v_cache.view(-1, dim).index_copy_(0, step.cache_rows, v)
+        attn = self._attention(qk[:, :heads], k_cache, v_cache, step)  # [T, H, E] fp32
+        x = torch.add(x, self.wo.bf16(attn.view(n_tok, q_end).to(bf16)))
+        h = F.rms_norm(x, (c.hidden_size,), self.ffn_norm, c.rms_norm_eps).to(bf16)
+        act = F.silu(self.w_gate.bf16(h), inplace=True).mul_(self.w_up.bf16(h))
+        return x.add_(self.w_down.bf16(act))
 
     def _forward_int8(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs

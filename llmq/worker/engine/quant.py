@@ -187,12 +187,13 @@ class BF16Linear(nn.Module):
             self._packed = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xb = x.to(torch.bfloat16)
+        return self.bf16(x.to(torch.bfloat16)).to(x.dtype)
+
+    def bf16(self, x: torch.Tensor) -> torch.Tensor:
+        """bf16 in, bf16 out: for callers that keep activations in bf16 between matmuls."""
         if self._packed is not None:
-            out = torch.ops.mkldnn._linear_pointwise(xb, self._packed, None, "none", [], "")
-        else:
-            out = F.linear(xb, self.weight)
-        return out.to(x.dtype)
+            return torch.ops.mkldnn._linear_pointwise(x, self._packed, None, "none", [], "")
+        return F.linear(x, self.weight)
 
     def dequantized(self) -> torch.Tensor:
         return self.weight.float()
