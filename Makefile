@@ -21,11 +21,16 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The demo builds the recommended CPU variant once (bf16 matmuls where the CPU has them,
+# int8 otherwise) and runs the examples through it.
+DEMO_MODEL ?= smollm2-135m-cpu
+DEMO_ENV := LLMQ_DATABASE_URL=sqlite:///out/demo.db LLMQ_MODEL_DIR=out/models
 demo: $(STAMP)
 	@mkdir -p out
-	LLMQ_DATABASE_URL=sqlite:///out/demo.db $(BIN)/llmq run $(EXAMPLE) --output out/demo-results.jsonl --max-tokens 64
+	$(DEMO_ENV) $(BIN)/llmq model optimize --from smollm2-135m --name $(DEMO_MODEL) --preset cpu --exist-ok --no-measure
+	$(DEMO_ENV) $(BIN)/llmq run $(EXAMPLE) --model $(DEMO_MODEL) --output out/demo-results.jsonl --max-tokens 64
 	@echo
-	@echo "results: out/demo-results.jsonl  (database: out/demo.db)"
+	@echo "results: out/demo-results.jsonl  (database: out/demo.db, model: out/models/$(DEMO_MODEL))"
 	@head -n 3 out/demo-results.jsonl | $(BIN)/python -c "import json,sys; [print(json.loads(l)['custom_id'], '->', json.loads(l)['text'][:100].replace(chr(10),' ')) for l in sys.stdin]"
 
 # The default run: real Redis, SQLite and PostgreSQL, real workers, the tiny model and the

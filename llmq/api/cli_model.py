@@ -118,7 +118,7 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
 @model.command("optimize")
 @click.option("--from", "base", required=True, help="the float model to start from")
 @click.option("--name", required=True, help="name of the new variant")
-@click.option("--preset", type=click.Choice(["cpu"]),
+@click.option("--preset", "preset_name", type=click.Choice(["cpu"]),
               help="the recommended recipe (the options below override its parts)")
 @click.option("--quantize", type=click.Choice(["none", "bf16", "int8", "int4"]),
               help="bf16: bf16 weights and matmul inputs, float32 accumulation; int8: int8 "
@@ -142,7 +142,7 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
 @click.option("--no-measure", is_flag=True, help="skip the fidelity and speed measurements")
 @click.option("--exist-ok", is_flag=True, help="do nothing if NAME is already registered")
 @click.option("--json", "as_json", is_flag=True)
-def model_optimize(base: str, name: str, preset: str | None, quantize: str | None,
+def model_optimize(base: str, name: str, preset_name: str | None, quantize: str | None,
                    smooth_alpha: float | None, keep_float: tuple[str, ...], prune_ffn: float,
                    prune_kv_groups: int, prune_layers: int, calibration: str | None,
                    output: str | None, no_measure: bool, exist_ok: bool,
@@ -153,7 +153,7 @@ def model_optimize(base: str, name: str, preset: str | None, quantize: str | Non
 
     from llmq.settings import get_settings
     from llmq.worker.engine.prune import PruneRecipe
-    from llmq.worker.optimize import PRESETS, Recipe, optimize
+    from llmq.worker.optimize import Recipe, optimize, preset
 
     _ensure_builtins()
     with session_scope() as session:
@@ -163,7 +163,7 @@ def model_optimize(base: str, name: str, preset: str | None, quantize: str | Non
                 click.echo(name)
                 return
             raise click.ClickException(f"a model named {name!r} is already registered")
-    recipe = PRESETS[preset] if preset else Recipe()
+    recipe = preset(preset_name) if preset_name else Recipe()
     updates: dict[str, object] = {}
     if quantize is not None:
         updates["quantize"] = quantize

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from llmq.worker.engine.artifact import is_variant, save_variant, sha256_file
 from llmq.worker.engine.calibrate import collect_stats
 from llmq.worker.engine.fidelity import Fidelity
@@ -62,10 +64,15 @@ class Recipe:
         return d
 
 
-# The recommended CPU variant, chosen by bench/optimize.py's figures (bench/BENCHMARKS.md).
-PRESETS: dict[str, Recipe] = {
-    "cpu": Recipe(quantize="bf16"),
-}
+def preset(name: str) -> Recipe:
+    """The recommended recipes, chosen by bench/optimize.py's figures (bench/BENCHMARKS.md).
+    ``cpu``: bf16 linears where oneDNN has native bf16 (AVX512-BF16 or AMX): the best
+    fidelity of the fast paths and, with AMX, the fastest; elsewhere int8 with smoothing."""
+    if name != "cpu":
+        raise ValueError(f"unknown preset {name!r}")
+    if bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return Recipe(quantize="bf16")
+    return Recipe(quantize="int8", smooth_alpha=0.5)
 
 
 @dataclass
