@@ -47,7 +47,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check llmq tests bench
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.optimize
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -70,10 +71,63 @@ def run_transformers(args: dict) -> dict:
             "peak_rss_mb": peak_rss_mb(), "outputs": outputs}
 
 
+def convert_ctranslate2(out_dir: str, quantization: str) -> None:
+    """The shipped GGUF into CTranslate2's format, through a Hugging Face folder written from
+    llmq's own loader (transformers will not save a model it loaded from GGUF)."""
+    import ctranslate2
+    from safetensors.torch import save_file
+
+    from llmq.worker.engine.files import builtin_model_path
+    from llmq.worker.engine.loader import load_checkpoint
+
+    hf_dir = Path(out_dir).with_suffix(".hf")
+    if not (hf_dir / "model.safetensors").is_file():
+        hf_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = load_checkpoint(builtin_model_path("smollm2-135m"))
+        (hf_dir / "config.json").write_text(json.dumps(ckpt.config.to_hf()))
+        ckpt.tokenizer.save_hf_files(hf_dir)
+        save_file({k: v.contiguous() for k, v in ckpt.weights.items()},
+                  str(hf_dir / "model.safetensors"), metadata={"format": "pt"})
+    ctranslate2.converters.TransformersConverter(str(hf_dir)).convert(
+        out_dir, quantization=quantization, force=True)
+
+
+def run_ctranslate2(args: dict) -> dict:
+    import ctranslate2
+
+    from llmq.worker.engine.files import builtin_model_path
+    from llmq.worker.engine.tokenizer import load_tokenizer
+
+    out_dir = args["ct2_dir"]
+    if not (Path(out_dir) / "model.bin").is_file():
+        convert_ctranslate2(out_dir, args.get("quantization", "int8"))
+    tok = load_tokenizer(builtin_model_path("smollm2-135m"))
+    gen = ctranslate2.Generator(out_dir, device="cpu", compute_type=args.get(
+        "quantization", "int8"), intra_threads=args.get("threads", 2))
+    prompts = workload(args.get("limit"))
+    n = args["new_tokens"]
+    tokens = [[tok.token_text(i) for i in tok.encode_chat(p["messages"])] for p in prompts]
+
+    def generate(batch: list[list[str]]) -> list[list[int]]:
+        res = gen.generate_batch(batch, max_length=n, min_length=n, sampling_topk=1,
+                                 include_prompt_in_result=False, max_batch_size=args["slots"])
+        return [r.sequences_ids[0] for r in res]
+
+    generate(tokens[:2])
+    start = time.perf_counter()
+    outputs = generate(tokens)
+    seconds = time.perf_counter() - start
+    generated = sum(len(o) for o in outputs)
+    return {"tokens": generated, "seconds": seconds, "tok_s": generated / seconds,
+            "peak_rss_mb": peak_rss_mb(), "outputs": outputs}
+
+
 def main() -> None:
     args = json.loads(sys.stdin.read())
     if args["engine"] == "llmq":  # the engine sets its own thread's count (threads.py)
         result = run_llmq(args)
+    elif args["engine"] == "ctranslate2":
+        result = run_ctranslate2(args)
     else:
         torch.set_num_threads(args.get("threads", 2))
         result = run_transformers(args)

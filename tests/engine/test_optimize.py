@@ -156,3 +156,27 @@ def test_pruned_quantized_artifact_round_trips(tiny: Tiny, tmp_path: Path,
     manifest_file.write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="do not match"):
         verify(out)
+
+
+def test_compiled_int8_layers_match_the_eager_path(tiny: Tiny, tmp_path: Path) -> None:
+    """Workers run int8 layers through inductor-fused kernels; they must compute what the
+    eager ops compute (up to float summation order)."""
+    from llmq.worker.engine.quant import compile_int8, fused, int8_out_ffn
+
+    _, variant, tok, _ = build(str(tiny.gguf), Recipe(quantize="int8"), tmp_path / "v",
+                               log=lambda _: None)
+    tokens = tok.encode(PROMPTS[1])
+    compile_int8(False)
+    eager = logits(variant, tokens)
+    eager_tokens = generate(Engine(variant, tok, EngineConfig(num_slots=4, slot_length=128,
+                                                              compile=False)))
+    compile_int8(True)
+    try:
+        assert fused(int8_out_ffn, 8) is not int8_out_ffn  # the compiled form is in use
+        compiled = logits(variant, tokens)
+        compiled_tokens = generate(Engine(variant, tok, EngineConfig(num_slots=4,
+                                                                     slot_length=128)))
+    finally:
+        compile_int8(False)
+    torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
+    assert compiled_tokens == eager_tokens

@@ -1,0 +1,137 @@
+"""Model variants on the shared workload (../shared/bench/README.md): size, generated tokens/s
+at 32 and 64 slots, fidelity against the fp32 base, and CTranslate2 int8 (the peer that
+installs by pip) in the same run.
+
+Fidelity, two ways: KL / top-1 / greedy agreement on llmq's held-out prompts (what
+`llmq model optimize` stores), and, as in the shared table of other engines, how many of the
+first 16 workload prompts get the same 64 greedy tokens as the fp32 engine, with the mean
+shared prefix.
+
+    .venv/bin/python -m bench.optimize [--runs 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.common import ROOT, markdown_table, median, record, run_child
+from bench.engine import same_prefix
+
+NEW_TOKENS = 64
+VARIANTS_DIR = ROOT / "bench" / ".variants"  # git-ignored: rebuilt when missing
+
+# name -> options as for `llmq model optimize`
+VARIANTS: dict[str, dict] = {
+    "bf16": {"quantize": "bf16"},
+    "int8": {"quantize": "int8", "smooth_alpha": 0.5},
+    "int4 (groups of 32)": {"quantize": "int4"},
+    "ffn -10% + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.1},
+    "ffn -25% + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.25},
+}
+
+
+def build_variants(names: list[str]) -> dict[str, dict]:
+    """Artifacts plus their held-out fidelity, built on a compute thread (threads.py)."""
+    from llmq.worker.engine.prune import PruneRecipe
+    from llmq.worker.engine.threads import on_compute_thread
+    from llmq.worker.model_eval import evaluate_models
+    from llmq.worker.optimize import Recipe, build
+
+    out = {}
+    for name in names:
+        opts = VARIANTS[name]
+        folder = VARIANTS_DIR / name.replace(" ", "_").replace("/", "-").replace("%", "pc")
+        recipe = Recipe(prune=PruneRecipe(ffn=opts.get("ffn", 0.0)), quantize=opts["quantize"],
+                        smooth_alpha=opts.get("smooth_alpha"),
+                        keep_float=tuple(opts.get("keep_float", ())))
+
+        def run(folder: Path = folder, recipe: Recipe = recipe) -> dict:
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
+            base, variant, tok, _ = build("smollm2-135m", recipe, folder, log=lambda _: None)
+            fid = evaluate_models(base, variant, tok)
+            return {"path": str(folder), "kl": fid.kl, "top1": fid.top1,
+                    "same_heldout": fid.same_outputs,
+                    "size_mb": sum(f.stat().st_size for f in folder.iterdir()) / 1e6}
+
+        out[name] = on_compute_thread(run)
+        print(f"built {name}: {out[name]}", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="16 prompts, 1 run: a smoke test")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--no-peer", action="store_true", help="skip CTranslate2")
+    opts = ap.parse_args()
+    runs = 1 if opts.quick else opts.runs
+    limit = 16 if opts.quick else None
+    built = build_variants(opts.variants)
+    from llmq.worker.engine.files import builtin_model_path
+
+    configs: dict[str, dict] = {}
+    for slots in (32, 64):
+        configs[f"fp32 base, {slots} slots"] = {"engine": "llmq", "slots": slots}
+        for name, info in built.items():
+            configs[f"{name}, {slots} slots"] = {"engine": "llmq", "slots": slots,
+                                                 "model": info["path"]}
+    if not opts.no_peer:
+        configs["CTranslate2 4.8.5 int8, batch 32"] = {
+            "engine": "ctranslate2", "slots": 32, "quantization": "int8",
+            "ct2_dir": str(VARIANTS_DIR / "ct2-int8")}
+    samples: dict[str, list[dict]] = {k: [] for k in configs}
+    for run in range(runs):
+        for name, cfg in configs.items():
+            args = {"new_tokens": NEW_TOKENS, **cfg}
+            if limit:
+                args["limit"] = limit
+            res = run_child("bench.engine_child", args, timeout=3600)
+            samples[name].append(res)
+            print(f"run {run + 1}/{runs} {name}: {res['tok_s']:.1f} tok/s", flush=True)
+    tok_s = {k: median([s["tok_s"] for s in v]) for k, v in samples.items()}
+    reference = samples["fp32 base, 64 slots"][0]["outputs"][:16]
+
+    def agreement(name: str) -> str:
+        outs = samples[name][0]["outputs"][:16]
+        same = sum(a == b for a, b in zip(reference, outs, strict=True))
+        shared = sum(same_prefix(a, b) for a, b in zip(reference, outs, strict=True)) / 16
+        return f"{same}/16 ({shared:.0f})"
+
+    base_size = builtin_model_path("smollm2-135m").stat().st_size / 1e6
+    rows = []
+    fp32_64 = tok_s["fp32 base, 64 slots"]
+    for name in ["fp32 base", *built]:
+        info = built.get(name, {"size_mb": base_size, "kl": 0.0, "top1": 1.0,
+                                "same_heldout": 16})
+        t32, t64 = tok_s[f"{name}, 32 slots"], tok_s[f"{name}, 64 slots"]
+        size = f"{info['size_mb']:.0f}" + (" (Q4_1 GGUF)" if name == "fp32 base" else "")
+        rows.append([name, size, f"{t32:.1f}", f"{t64:.1f}", f"{t64 / fp32_64:.2f}x",
+                     f"{info['kl']:.4f}", f"{info['top1']:.1%}", f"{info['same_heldout']}/16",
+                     agreement(f"{name}, 64 slots")])
+    if not opts.no_peer:
+        peer = "CTranslate2 4.8.5 int8, batch 32"
+        rows.append([peer, "", f"{tok_s[peer]:.1f}", "", f"{tok_s[peer] / fp32_64:.2f}x", "",
+                     "", "", agreement(peer)])
+    table = markdown_table(
+        ["variant", "size MB", "tok/s 32 slots", "tok/s 64 slots", "vs fp32 (64)",
+         "KL (held-out)", "top-1 (held-out)", "same greedy (held-out)",
+         "same as fp32 (workload, shared prefix)"], rows)
+    notes = (
+        f"Workload: {'16 prompts (quick)' if limit else '64 chat prompts'}, {NEW_TOKENS} new "
+        f"tokens each, greedy, EOS ignored, 2 threads; model load excluded, prefill included; "
+        f"median of {runs} run(s), configurations interleaved, each in its own process. "
+        "Held-out fidelity: 16 prompts shipped in llmq/data, 64 greedy tokens, KL and top-1 "
+        "teacher-forced on the base's continuation. Workload agreement: first 16 prompts, "
+        "64-token greedy outputs against the fp32 engine at 64 slots.")
+    print(table)
+    print(notes)
+    if not opts.quick:
+        record("Model variants (bench/optimize.py)", table, notes)
+
+
+if __name__ == "__main__":
+    main()
