@@ -101,20 +101,9 @@ class DecoderLayer(nn.Module):
             return self._forward_bf16(x, cos, sin, cache, step)
         c = self.config
         n_tok = x.shape[0]
-        heads, kv_heads, dim = c.num_heads, c.num_kv_heads, c.head_dim
         h = F.rms_norm(x, (c.hidden_size,), self.attn_norm, c.rms_norm_eps)
-        qkv = self.wqkv(h)  # [T, (H + 2K) * E]
-        q_end = heads * dim
-        k_end = q_end + kv_heads * dim
-        qk = apply_rope(qkv[:, :k_end].view(n_tok, heads + kv_heads, dim), cos, sin)
-        q = qk[:, :heads]  # [T, H, E]
-        k = qk[:, heads:].reshape(n_tok * kv_heads, dim)  # [T * K, E]
-        v = qkv[:, k_end:].reshape(n_tok * kv_heads, dim)  # [T * K, E]
-        k_cache, v_cache = cache  # [S, K, L, E] each
-        k_cache.view(-1, dim).index_copy_(0, step.cache_rows, k)
-        v_cache.view(-1, dim).index_copy_(0, step.cache_rows, v)
-        attn = self._attention(q, k_cache, v_cache, step)  # [T, H, E]
-        x = x + self.wo(attn.view(n_tok, q_end))
+        attn = self._attend(*self._split_rope(self.wqkv(h), cos, sin), cache, step)  # [T, H, E]
+        x = x + self.wo(attn.view(n_tok, -1))
         h = F.rms_norm(x, (c.hidden_size,), self.ffn_norm, c.rms_norm_eps)
         gate = F.silu(self.w_gate(h), inplace=True)  # [T, F]
         return x.add_(self.w_down(gate.mul_(self.w_up(h))))
@@ -131,20 +120,11 @@ class DecoderLayer(nn.Module):
         and at AMX speeds the casts cost as much as the matmuls."""
         c = self.config
         n_tok = x.shape[0]
-        heads, kv_heads, dim = c.num_heads, c.num_kv_heads, c.head_dim
         bf16 = torch.bfloat16
         h = F.rms_norm(x, (c.hidden_size,), self.attn_norm, c.rms_norm_eps).to(bf16)
-        qkv = self.wqkv.bf16(h)  # [T, (H + 2K) * E] bf16
-        q_end = heads * dim
-        k_end = q_end + kv_heads * dim
-        qk = apply_rope(qkv[:, :k_end].view(n_tok, heads + kv_heads, dim), cos, sin)  # fp32
-        k = qk[:, heads:].reshape(n_tok * kv_heads, dim)
-        v = qkv[:, k_end:].reshape(n_tok * kv_heads, dim).to(x.dtype)
-        k_cache, v_cache = cache
-        k_cache.view(-1, dim).index_copy_(0, step.cache_rows, k)
-        v_cache.view(-1, dim).index_copy_(0, step.cache_rows, v)
-        attn = self._attention(qk[:, :heads], k_cache, v_cache, step)  # [T, H, E] fp32
-        x = torch.add(x, self.wo.bf16(attn.view(n_tok, q_end).to(bf16)))
+        q, k, v = self._split_rope(self.wqkv.bf16(h), cos, sin)  # RoPE returns float32
+        attn = self._attend(q, k, v, cache, step)  # [T, H, E] float32
+        x = torch.add(x, self.wo.bf16(attn.view(n_tok, -1).to(bf16)))
         h = F.rms_norm(x, (c.hidden_size,), self.ffn_norm, c.rms_norm_eps).to(bf16)
         act = F.silu(self.w_gate.bf16(h), inplace=True).mul_(self.w_up.bf16(h))
         return x.add_(self.w_down.bf16(act))
@@ -159,14 +139,32 @@ class DecoderLayer(nn.Module):
         q, k, v = fused(int8_qkv, n_tok)(
             x, self.attn_norm, c.rms_norm_eps, wqkv.qweight.t(), wqkv.scale, cos, sin,
             c.num_heads, c.num_kv_heads, c.head_dim)
-        k_cache, v_cache = cache
-        k_cache.view(-1, c.head_dim).index_copy_(0, step.cache_rows, k)
-        v_cache.view(-1, c.head_dim).index_copy_(0, step.cache_rows, v)
-        attn = self._attention(q, k_cache, v_cache, step)
+        attn = self._attend(q, k, v, cache, step)
         g, u, d = self.w_gate, self.w_up, self.w_down
         return fused(int8_out_ffn, n_tok)(
             x, attn.view(n_tok, -1), wo.qweight.t(), wo.scale, self.ffn_norm, c.rms_norm_eps,
             g.qweight.t(), g.scale, u.qweight.t(), u.scale, d.qweight.t(), d.scale)
+
+    def _split_rope(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``[T, (H + 2K) * E]`` -> q ``[T, H, E]`` and k ``[T * K, E]`` with RoPE applied,
+        and v ``[T * K, E]``."""
+        c = self.config
+        n_tok = qkv.shape[0]
+        heads, kv_heads, dim = c.num_heads, c.num_kv_heads, c.head_dim
+        k_end = (heads + kv_heads) * dim
+        qk = apply_rope(qkv[:, :k_end].view(n_tok, heads + kv_heads, dim), cos, sin)
+        return (qk[:, :heads], qk[:, heads:].reshape(n_tok * kv_heads, dim),
+                qkv[:, k_end:].reshape(n_tok * kv_heads, dim))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
+        """Writes the step's keys and values into the cache, then attends over it."""
+        k_cache, v_cache = cache  # [S, K, L, E] each
+        dim = self.config.head_dim
+        k_cache.view(-1, dim).index_copy_(0, step.cache_rows, k.to(k_cache.dtype))
+        v_cache.view(-1, dim).index_copy_(0, step.cache_rows, v.to(v_cache.dtype))
+        return self._attention(q, k_cache, v_cache, step)
 
     def _attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    step: StepInputs) -> torch.Tensor:
