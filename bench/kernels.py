@@ -2,7 +2,7 @@
 fp32 GEMM through PyTorch's default (MKL) against oneDNN on a pre-packed weight, and
 attention through explicit matmuls against PyTorch's fused kernel, for decode (one query per
 sequence, 64 sequences; llmq uses the matmuls) and for a prompt of ~200 tokens (llmq keeps
-the fused kernel, which wins there).
+the fused kernel, which wins there); and the low-precision GEMMs of the model variants.
 
     .venv/bin/python -m bench.kernels
 """
@@ -44,6 +44,35 @@ def gemm_rows() -> list[list[str]]:
                 x, p, None, "none", [], "")) / 1e9
             rows.append([f"linear [{tokens}x{n_in}] x [{n_in}x{n_out}]", f"{mkl:.0f} GFLOP/s",
                          f"{dnn:.0f} GFLOP/s", f"{dnn / mkl:.2f}x"])
+    return rows
+
+
+def low_precision_rows() -> list[list[str]]:
+    """The matmuls of the quantized variants at the FFN's shape, as GFLOP/s (or GOP/s)."""
+    from llmq.worker.engine.quant import BF16Linear, Int4Linear, Int8Linear
+
+    rows = []
+    for tokens in (64, 2048):
+        n_in, n_out = 576, 1536
+        x, w = torch.randn(tokens, n_in), torch.randn(n_out, n_in) * 0.05
+        flops = 2 * tokens * n_in * n_out
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 64)
+        bf16 = BF16Linear.from_float(w)
+        bf16.pack()
+        xb = x.to(torch.bfloat16)
+        int8 = Int8Linear.from_float(w)
+        xq = torch.randint(-127, 128, (tokens, n_in), dtype=torch.int8)
+        int4 = Int4Linear.from_float(w)
+        timings = [
+            per_call(lambda x=x, p=packed: torch.ops.mkldnn._linear_pointwise(
+                x, p, None, "none", [], "")),
+            per_call(lambda xb=xb, m=bf16: m.bf16(xb)),
+            per_call(lambda xq=xq, m=int8: torch._int_mm(xq, m.qweight.t())),
+            per_call(lambda x=x, m=int8: m(x)),
+            per_call(lambda x=x, m=int4: m(x)),
+        ]
+        rows.append([f"[{tokens}x{n_in}] x [{n_in}x{n_out}]",
+                     *(f"{flops / t / 1e9:.0f}" for t in timings)])
     return rows
 
 
@@ -100,11 +129,16 @@ def main() -> None:
     torch.set_num_threads(2)
     table = markdown_table(["kernel", "PyTorch default", "alternative", "speed-up"],
                            gemm_rows() + attention_rows())
+    low = markdown_table(["GEMM (G(FL)OP/s)", "fp32 oneDNN packed", "bf16 oneDNN packed",
+                          "int8 torch._int_mm alone", "int8 with per-token quantize (eager)",
+                          "int4 weight-only"], low_precision_rows())
     print(table)
-    record("Kernels (bench/kernels.py)", table,
+    print(low)
+    record("Kernels (bench/kernels.py)", table + "\n" + low,
            "GEMM: F.linear (MKL) vs oneDNN on a weight packed once. Attention: fused "
            "scaled_dot_product_attention vs explicit matmuls with the G query heads of a KV "
-           "head stacked as rows. Middle of 3 timings of 30 calls each.")
+           "head stacked as rows. Low precision: the kernels of llmq's quantized linears "
+           "(llmq/worker/engine/quant.py). Middle of 3 timings of 30 calls each.")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,8 @@ class Engine:
         if is_variant(path):  # an optimized artifact: built exactly as saved
             net, tokenizer, _ = load_variant(path, device)
             if any(isinstance(m, Int8Linear) for m in net.modules()):
-                compile_int8(config.compile)
+                # the fused kernels are CPU code; CUDA runs the int8 GEMMs eagerly
+                compile_int8(config.compile and device.type == "cpu")
             return cls(net, tokenizer, config, name=str(model))
         ckpt = load_checkpoint(path)
         net = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights, dtype=dtype, device=device)

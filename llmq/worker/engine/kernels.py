@@ -1,9 +1,10 @@
 """Matmul kernels for the linear layers.
 
-On this class of CPU, PyTorch's default fp32 GEMM (MKL) runs at 140-200 GFLOP/s at our shapes,
-while oneDNN's JIT kernels on a weight pre-packed into their blocked layout run at 400-500
-with the same fp32 arithmetic (measured in bench/kernels.py). So CPU fp32 linears pack their
-weight once and call oneDNN; every other device or dtype uses ``F.linear``."""
+On the AMD EPYC machines of this project, PyTorch's default fp32 GEMM (MKL) runs at 140-200
+GFLOP/s at our shapes, while oneDNN's JIT kernels on a weight pre-packed into their blocked
+layout run at 400-500 with the same fp32 arithmetic; on the Intel Xeons the two are even
+(bench/kernels.py). So CPU fp32 linears pack their weight once and call oneDNN; every other
+device or dtype uses ``F.linear``."""
 
 from __future__ import annotations
 

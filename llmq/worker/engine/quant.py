@@ -1,17 +1,22 @@
-"""Low-precision linear layers.
+"""Low-precision linear layers; which one is fastest depends on the CPU, so every variant
+records its measured speed (bench/kernels.py and bench/optimize.py have the figures).
 
-W8A8 (``int8``): int8 weights with one scale per output channel, and activations quantized to
-int8 per token at run time, so the matmul itself is an int8 GEMM (``torch._int_mm``, VNNI on
-this CPU: about 4-6x the fp32 GEMM at our shapes, bench/kernels.py). Per-token scales keep one
-token's outliers from flattening every other token in the packed batch; per-tensor scales, as
-in ``torch.ao`` dynamic quantization, collapse this model's output.
+``bf16``: bf16 weights and matmul inputs, float32 accumulation, through oneDNN on a weight
+packed once. With AMX (Xeon Sapphire Rapids and later) that GEMM runs about 4-8x the fp32
+one at our shapes; with AVX512-BF16 alone (the AMD machines of this project) about 1.4x.
 
-The quantize and dequantize passes around the GEMM cost as much as the GEMM when run as
-separate eager ops, so on CPU they are compiled with inductor into one loop each
-(``compile_int8``); eager mode gives the same numbers and serves where no compiler is found.
+``int8`` (W8A8): int8 weights with one scale per output channel, and activations quantized
+to int8 per token at run time, so the matmul itself is an int8 GEMM (``torch._int_mm``,
+6-8x the fp32 GEMM alone). Per-token scales keep one token's outliers from flattening every
+other token in the packed batch; per-tensor scales, as in ``torch.ao`` dynamic quantization,
+collapse this model's output. The quantize and dequantize passes around the GEMM cost more
+than the GEMM when run as separate eager ops, so on CPU they are compiled with inductor into
+the neighbouring ops' loops (``compile_int8``); eager mode gives the same numbers and serves
+where no compiler is found.
 
-``int4``: weights in groups of 32 along the input with one bf16 scale and zero point each,
-through ``torch.ops.aten._weight_int4pack_mm_for_cpu``; activations stay float."""
+``int4``: weights in groups of 32 along the input with a scale and zero point each, through
+``torch.ops.aten._weight_int4pack_mm_for_cpu``; activations stay float. It reproduces the
+shipped Q4_1 weights almost exactly, but its CPU kernel is slower than fp32."""
 
 from __future__ import annotations
 
@@ -159,8 +164,7 @@ class Int8Linear(nn.Module):
 
 class BF16Linear(nn.Module):
     """bfloat16 weights and matmul inputs, float32 accumulation; the residual stream, norms
-    and attention around it stay float32. On CPUs with AMX, oneDNN's bf16 GEMM on a weight
-    packed once runs about 7x its fp32 GEMM (bench/kernels.py)."""
+    and attention around it stay float32 (the decoder layer's bf16 path)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -234,6 +238,7 @@ class Int4Linear(nn.Module):
         self.register_buffer("codes", torch.zeros(out_features, in_features, dtype=torch.uint8))
         self.register_buffer("scale_zero", torch.zeros(in_features // group, out_features, 2))
         self._packed: torch.Tensor | None = None
+        self._sz: torch.Tensor | None = None
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, group: int = INT4_GROUP) -> Int4Linear:
@@ -243,11 +248,16 @@ class Int4Linear(nn.Module):
         return layer
 
     def pack(self) -> None:
+        if self.codes.device.type != "cpu":  # no CUDA int4 kernel wired in: see forward
+            self._packed = None
+            return
         codes = self.codes.to(torch.int32)
         self._packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
         self._sz = self.scale_zero.to(torch.bfloat16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu":  # correct, not fast: dequantize and multiply
+            return F.linear(x, self.dequantized().to(x.dtype))
         if self._packed is None:
             self.pack()
         out = torch.ops.aten._weight_int4pack_mm_for_cpu(
