@@ -70,6 +70,8 @@ def low_precision_rows() -> list[list[str]]:
             per_call(lambda xq=xq, m=int8: torch._int_mm(xq, m.qweight.t())),
             per_call(lambda x=x, m=int8: m(x)),
             per_call(lambda x=x, m=int4: m(x)),
+            per_call(lambda x=x, m=int8: torch.ops.aten._weight_int8pack_mm(
+                x, m.qweight, m.scale), repeat=3),
         ]
         rows.append([f"[{tokens}x{n_in}] x [{n_in}x{n_out}]",
                      *(f"{flops / t / 1e9:.0f}" for t in timings)])
@@ -131,10 +133,11 @@ def main() -> None:
                            gemm_rows() + attention_rows())
     low = markdown_table(["GEMM (G(FL)OP/s)", "fp32 oneDNN packed", "bf16 oneDNN packed",
                           "int8 torch._int_mm alone", "int8 with per-token quantize (eager)",
-                          "int4 weight-only"], low_precision_rows())
+                          "int4 weight-only", "int8 weight-only (_weight_int8pack_mm)"],
+                         low_precision_rows())
     print(table)
     print(low)
-    record("Kernels (bench/kernels.py)", table + "\n" + low,
+    record("Kernels (bench/kernels.py)", table + "\n\n" + low,
            "GEMM: F.linear (MKL) vs oneDNN on a weight packed once. Attention: fused "
            "scaled_dot_product_attention vs explicit matmuls with the G query heads of a KV "
            "head stacked as rows. Low precision: the kernels of llmq's quantized linears "
