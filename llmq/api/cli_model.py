@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -12,7 +13,7 @@ from llmq.api.cli_common import emit_json, err
 from llmq.db import variants
 from llmq.db.migrate import ensure_schema
 from llmq.db.session import session_scope
-from llmq.worker.engine.files import BUILTIN_MODELS, builtin_model_path
+from llmq.worker.engine.files import BUILTIN_MODELS, VARIANT_MANIFEST, builtin_model_path
 
 
 def _ensure_builtins() -> None:
@@ -70,11 +71,16 @@ def model_import(path: str, name: str) -> None:
     except Exception as exc:
         raise click.ClickException(f"{path}: cannot read its tokenizer: {exc}") from None
     _ensure_builtins()
-    fmt = "gguf" if artifact.suffix == ".gguf" else "safetensors"
+    base, recipe = None, {"source": "imported",
+                          "format": "gguf" if artifact.suffix == ".gguf" else "safetensors"}
+    manifest_file = artifact / VARIANT_MANIFEST
+    if manifest_file.is_file():  # an artifact of `llmq model optimize`, e.g. from elsewhere
+        manifest = json.loads(manifest_file.read_text())
+        base = manifest.get("base")
+        recipe = {**manifest.get("recipe", {}), "source": "imported", "format": "llmq-variant"}
     with session_scope() as session:
         try:
-            v = variants.register(session, name, artifact, None,
-                                  {"source": "imported", "format": fmt})
+            v = variants.register(session, name, artifact, base, recipe)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from None
         err.print(f"registered {name}: {artifact} ({v.size_bytes / 1e6:.1f} MB)")

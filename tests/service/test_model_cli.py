@@ -64,6 +64,17 @@ def test_optimize_registers_a_measured_variant_and_workers_serve_it_by_name(
     bad = llmq(env, "model", "optimize", "--from", "tiny", "--name", "x", "--prune-kv-groups",
                "2", check=False)
     assert bad.returncode == 1 and "KV groups" in bad.stderr and "Traceback" not in bad.stderr
+    calibration = tmp_path / "calibration.jsonl"
+    calibration.write_text('{"prompt": "fine"}\n{"text": "no prompt here"}\n')
+    bad = llmq(env, "model", "optimize", "--from", "tiny", "--name", "x", "--calibration",
+               str(calibration), check=False)
+    assert bad.returncode == 1 and "line 2" in bad.stderr and "Traceback" not in bad.stderr
+    # an artifact moved to another registry keeps its base and recipe
+    other = {**env, "LLMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'other.db'}"}
+    llmq(other, "model", "import", str(artifact), "--name", "copied")
+    copied = {m["name"]: m for m in json.loads(llmq(other, "model", "list", "--json").stdout)}
+    assert copied["copied"]["base"] == "tiny"
+    assert copied["copied"]["recipe"]["quantize"] == "int8"
 
     # a request runs only on the variant it names: with a worker for tiny-q alone, the
     # batch for tiny waits in its own queue until a worker for tiny starts

@@ -22,12 +22,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ModelConfig
+from .files import VARIANT_MANIFEST
 from .kernels import pack_linears
 from .model import LlamaModel
 from .quant import LAYER_LINEARS, BF16Linear, Int4Linear, Int8Linear
 from .tokenizer import TextTokenizer, load_tokenizer
 
-MANIFEST = "llmq-manifest.json"
+MANIFEST = VARIANT_MANIFEST
 FORMAT = "llmq-variant"
 VERSION = 1
 WEIGHTS = "model.safetensors"

@@ -12,6 +12,10 @@ BUILTIN_MODELS = {
 }
 
 
+# marks a folder as an llmq variant artifact (artifact.py writes it)
+VARIANT_MANIFEST = "llmq-manifest.json"
+
+
 class ModelNotFoundError(LookupError):
     pass
 
