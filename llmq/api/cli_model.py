@@ -124,12 +124,14 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
 @model.command("optimize")
 @click.option("--from", "base", required=True, help="the float model to start from")
 @click.option("--name", required=True, help="name of the new variant")
-@click.option("--preset", "preset_name", type=click.Choice(["cpu"]),
-              help="the recommended recipe (the options below override its parts)")
+@click.option("--preset", "preset_name", type=click.Choice(["cpu"]), default="cpu",
+              show_default=True,
+              help="the recipe to start from (the options below override its parts)")
 @click.option("--quantize", type=click.Choice(["none", "bf16", "int8", "int4"]),
               help="bf16: bf16 weights and matmul inputs, float32 accumulation; int8: int8 "
                    "weights and per-token int8 activations; int4: 4-bit weights in groups of "
-                   "32 [default: int8, or the preset's]")
+                   "32 [default: the preset's; cpu: bf16 where the CPU has native bf16, "
+                   "else int8]")
 @click.option("--smooth-alpha", type=click.FloatRange(0, 1),
               help="SmoothQuant strength for int8 (0 = off) [default: 0.5]")
 @click.option("--keep-float", multiple=True,
@@ -148,7 +150,7 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
 @click.option("--no-measure", is_flag=True, help="skip the fidelity and speed measurements")
 @click.option("--exist-ok", is_flag=True, help="do nothing if NAME is already registered")
 @click.option("--json", "as_json", is_flag=True)
-def model_optimize(base: str, name: str, preset_name: str | None, quantize: str | None,
+def model_optimize(base: str, name: str, preset_name: str, quantize: str | None,
                    smooth_alpha: float | None, keep_float: tuple[str, ...], prune_ffn: float,
                    prune_kv_groups: int, prune_layers: int, calibration: str | None,
                    output: str | None, no_measure: bool, exist_ok: bool,
@@ -159,7 +161,7 @@ def model_optimize(base: str, name: str, preset_name: str | None, quantize: str 
 
     from llmq.settings import get_settings
     from llmq.worker.engine.prune import PruneRecipe
-    from llmq.worker.optimize import Recipe, optimize, preset
+    from llmq.worker.optimize import optimize, preset
 
     _ensure_builtins()
     with session_scope() as session:
@@ -169,7 +171,7 @@ def model_optimize(base: str, name: str, preset_name: str | None, quantize: str 
                 click.echo(name)
                 return
             raise click.ClickException(f"a model named {name!r} is already registered")
-    recipe = preset(preset_name) if preset_name else Recipe()
+    recipe = preset(preset_name)
     updates: dict[str, object] = {}
     if quantize is not None:
         updates["quantize"] = quantize
