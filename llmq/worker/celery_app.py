@@ -15,7 +15,6 @@ from llmq.settings import Settings, get_settings
 TASK_RUN_REQUESTS = "llmq.run_requests"
 TASK_PIPELINE_ADVANCE = "llmq.pipeline_advance"
 TASK_PIPELINE_NIGHTLY = "llmq.pipeline_nightly"
-DEVICES = ("cpu", "gpu", "any")
 # Generation messages go to "<device>.<model>" queues, so that a request only ever reaches a
 # worker that holds the variant it names; tasks that need no model (the pipeline's driver,
 # beat's nightly start) go to the control queue, which every worker consumes.

@@ -78,7 +78,6 @@ def preset(name: str) -> Recipe:
 @dataclass
 class Outcome:
     manifest: dict[str, Any]
-    path: Path
     fidelity: Fidelity | None
     tokens_per_s: float | None
     base_tokens_per_s: float | None
@@ -136,11 +135,9 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
                    base_params=total_params(ckpt.config),
                    base_flops_per_token=flops_per_token(ckpt.config))
     if recipe.quantize == "int8" and recipe.smooth_alpha:
-        pruned_model = (base_model if recipe.prune.empty
-                        else LlamaModel.from_hf_weights(config, weights))
-        pruned_stats = stats if recipe.prune.empty else collect_stats(pruned_model, sequences)
-        weights = smooth(config, weights, pruned_stats, recipe.smooth_alpha)
-        del pruned_model
+        if not recipe.prune.empty:  # smoothing must fit the activations of the pruned model
+            stats = collect_stats(LlamaModel.from_hf_weights(config, weights), sequences)
+        weights = smooth(config, weights, stats, recipe.smooth_alpha)
     variant = LlamaModel.from_hf_weights(config, weights)
     if recipe.quantize != "none":
         quantize_layers(variant, recipe.quantize, frozenset(recipe.keep_float))
@@ -184,4 +181,4 @@ def _optimize(base: str, recipe: Recipe, output: Path, calibration: str | None,
         base_speed = measure_speed(base_model, tok)
         metrics.update(base_tokens_per_s=base_speed,
                        speed_workload="64 held-out requests x 64 tokens, 64 slots")
-    return Outcome(manifest, output, fid, speed, base_speed, metrics)
+    return Outcome(manifest, fid, speed, base_speed, metrics)

@@ -21,6 +21,18 @@ def onednn_available() -> bool:
     )
 
 
+def pack_weight(w: torch.Tensor) -> torch.Tensor | None:
+    """``w`` in oneDNN's blocked layout for ``onednn_linear``, or None where oneDNN does not
+    run (other devices, or no oneDNN build)."""
+    if w.device.type == "cpu" and onednn_available():
+        return torch.ops.mkldnn._reorder_linear_weight(w.detach(), _PACK_BATCH_HINT)
+    return None
+
+
+def onednn_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` without bias that can pre-pack its weight for oneDNN."""
 
@@ -30,14 +42,11 @@ class Linear(nn.Linear):
 
     def pack(self) -> None:
         w = self.weight
-        if w.device.type == "cpu" and w.dtype == torch.float32 and onednn_available():
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), _PACK_BATCH_HINT)
-        else:
-            self._packed = None
+        self._packed = pack_weight(w) if w.dtype == torch.float32 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed, None, "none", [], "")
+            return onednn_linear(x, self._packed)
         return F.linear(x, self.weight)
 
 

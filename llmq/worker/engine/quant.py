@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import onednn_linear, pack_weight
 from .rope import apply_rope
 
 log = logging.getLogger(__name__)
 
 INT8_MAX = 127.0
 INT4_GROUP = 32
-_PACK_BATCH_HINT = 64
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,13 +182,7 @@ class BF16Linear(nn.Module):
         return layer
 
     def pack(self) -> None:
-        from .kernels import onednn_available
-
-        w = self.weight
-        if w.device.type == "cpu" and onednn_available():
-            self._packed = torch.ops.mkldnn._reorder_linear_weight(w, _PACK_BATCH_HINT)
-        else:
-            self._packed = None
+        self._packed = pack_weight(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bf16(x.to(torch.bfloat16)).to(x.dtype)
@@ -196,7 +190,7 @@ class BF16Linear(nn.Module):
     def bf16(self, x: torch.Tensor) -> torch.Tensor:
         """bf16 in, bf16 out: for callers that keep activations in bf16 between matmuls."""
         if self._packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, self._packed, None, "none", [], "")
+            return onednn_linear(x, self._packed)
         return F.linear(x, self.weight)
 
     def dequantized(self) -> torch.Tensor:
