@@ -13,9 +13,13 @@ from bench.common import peak_rss_mb, workload
 
 
 def run_llmq(args: dict) -> dict:
-    from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
+    from llmq.contract import SamplingParams
+    from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+    from llmq.engine.setup import configure_process
+    from llmq.variants.registry import resolve
 
-    engine = Engine.load(args.get("model", "smollm2-135m"), EngineConfig(
+    configure_process(threads=args.get("threads", 2))
+    engine = Engine.load(resolve(args.get("model", "smollm2-135m")), EngineConfig(
         num_slots=args["slots"], slot_length=512, threads=args.get("threads", 2),
         max_step_tokens=args.get("step_tokens", 4096),
         prefix_cache_entries=args.get("prefix_entries", 16)))
@@ -40,7 +44,7 @@ def run_llmq(args: dict) -> dict:
 def run_transformers(args: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmq.worker.engine.files import builtin_model_path
+    from llmq.variants.registry import builtin_model_path
 
     path = builtin_model_path("smollm2-135m")
     model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
@@ -77,8 +81,8 @@ def convert_ctranslate2(out_dir: str, quantization: str) -> None:
     import ctranslate2
     from safetensors.torch import save_file
 
-    from llmq.worker.engine.files import builtin_model_path
-    from llmq.worker.engine.loader import load_checkpoint
+    from llmq.engine.loader import load_checkpoint
+    from llmq.variants.registry import builtin_model_path
 
     hf_dir = Path(out_dir).with_suffix(".hf")
     if not (hf_dir / "model.safetensors").is_file():
@@ -95,8 +99,8 @@ def convert_ctranslate2(out_dir: str, quantization: str) -> None:
 def run_ctranslate2(args: dict) -> dict:
     import ctranslate2
 
-    from llmq.worker.engine.files import builtin_model_path
-    from llmq.worker.engine.tokenizer import load_tokenizer
+    from llmq.engine.tokenizer import load_tokenizer
+    from llmq.variants.registry import builtin_model_path
 
     out_dir = args["ct2_dir"]
     if not (Path(out_dir) / "model.bin").is_file():

@@ -49,7 +49,7 @@ def gemm_rows() -> list[list[str]]:
 
 def low_precision_rows() -> list[list[str]]:
     """The matmuls of the quantized variants at the FFN's shape, as GFLOP/s (or GOP/s)."""
-    from llmq.worker.engine.quant import BF16Linear, Int4Linear, Int8Linear
+    from llmq.engine.quant import BF16Linear, Int4Linear, Int8Linear
 
     rows = []
     for tokens in (64, 2048):
@@ -66,7 +66,7 @@ def low_precision_rows() -> list[list[str]]:
         timings = [
             per_call(lambda x=x, p=packed: torch.ops.mkldnn._linear_pointwise(
                 x, p, None, "none", [], "")),
-            per_call(lambda xb=xb, m=bf16: m.bf16(xb)),
+            per_call(lambda xb=xb, m=bf16: m(xb)),
             per_call(lambda xq=xq, m=int8: torch._int_mm(xq, m.qweight.t())),
             per_call(lambda x=x, m=int8: m(x)),
             per_call(lambda x=x, m=int4: m(x)),
@@ -141,7 +141,7 @@ def main() -> None:
            "GEMM: F.linear (MKL) vs oneDNN on a weight packed once. Attention: fused "
            "scaled_dot_product_attention vs explicit matmuls with the G query heads of a KV "
            "head stacked as rows. Low precision: the kernels of llmq's quantized linears "
-           "(llmq/worker/engine/quant.py). Middle of 3 timings of 30 calls each.")
+           "(llmq/engine/quant.py). Middle of 3 timings of 30 calls each.")
 
 
 if __name__ == "__main__":

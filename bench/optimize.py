@@ -33,11 +33,13 @@ VARIANTS: dict[str, dict] = {
 
 def build_variants(names: list[str]) -> dict[str, dict]:
     """Artifacts plus their held-out fidelity, built on a compute thread (threads.py)."""
-    from llmq.worker.engine.prune import PruneRecipe
-    from llmq.worker.engine.threads import on_compute_thread
-    from llmq.worker.model_eval import evaluate_models
-    from llmq.worker.optimize import Recipe, build
+    from llmq.engine.prune import PruneRecipe
+    from llmq.engine.setup import configure_process
+    from llmq.engine.threads import on_compute_thread
+    from llmq.variants.evaluate import evaluate_models
+    from llmq.variants.optimize import Recipe, build
 
+    configure_process(threads=2, compile=False)  # fidelity is measured on the eager path
     out = {}
     for name in names:
         opts = VARIANTS[name]
@@ -61,6 +63,30 @@ def build_variants(names: list[str]) -> dict[str, dict]:
     return out
 
 
+def measure(configs: dict[str, dict], runs: int, limit: int | None) -> dict[str, list[dict]]:
+    """Every configuration ``runs`` times, interleaved, each run in its own process."""
+    samples: dict[str, list[dict]] = {k: [] for k in configs}
+    for run in range(runs):
+        for name, cfg in configs.items():
+            args = {"new_tokens": NEW_TOKENS, **cfg}
+            if limit:
+                args["limit"] = limit
+            res = run_child("bench.engine_child", args, timeout=3600)
+            samples[name].append(res)
+            print(f"run {run + 1}/{runs} {name}: {res['tok_s']:.1f} tok/s", flush=True)
+    return samples
+
+
+def describe_run(runs: int, limit: int | None) -> str:
+    return (
+        f"Workload: {'16 prompts (quick)' if limit else '64 chat prompts'}, {NEW_TOKENS} new "
+        f"tokens each, greedy, EOS ignored, 2 threads; model load excluded, prefill included; "
+        f"median of {runs} run(s), configurations interleaved, each in its own process. "
+        "Held-out fidelity: 16 prompts shipped in llmq/data, 64 greedy tokens, KL and top-1 "
+        "teacher-forced on the base's continuation. Workload agreement: first 16 prompts, "
+        "64-token greedy outputs against the fp32 engine at 64 slots.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
@@ -71,7 +97,7 @@ def main() -> None:
     runs = 1 if opts.quick else opts.runs
     limit = 16 if opts.quick else None
     built = build_variants(opts.variants)
-    from llmq.worker.engine.files import builtin_model_path
+    from llmq.variants.registry import builtin_model_path
 
     configs: dict[str, dict] = {}
     for slots in (32, 64):
@@ -83,15 +109,7 @@ def main() -> None:
         configs["CTranslate2 4.8.5 int8, batch 32"] = {
             "engine": "ctranslate2", "slots": 32, "quantization": "int8",
             "ct2_dir": str(VARIANTS_DIR / "ct2-int8")}
-    samples: dict[str, list[dict]] = {k: [] for k in configs}
-    for run in range(runs):
-        for name, cfg in configs.items():
-            args = {"new_tokens": NEW_TOKENS, **cfg}
-            if limit:
-                args["limit"] = limit
-            res = run_child("bench.engine_child", args, timeout=3600)
-            samples[name].append(res)
-            print(f"run {run + 1}/{runs} {name}: {res['tok_s']:.1f} tok/s", flush=True)
+    samples = measure(configs, runs, limit)
     tok_s = {k: median([s["tok_s"] for s in v]) for k, v in samples.items()}
     reference = samples["fp32 base, 64 slots"][0]["outputs"][:16]
 
@@ -120,13 +138,7 @@ def main() -> None:
         ["variant", "size MB", "tok/s 32 slots", "tok/s 64 slots", "vs fp32 (64)",
          "KL (held-out)", "top-1 (held-out)", "same greedy (held-out)",
          "same as fp32 (workload, shared prefix)"], rows)
-    notes = (
-        f"Workload: {'16 prompts (quick)' if limit else '64 chat prompts'}, {NEW_TOKENS} new "
-        f"tokens each, greedy, EOS ignored, 2 threads; model load excluded, prefill included; "
-        f"median of {runs} run(s), configurations interleaved, each in its own process. "
-        "Held-out fidelity: 16 prompts shipped in llmq/data, 64 greedy tokens, KL and top-1 "
-        "teacher-forced on the base's continuation. Workload agreement: first 16 prompts, "
-        "64-token greedy outputs against the fp32 engine at 64 slots.")
+    notes = describe_run(runs, limit)
     print(table)
     print(notes)
     if not opts.quick:

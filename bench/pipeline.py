@@ -21,11 +21,11 @@ CHUNK_TOKENS = 600
 
 def one_run(workdir: Path) -> dict:
     os.environ["LLMQ_DATABASE_URL"] = f"sqlite:///{workdir / 'llmq.db'}"
+    from llmq.db import pipeline as store
     from llmq.db.session import dispose_engines, session_factory, session_scope
     from llmq.settings import get_settings
+    from llmq.variants.registry import tokenizer_for
     from llmq.worker.embedded import load_engine
-    from llmq.worker.models import tokenizer_for
-    from llmq.worker.pipeline import store
     from llmq.worker.pipeline.advance import advance
     from llmq.worker.pipeline.run import start_run
     from llmq.worker.processing import process_ids

@@ -20,9 +20,10 @@ class Settings(BaseSettings):
     model_dir: str = Field("models", description="where `llmq model optimize` writes artifacts "
                            "(workers read them from the path registered, so share it)")
 
-    # request defaults (a line of the input file overrides them)
-    max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0.0, description="0 = greedy")
+    # request defaults (a line of the input file overrides them; unset: the contract's own,
+    # 256 tokens and greedy; llmq.contract.defaults_from reads them)
+    max_tokens: int | None = Field(None, ge=1, description="default max new tokens")
+    temperature: float | None = Field(None, ge=0.0, description="default temperature, 0 = greedy")
 
     # engine
     device: Literal["cpu", "gpu", "auto"] = "auto"

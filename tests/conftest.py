@@ -1,5 +1,5 @@
 """Shared fixtures. The engine tests use a tiny random-weight model of the same architecture
-and the real SmolLM2 tokenizer; tests marked slow load the real SmolLM2 weights."""
+and the real SmolLM2 tokenizer; tests/engine/test_smollm2.py loads the real SmolLM2 weights."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmq.worker.engine.config import ModelConfig
-from llmq.worker.engine.tokenizer import TextTokenizer
+from llmq.engine.config import ModelConfig
+from llmq.engine.setup import configure_process
+from llmq.engine.tokenizer import TextTokenizer
 
 from .engine.tiny import hf_model, random_weights, smollm2_tokenizer, tiny_config, write_gguf
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# as every entry point does; the eager int8 path unless a test fuses layers itself
+configure_process(compile=False)
 
 
 @dataclass

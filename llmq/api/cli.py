@@ -1,6 +1,7 @@
 """The ``llmq`` command line. A contract: scripts depend on its commands, options and JSON.
-Commands that run a model import the engine (and torch) inside themselves; the rest start
-fast and read only the database."""
+Commands parse their arguments, call ``llmq.api.service`` and print; they run no query and
+send no task themselves. Those that run a model load torch inside the service call, so the
+rest start fast and read only the database."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ class LlmqGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (InputFileError, service.NotFound, service.EnqueueError, SchemaOutOfDate,
-                LookupError) as exc:
+                service.GenerationFailed, LookupError) as exc:
             # KeyError-style lookups quote their message; show it as written
             message = exc.args[0] if len(exc.args) == 1 else str(exc)
             raise click.ClickException(str(message)) from None
@@ -65,32 +66,23 @@ def main() -> None:
 @main.command()
 @click.argument("prompt")
 @click.option("--model", help="model variant or path (default: LLMQ_MODEL)")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1),
+              help="[default: LLMQ_MAX_TOKENS, else 256]")
+@click.option("--temperature", type=click.FloatRange(min=0),
+              help="0 = greedy [default: LLMQ_TEMPERATURE, else 0]")
 @click.option("--seed", type=int)
 @click.option("--system", help="system message (default: the model's own)")
 @click.option("--raw", is_flag=True, help="send PROMPT as plain text, not a chat message")
-def generate(prompt: str, model: str | None, max_tokens: int, temperature: float,
-             seed: int | None, system: str | None, raw: bool) -> None:
+def generate(prompt: str, model: str | None, max_tokens: int | None,
+             temperature: float | None, seed: int | None, system: str | None,
+             raw: bool) -> None:
     """Generate a completion for PROMPT and print it as it streams."""
-    from llmq.worker.embedded import load_engine
-    from llmq.worker.engine import GenerationRequest, SamplingParams
-
-    engine, _ = load_engine(model or get_settings().model, slots=1)
-    params = SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed)
-    if raw:
-        req = GenerationRequest(prompt=prompt, params=params)
-    else:
-        messages = ([{"role": "system", "content": system}] if system else [])
-        req = GenerationRequest(messages=[*messages, {"role": "user", "content": prompt}],
-                                params=params)
     try:
-        result = engine.submit(req, on_token=lambda text, _t: click.echo(text, nl=False)).result()
+        service.generate(prompt, model=model, max_tokens=max_tokens, temperature=temperature,
+                         seed=seed, system=system, raw=raw,
+                         on_text=lambda text: click.echo(text, nl=False))
     finally:
-        engine.close()
-    click.echo()
-    if result.error:
-        raise click.ClickException(result.error)
+        click.echo()
 
 
 @main.command()
@@ -123,8 +115,6 @@ def run(file: str, output: str | None, model: str | None, max_tokens: int | None
     for r in report.rejected:
         err.print(f"[yellow]rejected[/] {r['error']}")
     err.print(f"batch {report.batch_id}: {report.accepted} requests, loading {model}...")
-    from llmq.worker.embedded import run_batch
-
     columns = (TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn())
     started = time.perf_counter()
@@ -138,7 +128,7 @@ def run(file: str, output: str | None, model: str | None, max_tokens: int | None
             rate = tokens / max(1e-9, time.perf_counter() - started)
             progress.update(task, advance=1, rate=f"{rate:,.0f} tok/s")
 
-        outcome = run_batch(report.request_ids, model, slots, on_result=on_result)
+        outcome = service.run_here(report, slots, on_result=on_result)
     if output:
         with open(output, "w", encoding="utf-8") as f:
             n = service.write_results(report.batch_id, f)
@@ -306,28 +296,7 @@ def worker(device: str, model: str | None, slots: int | None, concurrency: int |
            loglevel: str) -> None:
     """Run a worker: one engine serving one model variant, fed by that variant's queues for
     its device and for any device (plus the control queue of the pipeline's driver)."""
-    from llmq.db.migrate import ensure_schema
-    from llmq.worker import runtime
-    from llmq.worker.celery_app import app, worker_queues
-
-    settings = get_settings()
-    if slots:
-        settings = settings.model_copy(update={"slots": slots})
-    ensure_schema()
-    engine, ident = runtime.start(settings, model or settings.model, device)
-    queues = ",".join(worker_queues(ident.device, ident.model))
-    threads = concurrency or settings.concurrency or max(
-        2, 2 * -(-settings.slots // settings.chunk_size))
-    err.print(f"llmq worker: {ident.model} on {ident.device}, {settings.slots} slots, "
-              f"{threads} feeders, queues {queues}")
-    try:
-        app.worker_main([
-            "worker", "--pool=threads", f"--concurrency={threads}", f"--queues={queues}",
-            f"--loglevel={loglevel}", f"--hostname=llmq-{ident.device}-{ident.pid}@%h",
-            "--without-gossip", "--without-mingle",
-        ])
-    finally:
-        runtime.shutdown()
+    service.run_worker(device, model, slots, concurrency, loglevel, announce=err.print)
 
 
 @main.group()
@@ -339,19 +308,15 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply migrations up to REVISION."""
-    from llmq.db.migrate import upgrade
-
-    upgrade(revision=revision)
-    click.echo(f"database at {revision}: {get_settings().database_url}")
+    url = service.upgrade_database(revision)
+    click.echo(f"database at {revision}: {url}")
 
 
 @main.command()
 @click.option("--loglevel", default="INFO", show_default=True)
 def beat(loglevel: str) -> None:
     """Run the scheduler that starts the configured pipelines (LLMQ_PIPELINE_CRON)."""
-    from llmq.worker.celery_app import app
-
-    app.Beat(loglevel=loglevel, schedule="llmq-beat-schedule").run()
+    service.run_beat(loglevel)
 
 
 main.add_command(pipeline)

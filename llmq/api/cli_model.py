@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 from rich.console import Console
 from rich.table import Table
 
+from llmq.api import service
 from llmq.api.cli_common import emit_json, err
-from llmq.db import variants
-from llmq.db.migrate import ensure_schema
-from llmq.db.session import session_scope
-from llmq.worker.engine.files import BUILTIN_MODELS, VARIANT_MANIFEST, builtin_model_path
-
-
-def _ensure_builtins() -> None:
-    """Built-in models appear in the registry once their wheel is installed."""
-    ensure_schema()
-    with session_scope() as session:
-        for name in BUILTIN_MODELS:
-            if variants.get(session, name) is None:
-                try:
-                    path = builtin_model_path(name)
-                except LookupError:
-                    continue
-                variants.register(session, name, path, None,
-                                  {"source": "built-in", "format": path.suffix.lstrip(".")})
 
 
 @click.group()
@@ -39,9 +19,7 @@ def model() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def model_list(as_json: bool) -> None:
     """Registered variants with size, fidelity against their base and speed."""
-    _ensure_builtins()
-    with session_scope() as session:
-        rows = [variants.as_json(v) for v in variants.all_variants(session)]
+    rows = service.list_models()
     if as_json:
         emit_json([{k: v for k, v in r.items() if k != "artifact"} for r in rows])
         return
@@ -60,30 +38,11 @@ def model_list(as_json: bool) -> None:
 @click.option("--name", required=True, help="the name requests and workers will use")
 def model_import(path: str, name: str) -> None:
     """Register a GGUF file or a Hugging Face safetensors folder as NAME."""
-    from llmq.worker.engine.tokenizer import load_tokenizer
-
-    artifact = Path(path).resolve()
-    if not (artifact.suffix == ".gguf" or (artifact / "config.json").is_file()):
-        raise click.ClickException(f"{path}: expected a .gguf file or a folder with "
-                                   "config.json and *.safetensors")
     try:
-        load_tokenizer(artifact)  # fails early on a file we could not serve
-    except Exception as exc:
-        raise click.ClickException(f"{path}: cannot read its tokenizer: {exc}") from None
-    _ensure_builtins()
-    base, recipe = None, {"source": "imported",
-                          "format": "gguf" if artifact.suffix == ".gguf" else "safetensors"}
-    manifest_file = artifact / VARIANT_MANIFEST
-    if manifest_file.is_file():  # an artifact of `llmq model optimize`, e.g. from elsewhere
-        manifest = json.loads(manifest_file.read_text())
-        base = manifest.get("base")
-        recipe = {**manifest.get("recipe", {}), "source": "imported", "format": "llmq-variant"}
-    with session_scope() as session:
-        try:
-            v = variants.register(session, name, artifact, base, recipe)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        err.print(f"registered {name}: {artifact} ({v.size_bytes / 1e6:.1f} MB)")
+        row = service.import_model(path, name)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    err.print(f"registered {name}: {row['artifact']} ({row['size_bytes'] / 1e6:.1f} MB)")
     click.echo(name)
 
 
@@ -95,30 +54,16 @@ def model_import(path: str, name: str) -> None:
 def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> None:
     """Measure NAME against its base on the held-out prompts that ship with llmq:
     mean KL of next-token distributions, top-1 agreement, greedy agreement."""
-    from llmq.worker.model_eval import evaluate
-
-    _ensure_builtins()
-    with session_scope() as session:
-        v = variants.get(session, name)
-        if v is None:
-            raise click.ClickException(f"no model named {name!r}")
-        base = base or v.base
-    if not base:
-        raise click.ClickException(f"{name} has no base to compare with: pass --base")
-    fid = evaluate(name, base, new_tokens)
-    with session_scope() as session:
-        v = variants.get(session, name)
-        if v is not None:
-            v.kl, v.top1 = fid.kl, fid.top1
-    result = {"name": name, "base": base, "kl": fid.kl, "top1": fid.top1,
-              "same_outputs": fid.same_outputs, "mean_shared_prefix": fid.mean_shared_prefix,
-              "sequences": fid.sequences, "new_tokens": new_tokens}
+    try:
+        result = service.evaluate_model(name, base, new_tokens)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     if as_json:
         emit_json(result)
         return
-    click.echo(f"{name} vs {base}: KL {fid.kl:.4f}, top-1 {fid.top1:.1%}, greedy outputs "
-               f"identical {fid.same_outputs}/{fid.sequences}, mean shared prefix "
-               f"{fid.mean_shared_prefix:.1f}/{new_tokens} tokens")
+    click.echo(f"{name} vs {result['base']}: KL {result['kl']:.4f}, top-1 {result['top1']:.1%}, "
+               f"greedy outputs identical {result['same_outputs']}/{result['sequences']}, "
+               f"mean shared prefix {result['mean_shared_prefix']:.1f}/{new_tokens} tokens")
 
 
 @model.command("optimize")
@@ -157,52 +102,23 @@ def model_optimize(base: str, name: str, preset_name: str, quantize: str | None,
                    as_json: bool) -> None:
     """Build a pruned and/or quantized variant of a model, measure it against its base and
     register it as NAME."""
-    from dataclasses import replace
-
-    from llmq.settings import get_settings
-    from llmq.worker.engine.prune import PruneRecipe
-    from llmq.worker.optimize import optimize, preset
-
-    _ensure_builtins()
-    with session_scope() as session:
-        if variants.get(session, name) is not None:
-            if exist_ok:
-                err.print(f"{name} is already registered")
-                click.echo(name)
-                return
-            raise click.ClickException(f"a model named {name!r} is already registered")
-    recipe = preset(preset_name)
-    updates: dict[str, object] = {}
-    if quantize is not None:
-        updates["quantize"] = quantize
-    if smooth_alpha is not None:
-        updates["smooth_alpha"] = smooth_alpha or None
-    if keep_float:
-        updates["keep_float"] = keep_float
-    if prune_ffn or prune_kv_groups or prune_layers:
-        updates["prune"] = PruneRecipe(prune_ffn, prune_kv_groups, prune_layers)
-    recipe = replace(recipe, **updates)  # type: ignore[arg-type]
-    target = Path(output or Path(get_settings().model_dir) / name).resolve()
-    if target.exists() and any(target.iterdir()):
-        raise click.ClickException(f"{target} exists and is not empty: pass --output")
+    if exist_ok and service.model_exists(name):
+        err.print(f"{name} is already registered")
+        click.echo(name)
+        return
     try:
-        outcome = optimize(base, recipe, target, calibration,
-                           measure=not no_measure, log=err.print)
+        row, outcome = service.optimize_model(
+            base, name, preset=preset_name, quantize=quantize, smooth_alpha=smooth_alpha,
+            keep_float=keep_float, prune_ffn=prune_ffn, prune_kv_groups=prune_kv_groups,
+            prune_layers=prune_layers, calibration=calibration, output=output,
+            measure=not no_measure, log=err.print)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    fid = outcome.fidelity
-    with session_scope() as session:
-        v = variants.register(session, name, target, base, outcome.manifest["recipe"])
-        v.metrics = outcome.metrics
-        if fid is not None:
-            v.kl, v.top1 = fid.kl, fid.top1
-        v.tokens_per_s = outcome.tokens_per_s
-        row = variants.as_json(v)
     if as_json:
-        emit_json({k: v for k, v in row.items() if k != "artifact"} | {"artifact": str(target)})
+        emit_json(row)
         return
-    size = row["size_bytes"] / 1e6
-    err.print(f"registered {name}: {target} ({size:.1f} MB)")
+    err.print(f"registered {name}: {row['artifact']} ({row['size_bytes'] / 1e6:.1f} MB)")
+    fid = outcome.fidelity
     if fid is not None and outcome.tokens_per_s is not None:
         ratio = outcome.tokens_per_s / (outcome.base_tokens_per_s or outcome.tokens_per_s)
         err.print(f"  fidelity vs {base}: KL {fid.kl:.4f}, top-1 {fid.top1:.1%}, greedy "

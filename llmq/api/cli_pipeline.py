@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+from datetime import timedelta
 
 import click
 from rich.console import Console
@@ -12,7 +12,6 @@ from rich.table import Table
 from llmq.api import service
 from llmq.api.cli_common import emit_json as _emit_json
 from llmq.api.cli_common import err
-from llmq.settings import get_settings
 
 
 @click.group()
@@ -36,35 +35,17 @@ def pipeline_summarize(source: str, name: str | None, model: str | None, local: 
                        wait: bool, as_json: bool) -> None:
     """Summarize every new, changed or failed document of SOURCE (a folder of .txt/.md
     files, a JSONL of {"id", "text"}, or a CSV with id and text columns)."""
-    from llmq.worker.pipeline.run import start_run
-
     try:
-        run_id = start_run(source, name=name, model=model, chunk_tokens=chunk_tokens,
-                           overlap_tokens=overlap)
+        info = service.start_pipeline(
+            source, name=name, model=model, chunk_tokens=chunk_tokens, overlap=overlap,
+            local=local, slots=slots, wait=wait,
+            on_level=lambda n: err.print(f"  running {n} requests"))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    info = service.pipeline_status(run_id)
-    if info["state"] == "running":
-        if local:
-            from llmq.worker.pipeline.run import run_local
-
-            err.print(f"run {run_id}: {info['documents']} documents to summarize")
-            run_local(run_id, slots, on_level=lambda n: err.print(f"  running {n} requests"))
-        else:
-            from llmq.worker.celery_app import (
-                CONTROL_QUEUE,
-                TASK_PIPELINE_ADVANCE,
-                producer_app,
-            )
-
-            producer_app().send_task(TASK_PIPELINE_ADVANCE, args=[run_id], queue=CONTROL_QUEUE)
-            while wait and service.pipeline_status(run_id)["state"] == "running":
-                time.sleep(1.0)
-        info = service.pipeline_status(run_id)
     if as_json:
         _emit_json(info)
         return
-    click.echo(run_id)
+    click.echo(info["id"])
     c = info["counts"]
     err.print(f"{info['state']}: {info['documents']} documents, {c['succeeded']} summarized, "
               f"{c['failed']} failed, {info['requests']} requests")
@@ -131,22 +112,15 @@ def pipeline_export(run_id: str, fmt: str, output: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pipeline_schedule(as_json: bool) -> None:
     """The pipelines `llmq beat` runs, and when."""
-    from llmq.worker.celery_app import cron_schedule
-
-    settings = get_settings()
-    schedule = cron_schedule(settings.pipeline_cron)
-    due = schedule.remaining_estimate(schedule.now())
-    info = {"cron": settings.pipeline_cron, "next_in_seconds": int(due.total_seconds()),
-            "pipelines": settings.pipelines}
+    info = service.pipeline_schedule()
     if as_json:
-        _emit_json(info)
+        _emit_json({k: info[k] for k in ("cron", "next_in_seconds", "pipelines")})
         return
-    click.echo(f"cron {info['cron']} (next in {due}), timezone {schedule.tz or 'UTC'}")
-    if not settings.pipelines:
+    due = timedelta(seconds=info["next_in_seconds"])
+    click.echo(f"cron {info['cron']} (next in {due}), timezone {info['timezone']}")
+    if not info["pipelines"]:
         click.echo('no pipelines configured: set LLMQ_PIPELINES=\'[{"name": "...", '
                    '"source": "/path"}]\'')
-    for p in settings.pipelines:
+    for p in info["pipelines"]:
         click.echo(f"  {p.get('name') or p['source']}: {p['source']} "
-                   f"(model {p.get('model') or settings.model})")
-
-
+                   f"(model {p.get('model') or info['default_model']})")

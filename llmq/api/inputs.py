@@ -10,28 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "ignore_eos")
-
-
-class Sampling(BaseModel):
-    """Sampling fields a line may set; unset ones fall back to the command's defaults."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=5)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0)
-    seed: int | None = None
-    stop: list[str] | None = None
-    ignore_eos: bool | None = None
-
-    @field_validator("stop", mode="before")
-    @classmethod
-    def _one_stop_string(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
+from llmq.contract import RequestKind, SamplingOverrides, explain
 
 
 class Message(BaseModel):
@@ -41,12 +22,12 @@ class Message(BaseModel):
     content: str
 
 
-class PromptLine(Sampling):
+class PromptLine(SamplingOverrides):
     custom_id: str | None = Field(None, min_length=1, max_length=200)
     prompt: str = Field(min_length=1)
 
 
-class ChatLine(Sampling):
+class ChatLine(SamplingOverrides):
     custom_id: str | None = Field(None, min_length=1, max_length=200)
     messages: list[Message] = Field(min_length=1)
 
@@ -64,7 +45,7 @@ class OpenAIBatchLine(BaseModel):
 class Accepted:
     line: int
     custom_id: str
-    kind: Literal["chat", "completion"]
+    kind: RequestKind
     input: dict[str, Any]
     params: dict[str, Any]
 
@@ -82,16 +63,10 @@ class ParsedFile:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def _explain(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "line"
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
-def _sampling(model: BaseModel) -> dict[str, Any]:
-    return {k: v for k, v in model.model_dump().items() if k in SAMPLING_FIELDS and v is not None}
+def _sampling(line: SamplingOverrides) -> dict[str, Any]:
+    """The sampling fields the line set (nothing of the line's own shape)."""
+    return line.model_dump(mode="json", include=set(SamplingOverrides.model_fields),
+                           exclude_none=True)
 
 
 def parse_record(obj: Any, line: int, default_model: str | None = None) -> Accepted:
@@ -104,14 +79,14 @@ def parse_record(obj: Any, line: int, default_model: str | None = None) -> Accep
         if "messages" in obj:
             chat = ChatLine.model_validate(obj)
             messages = [m.model_dump() for m in chat.messages]
-            return Accepted(line, chat.custom_id or "", "chat", {"messages": messages},
+            return Accepted(line, chat.custom_id or "", RequestKind.CHAT, {"messages": messages},
                             _sampling(chat))
         if "prompt" in obj:
             plain = PromptLine.model_validate(obj)
-            return Accepted(line, plain.custom_id or "", "completion", {"prompt": plain.prompt},
-                            _sampling(plain))
+            return Accepted(line, plain.custom_id or "", RequestKind.COMPLETION,
+                            {"prompt": plain.prompt}, _sampling(plain))
     except ValidationError as exc:
-        raise ValueError(_explain(exc)) from None
+        raise ValueError(explain(exc)) from None
     raise ValueError('needs "prompt", "messages", or an OpenAI batch "body"')
 
 
@@ -123,13 +98,13 @@ def _parse_openai(item: OpenAIBatchLine, line: int) -> Accepted:
         if item.url == "/v1/chat/completions":
             chat = ChatLine.model_validate({**body, "custom_id": item.custom_id})
             messages = [m.model_dump() for m in chat.messages]
-            return Accepted(line, item.custom_id, "chat", {"messages": messages},
+            return Accepted(line, item.custom_id, RequestKind.CHAT, {"messages": messages},
                             _sampling(chat))
         plain = PromptLine.model_validate({**body, "custom_id": item.custom_id})
-        return Accepted(line, item.custom_id, "completion", {"prompt": plain.prompt},
+        return Accepted(line, item.custom_id, RequestKind.COMPLETION, {"prompt": plain.prompt},
                         _sampling(plain))
     except ValidationError as exc:
-        raise ValueError("body." + _explain(exc)) from None
+        raise ValueError(explain(exc, prefix="body.")) from None
 
 
 def _custom_id_of(obj: Any) -> str | None:

@@ -1,11 +1,14 @@
-"""What the CLI and the HTTP API do, as functions: rows first, then messages that carry ids.
-Nothing here imports torch or the engine."""
+"""What the CLI does, as functions: the one façade over the database, the queues and the
+engine, so that no command runs a query or sends a task itself. Submitting writes rows first,
+then messages that carry ids. Nothing here imports torch at import time: the functions that
+run a model import the worker side inside themselves."""
 
 from __future__ import annotations
 
 import json
 import statistics
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -14,11 +17,13 @@ from sqlalchemy.orm import Session
 
 from llmq.api.inputs import InputFileError, ParsedFile, read_input
 from llmq.api.output import openai_line, result_line
+from llmq.contract import RequestKind, SamplingParams, defaults_from
+from llmq.db import pipeline as pipeline_store
 from llmq.db import queries
-from llmq.db.migrate import ensure_schema
+from llmq.db.migrate import ensure_schema, upgrade
 from llmq.db.models import Batch
 from llmq.db.session import session_scope
-from llmq.settings import Settings, get_settings
+from llmq.settings import get_settings
 
 
 class NotFound(LookupError):
@@ -42,26 +47,23 @@ class SubmitReport:
 
 
 def build_requests(parsed: ParsedFile, defaults: dict[str, Any]) -> list[queries.NewRequest]:
-    """Accepted lines with the command's defaults under their own sampling fields, and the
-    rejected lines as requests that fail with their reason, all in input order."""
+    """Accepted lines with their complete sampling parameters (the line's own fields over the
+    command's defaults), and the rejected lines as requests that fail with their reason, all
+    in input order."""
     taken = {a.custom_id for a in parsed.accepted}
-    rows = [queries.NewRequest(a.custom_id, a.kind, a.input, {**defaults, **a.params}, a.line)
+    rows = [queries.NewRequest(a.custom_id, a.kind, a.input,
+                               SamplingParams.from_stored({**defaults, **a.params}).stored(),
+                               a.line)
             for a in parsed.accepted]
     for r in parsed.rejected:
         cid = r.custom_id if r.custom_id and r.custom_id not in taken else f"line-{r.line}"
         while cid in taken:
             cid += "#"
         taken.add(cid)
-        rows.append(queries.NewRequest(cid, queries.INVALID_KIND, {}, {}, r.line,
-                                        error=r.error))
+        rows.append(queries.NewRequest(cid, RequestKind.INVALID, {}, {}, r.line,
+                                       error=r.error))
     rows.sort(key=lambda q: q.line or 0)
     return rows
-
-
-def request_defaults(settings: Settings, max_tokens: int | None,
-                     temperature: float | None) -> dict[str, Any]:
-    return {"max_tokens": max_tokens if max_tokens is not None else settings.max_tokens,
-            "temperature": temperature if temperature is not None else settings.temperature}
 
 
 def store_batch(path: str | Path, *, model: str | None = None, device: str = "any",
@@ -78,12 +80,18 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
                              f"first: {first.error}")
     if not parsed.accepted and not parsed.rejected:
         raise InputFileError(f"{path}: no requests in the file")
-    defaults = {**request_defaults(settings, max_tokens, temperature), **(extra_defaults or {})}
+    defaults = {**defaults_from(settings, max_tokens=max_tokens, temperature=temperature),
+                **(extra_defaults or {})}
+    try:  # each line's fields are checked already; the defaults, once here
+        SamplingParams.from_stored(defaults)
+    except ValueError as exc:
+        raise InputFileError(f"request defaults: {exc}") from None
     model = model or settings.model
+    requests = build_requests(parsed, defaults)
     ensure_schema()
     with session_scope() as session:
         batch_id, ids = queries.create_batch(
-            session, requests=build_requests(parsed, defaults), model=model,
+            session, requests=requests, model=model,
             device=device, priority=priority, name=name or Path(path).name,
             source_file=str(Path(path).resolve()))
     rejected = [{"line": r.line, "custom_id": r.custom_id, "error": r.error}
@@ -112,6 +120,42 @@ def submit(path: str | Path, **kwargs: Any) -> SubmitReport:
     enqueue(report.batch_id, report.request_ids, report.model, kwargs.get("device", "any"),
             kwargs.get("priority", "normal"))
     return report
+
+
+def run_here(report: SubmitReport, slots: int | None = None,
+             on_result: Callable[[str, int], None] | None = None) -> dict[str, int]:
+    """Runs a stored batch to the end in this process (``llmq run``, the embedded default);
+    returns how many requests ended in each state."""
+    from llmq.worker.embedded import run_batch
+
+    return run_batch(report.request_ids, report.model, slots, on_result=on_result)
+
+
+class GenerationFailed(RuntimeError):
+    pass
+
+
+def generate(prompt: str, *, model: str | None = None, max_tokens: int | None = None,
+             temperature: float | None = None, seed: int | None = None,
+             system: str | None = None, raw: bool = False,
+             on_text: Callable[[str], None] | None = None) -> str:
+    """One completion in this process, nothing stored: PROMPT as a user message (after
+    ``system``), or as plain text with ``raw``."""
+    from llmq.worker.embedded import generate as generate_here
+
+    settings = get_settings()
+    params = SamplingParams.from_stored(defaults_from(
+        settings, max_tokens=max_tokens, temperature=temperature, seed=seed))
+    if raw:
+        result = generate_here(model or settings.model, params, prompt=prompt, on_text=on_text)
+    else:
+        messages = [{"role": "system", "content": system}] if system else []
+        messages.append({"role": "user", "content": prompt})
+        result = generate_here(model or settings.model, params, messages=messages,
+                               on_text=on_text)
+    if result.error:
+        raise GenerationFailed(result.error)
+    return result.text
 
 
 def _batch(session: Session, batch_id: str) -> Batch:
@@ -200,27 +244,122 @@ def stats(batch_id: str | None = None) -> dict[str, Any]:
 
 # --- pipeline runs ------------------------------------------------------------------------
 
-def pipeline_status(run_id: str, documents: bool = False) -> dict[str, Any]:
-    from llmq.worker.pipeline import store
+def start_pipeline(source: str, *, name: str | None = None, model: str | None = None,
+                   chunk_tokens: int | None = None, overlap: int | None = None,
+                   local: bool = False, slots: int | None = None, wait: bool = False,
+                   on_level: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Opens a run over SOURCE's new, changed or failed documents and drives it: here on the
+    embedded engine (``local``), or by handing it to the workers (and, with ``wait``, polling
+    until it completes). Returns the run's status."""
+    from llmq.worker.pipeline.run import run_local, send_advance, start_run
 
+    run_id = start_run(source, name=name, model=model, chunk_tokens=chunk_tokens,
+                       overlap_tokens=overlap)
+    info = pipeline_status(run_id)
+    if info["state"] != "running":
+        return info
+    if local:
+        run_local(run_id, slots, on_level=on_level)
+    else:
+        send_advance(run_id)
+        while wait and pipeline_status(run_id)["state"] == "running":
+            time.sleep(1.0)
+    return pipeline_status(run_id)
+
+
+def pipeline_status(run_id: str, documents: bool = False) -> dict[str, Any]:
     with session_scope() as session:
-        info = store.run_summary(session, store.get_run(session, run_id))
+        info = pipeline_store.run_summary(session, pipeline_store.get_run(session, run_id))
         if documents:
-            info["document_states"] = store.run_documents(session, run_id)
+            info["document_states"] = pipeline_store.run_documents(session, run_id)
         return info
 
 
 def pipeline_runs(limit: int = 20) -> list[dict[str, Any]]:
-    from llmq.worker.pipeline import store
-
     ensure_schema()
     with session_scope() as session:
-        return [store.run_summary(session, r) for r in store.list_runs(session, limit)]
+        return [pipeline_store.run_summary(session, r)
+                for r in pipeline_store.list_runs(session, limit)]
 
 
 def pipeline_summaries(run_id: str) -> list[dict[str, Any]]:
-    from llmq.worker.pipeline import store
-
     with session_scope() as session:
-        store.get_run(session, run_id)
-        return store.run_summaries(session, run_id)
+        pipeline_store.get_run(session, run_id)
+        return pipeline_store.run_summaries(session, run_id)
+
+
+def pipeline_schedule() -> dict[str, Any]:
+    """What ``llmq beat`` runs, and when (the cron expression's timezone is UTC)."""
+    from llmq.worker.celery_app import cron_schedule
+
+    settings = get_settings()
+    schedule = cron_schedule(settings.pipeline_cron)
+    due = schedule.remaining_estimate(schedule.now())
+    return {"cron": settings.pipeline_cron, "next_in_seconds": int(due.total_seconds()),
+            "timezone": str(schedule.tz or "UTC"), "default_model": settings.model,
+            "pipelines": settings.pipelines}
+
+
+# --- model variants -------------------------------------------------------------------------
+
+def list_models() -> list[dict[str, Any]]:
+    from llmq.variants.registry import list_models as rows
+
+    return rows()
+
+
+def model_exists(name: str) -> bool:
+    from llmq.variants.registry import is_registered
+
+    return is_registered(name)
+
+
+def import_model(path: str, name: str) -> dict[str, Any]:
+    from llmq.variants.registry import import_model as register
+
+    return register(path, name)
+
+
+def evaluate_model(name: str, base: str | None = None, new_tokens: int = 64) -> dict[str, Any]:
+    """Fidelity of NAME against its base, measured here and stored (loads torch)."""
+    from llmq.variants.evaluate import evaluate_and_record
+
+    return evaluate_and_record(name, base, new_tokens)
+
+
+def optimize_model(base: str, name: str, *, preset: str = "cpu", quantize: str | None = None,
+                   smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
+                   prune_ffn: float = 0.0, prune_kv_groups: int = 0, prune_layers: int = 0,
+                   calibration: str | None = None, output: str | None = None,
+                   measure: bool = True, log: Callable[[str], None] = print
+                   ) -> tuple[dict[str, Any], Any]:
+    """Builds, measures and registers a variant (loads torch); returns its registry row and
+    the measurements (``llmq.variants.optimize.Outcome``)."""
+    from llmq.variants.optimize import create_variant, recipe_with
+
+    recipe = recipe_with(preset, quantize=quantize, smooth_alpha=smooth_alpha,
+                         keep_float=keep_float, prune_ffn=prune_ffn,
+                         prune_kv_groups=prune_kv_groups, prune_layers=prune_layers)
+    return create_variant(base, name, recipe, output, calibration, measure, log)
+
+
+# --- operators ------------------------------------------------------------------------------
+
+def upgrade_database(revision: str = "head") -> str:
+    upgrade(revision=revision)
+    return get_settings().database_url
+
+
+def run_worker(device: str, model: str | None = None, slots: int | None = None,
+               concurrency: int | None = None, loglevel: str = "INFO",
+               announce: Callable[[str], None] = print) -> None:
+    """Serves ``model`` on this machine until stopped (loads torch)."""
+    from llmq.worker.serve import run_worker as serve
+
+    serve(device, model, slots, concurrency, loglevel, announce)
+
+
+def run_beat(loglevel: str = "INFO") -> None:
+    from llmq.worker.serve import run_beat as beat
+
+    beat(loglevel)

@@ -37,6 +37,20 @@ class RequestState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+class RunState(enum.StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+
+
+class DocumentState(enum.StrEnum):
+    """A document's progress through one pipeline run."""
+
+    PENDING = "pending"  # nothing planned yet
+    RUNNING = "running"  # requests of its current level are queued or running
+    SUCCEEDED = "succeeded"  # summary stored
+    FAILED = "failed"
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime()}
 
@@ -159,7 +173,7 @@ class PipelineRun(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     source_id: Mapped[int] = mapped_column(ForeignKey("sources.id", ondelete="CASCADE"))
     model: Mapped[str] = mapped_column(String(200))
-    state: Mapped[str] = mapped_column(String(12), default="running")  # running | completed
+    state: Mapped[str] = mapped_column(String(12), default=RunState.RUNNING)
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
@@ -175,7 +189,7 @@ class RunDocument(Base):
     run_id: Mapped[str] = mapped_column(ForeignKey("pipeline_runs.id", ondelete="CASCADE"))
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"))
     content_hash: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(12), default="pending")
+    state: Mapped[str] = mapped_column(String(12), default=DocumentState.PENDING)
     level: Mapped[int] = mapped_column(Integer, default=-1)  # -1: nothing planned yet
     error: Mapped[str | None] = mapped_column(Text)
     finished_at: Mapped[datetime | None]

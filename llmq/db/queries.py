@@ -13,9 +13,10 @@ from sqlalchemy import Select, and_, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from llmq.contract import RequestKind
+
 from .models import Batch, Request, RequestState, Result, utcnow
 
-INVALID_KIND = "invalid"  # a rejected input line, stored failed with its reason
 COUNT_KEYS = ("total", "queued", "running", "succeeded", "failed", "cancelled")
 _INSERT_CHUNK = 2000
 
@@ -243,7 +244,7 @@ def retry_batch(session: Session, batch_id: str, include_cancelled: bool = False
     states = [RequestState.FAILED] + ([RequestState.CANCELLED] if include_cancelled else [])
     retry_ids = list(session.execute(
         select(Request.id).where(
-            Request.batch_id == batch_id, Request.kind != INVALID_KIND,
+            Request.batch_id == batch_id, Request.kind != RequestKind.INVALID,
             or_(Request.state.in_(states),
                 and_(Request.state == RequestState.QUEUED, Request.enqueued_at.is_(None))))
         .order_by(Request.id)).scalars())
@@ -275,7 +276,8 @@ def result_rows(session: Session, batch_id: str,
 
 
 def timing_rows(session: Session, batch_id: str | None) -> list[tuple[Any, ...]]:
-    """(created, started, first token, finished, completion tokens) of succeeded requests."""
+    """(created, started, first token, finished, completion tokens, queue ms) of every
+    succeeded request, of one batch or of all."""
     stmt = (select(Request.created_at, Request.started_at, Request.first_token_at,
                    Request.finished_at, Result.completion_tokens, Result.queue_ms)
             .join(Result, Result.request_id == Request.id))

@@ -42,6 +42,25 @@ def register(session: Session, name: str, path: Path, base: str | None,
     return variant
 
 
+def artifact_path(session: Session, name: str) -> str | None:
+    return session.execute(select(ModelVariant.artifact_path)
+                           .where(ModelVariant.name == name)).scalar_one_or_none()
+
+
+def set_figures(v: ModelVariant, *, kl: float | None = None, top1: float | None = None,
+                tokens_per_s: float | None = None,
+                metrics: dict[str, Any] | None = None) -> None:
+    """Stores what was measured; figures not given keep their values."""
+    if kl is not None:
+        v.kl = kl
+    if top1 is not None:
+        v.top1 = top1
+    if tokens_per_s is not None:
+        v.tokens_per_s = tokens_per_s
+    if metrics is not None:
+        v.metrics = metrics
+
+
 def all_variants(session: Session) -> list[ModelVariant]:
     return list(session.execute(select(ModelVariant).order_by(ModelVariant.created_at))
                 .scalars())

@@ -4,11 +4,13 @@ request-processing code as a Celery worker and no broker."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from llmq.contract import SamplingParams
 from llmq.db.session import session_factory
+from llmq.engine.engine import Engine, GenerationRequest, GenerationResult
 from llmq.settings import get_settings
 from llmq.worker import runtime
-from llmq.worker.engine import Engine
 from llmq.worker.processing import WorkerIdentity, process_ids
 
 
@@ -24,5 +26,18 @@ def run_batch(ids: Sequence[int], model: str, slots: int | None = None,
     try:
         return process_ids(session_factory(), engine, ids, ident,
                            max_attempts=get_settings().max_attempts, on_result=on_result)
+    finally:
+        engine.close()
+
+
+def generate(model: str, params: SamplingParams, prompt: str | None = None,
+             messages: list[dict[str, Any]] | None = None,
+             on_text: Callable[[str], None] | None = None) -> GenerationResult:
+    """One request, straight to a one-slot engine (nothing stored), streamed to ``on_text``."""
+    engine, _ = load_engine(model, slots=1)
+    request = GenerationRequest(prompt=prompt, messages=messages, params=params)
+    try:
+        return engine.submit(request, on_token=None if on_text is None else (
+            lambda text, _token: on_text(text))).result()
     finally:
         engine.close()

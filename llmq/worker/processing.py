@@ -15,9 +15,11 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from llmq.contract import FinishReason, RequestKind, SamplingParams
 from llmq.db import queries
+from llmq.db.models import RequestState
 from llmq.db.queries import Claimed
-from llmq.worker.engine import Engine, GenerationRequest, GenerationResult, SamplingParams
+from llmq.engine.engine import Engine, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +41,10 @@ class WorkerIdentity:
 
 
 def to_generation_request(claimed: Claimed) -> GenerationRequest:
-    p = claimed.params
-    params = SamplingParams(
-        max_tokens=int(p.get("max_tokens", 256)),
-        temperature=float(p.get("temperature", 0.0)),
-        top_p=float(p.get("top_p", 1.0)),
-        top_k=int(p.get("top_k", 0)),
-        seed=p.get("seed"),
-        stop=tuple(p.get("stop") or ()),
-        ignore_eos=bool(p.get("ignore_eos", False)),
-    )
+    """The engine's request for a stored one; ValueError names what cannot be run."""
+    params = SamplingParams.from_stored(claimed.params)
     rid = str(claimed.id)
-    if claimed.kind == "chat":
+    if claimed.kind == RequestKind.CHAT:
         return GenerationRequest(messages=claimed.input["messages"], params=params,
                                  request_id=rid)
     return GenerationRequest(prompt=claimed.input["prompt"], params=params, request_id=rid)
@@ -68,11 +62,11 @@ def write_result(session: Session, claimed: Claimed, result: GenerationResult,
                  ident: WorkerIdentity) -> str:
     """Stores one outcome; returns the request's state as this worker left it."""
     t = result.timing
-    if result.finish_reason == "cancelled":
-        return "cancelled"
+    if result.finish_reason == FinishReason.CANCELLED:
+        return RequestState.CANCELLED
     if not result.ok:
         queries.record_failure(session, claimed.id, result.error or result.finish_reason)
-        return "failed"
+        return RequestState.FAILED
     started = max(_utc(t.started_at or t.submitted_at), claimed.created_at)
     first = max(_utc(t.first_token_at or t.finished_at or time.time()), started)
     finished = max(_utc(t.finished_at or time.time()), first)
@@ -87,7 +81,7 @@ def write_result(session: Session, claimed: Claimed, result: GenerationResult,
     }
     ok = queries.record_success(session, claimed.id, result=row, started_at=started,
                                 first_token_at=first, finished_at=finished)
-    return "succeeded" if ok else "skipped"
+    return RequestState.SUCCEEDED if ok else "skipped"
 
 
 def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int],
@@ -110,7 +104,7 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
         except (ValueError, KeyError, TypeError) as exc:
             with sessions.begin() as session:
                 queries.record_failure(session, c.id, f"cannot run this request: {exc}")
-            outcome["failed"] = outcome.get("failed", 0) + 1
+            outcome[RequestState.FAILED] = outcome.get(RequestState.FAILED, 0) + 1
             continue
         futures[engine.submit(request)] = c
     pending = set(futures)

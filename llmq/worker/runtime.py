@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import threading
 
+from llmq.engine.engine import Engine, EngineConfig
+from llmq.engine.setup import configure_process
 from llmq.settings import Settings
-from llmq.worker.engine import Engine, EngineConfig
-from llmq.worker.models import resolve_model
+from llmq.variants.registry import resolve
 from llmq.worker.processing import WorkerIdentity
 
 _lock = threading.Lock()
@@ -21,11 +22,13 @@ def engine_device(device: str) -> str:
 
 def load(settings: Settings, model: str, device: str,
          slots: int | None = None) -> tuple[Engine, WorkerIdentity]:
-    """A new engine for ``model``, and who this worker is once it runs."""
-    engine = Engine.load(resolve_model(model), EngineConfig(
+    """Sets up the process (threads, allocator, compilation) and loads a new engine for
+    ``model``; returns it and who this worker is once it runs."""
+    configure_process(settings.threads, settings.compile)
+    engine = Engine.load(resolve(model), EngineConfig(
         num_slots=slots or settings.slots, slot_length=settings.slot_length,
         max_step_tokens=settings.step_tokens, threads=settings.threads,
-        device=engine_device(device), compile=settings.compile))
+        device=engine_device(device)), name=model)
     actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
     return engine, WorkerIdentity.here(actual, model)
 

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from llmq.worker.engine import Engine, EngineConfig
+from llmq.engine.engine import Engine, EngineConfig
 from tests.conftest import Tiny
 
 

@@ -7,10 +7,11 @@ from importlib.resources import files
 
 import torch
 
-from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from llmq.worker.engine.fidelity import compare
-from llmq.worker.engine.loader import load_checkpoint
-from llmq.worker.engine.model import LlamaModel
+from llmq.contract import SamplingParams
+from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+from llmq.engine.fidelity import compare
+from llmq.engine.loader import load_checkpoint
+from llmq.engine.model import LlamaModel
 from tests.conftest import Tiny
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
-from llmq.worker.engine import Engine, GenerationRequest, SamplingParams
+from llmq.contract import SamplingParams
+from llmq.engine.engine import Engine, GenerationRequest
 
 from .conftest import Tiny, hf_greedy
 

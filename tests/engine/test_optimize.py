@@ -4,26 +4,28 @@ smoothing that keeps its function, and artifacts that load back to the same toke
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from llmq.worker.engine.artifact import ArtifactError, load_variant, verify
-from llmq.worker.engine.calibrate import collect_stats
-from llmq.worker.engine.kernels import Linear
-from llmq.worker.engine.model import LlamaModel
-from llmq.worker.engine.prune import (
+from llmq.contract import SamplingParams
+from llmq.engine.artifact import ArtifactError, load_variant, verify
+from llmq.engine.calibrate import collect_stats
+from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+from llmq.engine.kernels import Linear
+from llmq.engine.model import LlamaModel
+from llmq.engine.prune import (
     PruneRecipe,
     flops_per_token,
     linear_params,
     prune,
     total_params,
 )
-from llmq.worker.engine.quant import Int4Linear, Int8Linear, int8_linear, quantize_layers
-from llmq.worker.engine.smooth import smooth
-from llmq.worker.optimize import Recipe, build
+from llmq.engine.quant import Int4Linear, Int8Linear, int8_linear, quantize_layers
+from llmq.engine.smooth import smooth
+from llmq.variants.optimize import Recipe, build
 from tests.conftest import Tiny
 
 from .tiny import random_weights, tiny_config
@@ -62,7 +64,7 @@ def test_int4_linear_matches_its_dequantized_weights() -> None:
 
 
 def logits(model: LlamaModel, tokens: list[int]) -> torch.Tensor:
-    from llmq.worker.engine.fidelity import sequence_logits
+    from llmq.engine.fidelity import sequence_logits
 
     return sequence_logits(model, tokens)
 
@@ -140,7 +142,7 @@ def test_pruned_quantized_artifact_round_trips(tiny: Tiny, tmp_path: Path,
     assert set(manifest["linears"].values()) == {quantize}
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.pt"))
     verify(out)
-    config = EngineConfig(num_slots=4, slot_length=128, compile=False)
+    config = EngineConfig(num_slots=4, slot_length=128)
     before = generate(Engine(variant, tok, config))
     with Engine.load(out, config) as loaded:
         assert loaded.model.config.intermediate_size == 64
@@ -158,25 +160,23 @@ def test_pruned_quantized_artifact_round_trips(tiny: Tiny, tmp_path: Path,
         verify(out)
 
 
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="inductor needs a C++ compiler for CPU code")
 def test_compiled_int8_layers_match_the_eager_path(tiny: Tiny, tmp_path: Path) -> None:
     """Workers run int8 layers through inductor-fused kernels; they must compute what the
     eager ops compute (up to float summation order)."""
-    from llmq.worker.engine.quant import compile_int8, fused, int8_out_ffn
-
     _, variant, tok, _ = build(str(tiny.gguf), Recipe(quantize="int8"), tmp_path / "v",
                                log=lambda _: None)
     tokens = tok.encode(PROMPTS[1])
-    compile_int8(False)
+    config = EngineConfig(num_slots=4, slot_length=128)
     eager = logits(variant, tokens)
-    eager_tokens = generate(Engine(variant, tok, EngineConfig(num_slots=4, slot_length=128,
-                                                              compile=False)))
-    compile_int8(True)
-    try:
-        assert fused(int8_out_ffn, 8) is not int8_out_ffn  # the compiled form is in use
-        compiled = logits(variant, tokens)
-        compiled_tokens = generate(Engine(variant, tok, EngineConfig(num_slots=4,
-                                                                     slot_length=128)))
-    finally:
-        compile_int8(False)
+    eager_tokens = generate(Engine(variant, tok, config))
+    assert variant.layers[0].fused is None  # the tests' process set-up compiles nothing
+    assert variant.fuse_layers()
+    assert variant.layers[0].fused is not None
+    compiled = logits(variant, tokens)
+    compiled_tokens = generate(Engine(variant, tok, config))
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
     assert compiled_tokens == eager_tokens
+    float_model = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
+    assert not float_model.fuse_layers()  # nothing to fuse in a float model

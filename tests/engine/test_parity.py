@@ -7,11 +7,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from llmq.worker.engine.loader import load_checkpoint, unpermute_rope_rows
-from llmq.worker.engine.model import LlamaModel
-from llmq.worker.engine.runner import ModelRunner
-from llmq.worker.engine.scheduler import PrefillWork, Sequence, StepPlan
+from llmq.contract import SamplingParams
+from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+from llmq.engine.loader import load_checkpoint, unpermute_rope_rows
+from llmq.engine.model import LlamaModel
+from llmq.engine.runner import ModelRunner
+from llmq.engine.scheduler import PrefillWork, Sequence, StepPlan
 
 from .conftest import Tiny, hf_greedy
 from .tiny import llama_cpp_permute, write_hf_folder

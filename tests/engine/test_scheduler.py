@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from llmq.worker.engine import scheduler as sched
-from llmq.worker.engine.scheduler import Scheduler, SchedulerConfig, Sequence
+from llmq.engine import scheduler as sched
+from llmq.engine.scheduler import Scheduler, SchedulerConfig, Sequence
 
 
 def make(n_slots: int = 2, budget: int = 100, prefix: int = 0, length: int = 64) -> Scheduler:

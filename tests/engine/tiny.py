@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmq.worker.engine.config import ModelConfig
-from llmq.worker.engine.files import builtin_model_path
-from llmq.worker.engine.tokenizer import TextTokenizer, load_tokenizer
+from llmq.engine.config import ModelConfig
+from llmq.engine.tokenizer import TextTokenizer, load_tokenizer
+from llmq.variants.registry import builtin_model_path
 
 
 def tiny_config(tokenizer: TextTokenizer, **overrides: object) -> ModelConfig:

@@ -75,9 +75,12 @@ def test_optimize_registers_a_measured_variant_and_workers_serve_it_by_name(
     copied = {m["name"]: m for m in json.loads(llmq(other, "model", "list", "--json").stdout)}
     assert copied["copied"]["base"] == "tiny"
     assert copied["copied"]["recipe"]["quantize"] == "int8"
+    requests_run_only_on_the_variant_they_name(env, tmp_path)
 
-    # a request runs only on the variant it names: with a worker for tiny-q alone, the
-    # batch for tiny waits in its own queue until a worker for tiny starts
+
+def requests_run_only_on_the_variant_they_name(env: dict[str, str], tmp_path: Path) -> None:
+    """With a worker for tiny-q alone, the batch for tiny waits in its own queue until a
+    worker for tiny starts."""
     batches = {}
     for model in ("tiny-q", "tiny"):
         lines = tmp_path / f"{model}.jsonl"

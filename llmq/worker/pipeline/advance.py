@@ -8,24 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from llmq.contract import RequestKind, SamplingParams
+from llmq.db import pipeline as store
 from llmq.db import queries
-from llmq.db.models import (
-    Chunk,
-    Document,
-    PipelineRun,
-    RequestState,
-    Result,
-    RunDocument,
-    Summary,
-    utcnow,
-)
-from llmq.worker.engine.tokenizer import TextTokenizer
+from llmq.db.models import PipelineRun, RequestState, RunDocument, RunState
+from llmq.engine.tokenizer import TextTokenizer
 
 from .plan import PlanParams, group_by_budget, split_tokens
-from .store import chunk_outputs, get_run
 
 
 @dataclass
@@ -45,24 +36,20 @@ class _Planned:
 
 
 def advance(session: Session, run_id: str, tokenizer: TextTokenizer) -> Advance:
-    run = get_run(session, run_id)
+    run = store.get_run(session, run_id)
     out = Advance()
-    if run.state != "running":
+    if run.state != RunState.RUNNING:
         out.finished = True
         return out
     params = PlanParams(**run.params["plan"])
     planned: list[_Planned] = []
     pending_request_ids: list[int] = []
-    unfinished = session.execute(select(RunDocument).where(
-        RunDocument.run_id == run.id, RunDocument.state.in_(["pending", "running"]))
-        .order_by(RunDocument.id)).scalars().all()
-    for rd in unfinished:
+    for rd in store.unfinished_documents(session, run.id):
         if rd.level < 0:
-            text = session.execute(select(Document.text)
-                                   .where(Document.id == rd.document_id)).scalar_one()
+            text = store.document_text(session, rd.document_id)
             planned += _plan_document(rd, text, tokenizer, params)
             continue
-        rows = chunk_outputs(session, rd.id, rd.level)
+        rows = store.chunk_outputs(session, rd.id, rd.level)
         waiting = [req.id for _, req, _ in rows
                    if req.state in (RequestState.QUEUED, RequestState.RUNNING)]
         if waiting:
@@ -70,11 +57,11 @@ def advance(session: Session, run_id: str, tokenizer: TextTokenizer) -> Advance:
             continue
         failed = [req for _, req, _ in rows if req.state != RequestState.SUCCEEDED]
         if failed:
-            rd.state, rd.finished_at = "failed", utcnow()
-            rd.error = f"request {failed[0].custom_id}: {failed[0].last_error or failed[0].state}"
+            store.fail_document(rd, f"request {failed[0].custom_id}: "
+                                    f"{failed[0].last_error or failed[0].state}")
             continue
         if rows[0][0].role == "final":
-            _store_summary(session, run, rd, rows[0][2])
+            store.store_summary(session, run, rd, rows[0][2])
             continue
         planned += _plan_reduce(rd, [res.text for _, _, res in rows if res], tokenizer, params)
     if planned:
@@ -82,7 +69,7 @@ def advance(session: Session, run_id: str, tokenizer: TextTokenizer) -> Advance:
     if pending_request_ids:
         out.unsent_ids = queries.unsent_ids(session, pending_request_ids)
     if not planned and not pending_request_ids:
-        run.state, run.finished_at = "completed", utcnow()
+        store.complete_run(run)
         out.finished = True
     return out
 
@@ -111,40 +98,22 @@ def _plan_reduce(rd: RunDocument, outputs: list[str], tok: TextTokenizer,
 
 
 def _create_requests(session: Session, run: PipelineRun, planned: list[_Planned]) -> list[int]:
+    """One ordinary batch for the planned requests, and a chunk row for each."""
     p = PlanParams(**run.params["plan"])
+    sampling = SamplingParams(max_tokens=p.summary_tokens, temperature=0.0).stored()
     counters: dict[int, int] = {}
     new = []
     for item in planned:
         index = counters.get(item.rd.id, 0)
         counters[item.rd.id] = index + 1
         new.append(queries.NewRequest(
-            custom_id=f"{run.id}/d{item.rd.document_id}/L{item.level}/{index}", kind="chat",
-            input={"messages": [{"role": "user", "content": item.prompt}]},
-            params={"max_tokens": p.summary_tokens, "temperature": 0.0}))
+            custom_id=f"{run.id}/d{item.rd.document_id}/L{item.level}/{index}",
+            kind=RequestKind.CHAT,
+            input={"messages": [{"role": "user", "content": item.prompt}]}, params=sampling))
     levels = sorted({i.level for i in planned})
-    batch_id, ids = queries.create_batch(
+    _, ids = queries.create_batch(
         session, requests=new, model=run.model, name=f"pipeline {run.id} level "
         + ",".join(map(str, levels)), meta={"pipeline_run": run.id})
-    counters.clear()
-    for item, request_id in zip(planned, ids, strict=True):
-        index = counters.get(item.rd.id, 0)
-        counters[item.rd.id] = index + 1
-        session.add(Chunk(run_document_id=item.rd.id, level=item.level, index=index,
-                          role=item.role, input_tokens=item.tokens, request_id=request_id))
-        item.rd.level, item.rd.state = item.level, "running"
-    session.flush()
+    store.add_chunks(session, [store.NewChunk(item.rd, item.level, item.role, item.tokens, rid)
+                               for item, rid in zip(planned, ids, strict=True)])
     return ids
-
-
-def _store_summary(session: Session, run: PipelineRun, rd: RunDocument,
-                   final: Result | None) -> None:
-    count, prompt, completion = session.execute(
-        select(func.count(Chunk.id), func.coalesce(func.sum(Result.prompt_tokens), 0),
-               func.coalesce(func.sum(Result.completion_tokens), 0))
-        .select_from(Chunk).outerjoin(Result, Result.request_id == Chunk.request_id)
-        .where(Chunk.run_document_id == rd.id)).one()
-    session.add(Summary(document_id=rd.document_id, run_id=run.id,
-                        content_hash=rd.content_hash, model=run.model,
-                        text=final.text.strip() if final else "", requests=int(count),
-                        prompt_tokens=int(prompt), completion_tokens=int(completion)))
-    rd.state, rd.finished_at = "succeeded", utcnow()

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmq.db.migrate import ensure_schema
+from llmq.db.pipeline import create_run, get_run, ingest
 from llmq.db.session import session_factory, session_scope
 from llmq.settings import get_settings
 
 from .plan import PlanParams
 from .sources import read_source
-from .store import create_run, ingest
 
 
 def start_run(location: str | Path, name: str | None = None, model: str | None = None,
@@ -34,12 +34,11 @@ def start_run(location: str | Path, name: str | None = None, model: str | None =
 def run_local(run_id: str, slots: int | None = None,
               on_level: Callable[[int], None] | None = None) -> None:
     """Drives the run to the end in this process with the embedded engine."""
+    from llmq.variants.registry import tokenizer_for
     from llmq.worker.embedded import load_engine
-    from llmq.worker.models import tokenizer_for
     from llmq.worker.processing import process_ids
 
     from .advance import advance
-    from .store import get_run
 
     with session_scope() as session:
         model = get_run(session, run_id).model
@@ -63,11 +62,10 @@ def run_local(run_id: str, slots: int | None = None,
 
 def advance_and_enqueue(run_id: str) -> bool:
     """One step of a distributed run; True when the run is complete."""
+    from llmq.variants.registry import tokenizer_for
     from llmq.worker.celery_app import enqueue_requests
-    from llmq.worker.models import tokenizer_for
 
     from .advance import advance
-    from .store import get_run
 
     with session_scope() as session:
         model = get_run(session, run_id).model
@@ -77,3 +75,10 @@ def advance_and_enqueue(run_id: str) -> bool:
     if ids:
         enqueue_requests(ids, model)
     return step.finished
+
+
+def send_advance(run_id: str) -> None:
+    """Hands the run to the workers: the driver task advances it until it is complete."""
+    from llmq.worker.celery_app import CONTROL_QUEUE, TASK_PIPELINE_ADVANCE, producer_app
+
+    producer_app().send_task(TASK_PIPELINE_ADVANCE, args=[run_id], queue=CONTROL_QUEUE)

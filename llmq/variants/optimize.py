@@ -9,31 +9,33 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmq.worker.engine.artifact import is_variant, save_variant, sha256_file
-from llmq.worker.engine.calibrate import collect_stats
-from llmq.worker.engine.fidelity import Fidelity
-from llmq.worker.engine.files import resolve_model_path
-from llmq.worker.engine.loader import Checkpoint, load_checkpoint
-from llmq.worker.engine.model import LlamaModel
-from llmq.worker.engine.prune import PruneRecipe, flops_per_token, prune, total_params
-from llmq.worker.engine.quant import LAYER_LINEARS, quantize_layers
-from llmq.worker.engine.smooth import smooth
-from llmq.worker.engine.threads import on_compute_thread
-from llmq.worker.engine.tokenizer import TextTokenizer
-from llmq.worker.model_eval import (
+from llmq.engine.artifact import save_variant, sha256_file
+from llmq.engine.calibrate import collect_stats
+from llmq.engine.fidelity import Fidelity
+from llmq.engine.files import is_variant
+from llmq.engine.loader import Checkpoint, load_checkpoint
+from llmq.engine.model import LlamaModel
+from llmq.engine.prune import PruneRecipe, flops_per_token, prune, total_params
+from llmq.engine.quant import LAYER_LINEARS, quantize_layers
+from llmq.engine.setup import configure_process
+from llmq.engine.smooth import smooth
+from llmq.engine.threads import on_compute_thread
+from llmq.engine.tokenizer import TextTokenizer
+from llmq.settings import get_settings
+from llmq.variants import registry
+from llmq.variants.evaluate import (
     evaluate_models,
     greedy_outputs,
     heldout_messages,
     measure_speed,
     shipped_messages,
 )
-from llmq.worker.models import resolve_model
 
 QUANTIZATIONS = ("none", "bf16", "int8", "int4")
 CALIBRATION_NEW_TOKENS = 48  # continuations add the model's own outputs to what is measured
@@ -62,6 +64,25 @@ class Recipe:
         if self.quantize != "int8":
             d["smooth_alpha"] = None
         return d
+
+
+def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
+                smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
+                prune_ffn: float = 0.0, prune_kv_groups: int = 0,
+                prune_layers: int = 0) -> Recipe:
+    """A preset with the parts a caller overrides (None, zero and empty leave the
+    preset's); ``smooth_alpha=0`` turns smoothing off."""
+    prune_recipe = PruneRecipe(prune_ffn, prune_kv_groups, prune_layers)
+    updates: dict[str, Any] = {}
+    if quantize is not None:
+        updates["quantize"] = quantize
+    if smooth_alpha is not None:
+        updates["smooth_alpha"] = smooth_alpha or None
+    if keep_float:
+        updates["keep_float"] = tuple(keep_float)
+    if not prune_recipe.empty:
+        updates["prune"] = prune_recipe
+    return replace(preset(preset_name), **updates)
 
 
 def preset(name: str) -> Recipe:
@@ -110,7 +131,7 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
                                                        dict[str, Any]]:
     """Writes the artifact; returns (base model, variant model, tokenizer, manifest)."""
     recipe.validate()
-    base_path = resolve_model_path(resolve_model(base))
+    base_path = registry.resolve(base)
     if is_variant(base_path):
         raise ValueError(f"{base} is already an optimized variant: optimize from its float "
                          "base instead")
@@ -158,6 +179,8 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
 def optimize(base: str, recipe: Recipe, output: Path, calibration: str | None = None,
              measure: bool = True, log: Callable[[str], None] = print) -> Outcome:
     """Build, measure: all on one compute thread (threads.py)."""
+    settings = get_settings()
+    configure_process(settings.threads, settings.compile)
     return on_compute_thread(lambda: _optimize(base, recipe, output, calibration, measure,
                                                log))
 
@@ -173,12 +196,28 @@ def _optimize(base: str, recipe: Recipe, output: Path, calibration: str | None,
         metrics.update(same_outputs=fid.same_outputs, sequences=fid.sequences,
                        mean_shared_prefix=fid.mean_shared_prefix)
         log("measuring speed (64 requests x 64 tokens, 64 slots)")
-        if recipe.quantize == "int8":
-            from llmq.worker.engine.quant import compile_int8
-
-            compile_int8()
         speed = measure_speed(variant, tok)
         base_speed = measure_speed(base_model, tok)
         metrics.update(base_tokens_per_s=base_speed,
                        speed_workload="64 held-out requests x 64 tokens, 64 slots")
     return Outcome(manifest, fid, speed, base_speed, metrics)
+
+
+def create_variant(base: str, name: str, recipe: Recipe, output: str | None = None,
+                   calibration: str | None = None, measure: bool = True,
+                   log: Callable[[str], None] = print) -> tuple[dict[str, Any], Outcome]:
+    """``llmq model optimize``: builds the artifact (in ``output``, default
+    LLMQ_MODEL_DIR/NAME), measures it and registers it as ``name``. Returns the registry
+    row and what was measured; raises ValueError when the name or the folder is taken."""
+    if registry.is_registered(name):
+        raise ValueError(f"a model named {name!r} is already registered")
+    target = Path(output or Path(get_settings().model_dir) / name).resolve()
+    if target.exists() and any(target.iterdir()):
+        raise ValueError(f"{target} exists and is not empty: pass --output")
+    outcome = optimize(base, recipe, target, calibration, measure=measure, log=log)
+    fid = outcome.fidelity
+    figures: dict[str, Any] = {"metrics": outcome.metrics, "tokens_per_s": outcome.tokens_per_s}
+    if fid is not None:
+        figures.update(kl=fid.kl, top1=fid.top1)
+    row = registry.register(name, target, base, outcome.manifest["recipe"], figures)
+    return row, outcome

@@ -17,17 +17,18 @@ from typing import Any
 
 import torch
 
-from .artifact import is_variant, load_variant
-from .files import resolve_model_path
+from llmq.contract import FinishReason, SamplingParams
+
+from .artifact import load_variant
+from .files import is_variant
 from .loader import load_checkpoint
-from .memory import keep_freed_memory
 from .model import LlamaModel
-from .quant import Int8Linear, compile_int8
 from .runner import ModelRunner
-from .sampling import SamplingParams, make_generator, sample
+from .sampling import make_generator, sample
 from .scheduler import Scheduler, SchedulerConfig
 from .scheduler import Sequence as SeqState
-from .threads import default_threads
+from .setup import compile_enabled
+from .threads import compute_threads
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class Timing:
 class GenerationResult:
     request_id: str
     text: str
-    finish_reason: str  # stop | length | cancelled | error
+    finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
     timing: Timing
@@ -63,7 +64,7 @@ class GenerationResult:
 
     @property
     def ok(self) -> bool:
-        return self.finish_reason in ("stop", "length")
+        return self.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
 
 
 @dataclass
@@ -72,10 +73,9 @@ class EngineConfig:
     slot_length: int = 2048
     max_step_tokens: int = 4096
     prefix_cache_entries: int = 16
-    threads: int | None = None
+    threads: int | None = None  # None: what configure_process set
     device: str = "cpu"  # cpu | cuda | auto
     dtype: str = "auto"  # auto (cpu: float32, cuda: bfloat16) | float32 | bfloat16 | float16
-    compile: bool = True  # fuse the int8 layers' quantize/dequantize passes with inductor
 
 
 @dataclass(eq=False)
@@ -111,8 +111,8 @@ class Engine:
     def __init__(self, model: LlamaModel, tokenizer: TextTokenizer,
                  config: EngineConfig | None = None, name: str = "model") -> None:
         self.config = config or EngineConfig()
-        if model.device.type == "cpu":
-            keep_freed_memory()
+        if compile_enabled():
+            model.fuse_layers()
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -134,20 +134,22 @@ class Engine:
     # --- construction ---------------------------------------------------------------------
 
     @classmethod
-    def load(cls, model: str | Path, config: EngineConfig | None = None) -> Engine:
+    def load(cls, path: str | Path, config: EngineConfig | None = None,
+             name: str | None = None) -> Engine:
+        """An engine for the checkpoint or variant artifact at ``path`` (names are resolved
+        by llmq.variants.registry, not here)."""
         config = config or EngineConfig()
         device = pick_device(config.device)
-        dtype = pick_dtype(config.dtype, device)
-        path = resolve_model_path(str(model))
+        path = Path(path)
         if is_variant(path):  # an optimized artifact: built exactly as saved
             net, tokenizer, _ = load_variant(path, device)
-            if any(isinstance(m, Int8Linear) for m in net.modules()):
-                # the fused kernels are CPU code; CUDA runs the int8 GEMMs eagerly
-                compile_int8(config.compile and device.type == "cpu")
-            return cls(net, tokenizer, config, name=str(model))
-        ckpt = load_checkpoint(path)
-        net = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights, dtype=dtype, device=device)
-        return cls(net, ckpt.tokenizer, config, name=str(model))
+        else:
+            ckpt = load_checkpoint(path)
+            net = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights,
+                                             dtype=pick_dtype(config.dtype, device),
+                                             device=device)
+            tokenizer = ckpt.tokenizer
+        return cls(net, tokenizer, config, name=name or str(path))
 
     # --- public API (any thread) ----------------------------------------------------------
 
@@ -212,7 +214,7 @@ class Engine:
             self._thread.start()
 
     def _loop(self) -> None:
-        torch.set_num_threads(self.config.threads or default_threads())
+        torch.set_num_threads(self.config.threads or compute_threads())
         while not self._stop.is_set():
             self._drain_inbox()
             if not self.scheduler.has_work:
@@ -224,9 +226,9 @@ class Engine:
             except Exception as exc:  # a bug or OOM: fail what is in flight, keep serving
                 log.exception("engine step failed")
                 for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-                    self._finish(seq, "error", f"engine step failed: {exc}")
+                    self._finish(seq, FinishReason.ERROR, f"engine step failed: {exc}")
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-            self._finish(seq, "cancelled", "engine closed")
+            self._finish(seq, FinishReason.CANCELLED, "engine closed")
 
     def _drain_inbox(self) -> None:
         while True:
@@ -239,21 +241,20 @@ class Engine:
             elif kind == "cancel":
                 seq = self._by_id.get(item)
                 if seq is not None:
-                    self._finish(seq, "cancelled", None)
+                    self._finish(seq, FinishReason.CANCELLED, None)
 
     def _add(self, request: GenerationRequest, future: Future[GenerationResult],
              on_token: Callable[[str, int], None] | None, submitted: float) -> None:
         timing = Timing(submitted_at=submitted)
         try:
-            request.params.validate()
             prompt = self.encode(request)
             reason = self.scheduler.check_fits(len(prompt), request.params.max_tokens)
             if reason:
                 raise ValueError(reason)
         except Exception as exc:
             timing.finished_at = time.time()
-            future.set_result(GenerationResult(request.request_id, "", "error", 0, 0, timing,
-                                               error=str(exc)))
+            future.set_result(GenerationResult(request.request_id, "", FinishReason.ERROR, 0, 0,
+                                               timing, error=str(exc)))
             return
         gen = None if request.params.greedy else make_generator(request.params.seed,
                                                                 self.model.device)
@@ -287,18 +288,18 @@ class Engine:
         if live.timing.first_token_at is None:
             live.timing.first_token_at = time.time()
         if token in self.eos_ids and not params.ignore_eos:
-            self._finish(seq, "stop", None)
+            self._finish(seq, FinishReason.STOP, None)
             return
         piece = self.tokenizer.stream_step(live.stream, token)
         if piece:
             live.text += piece
             if params.stop and self._apply_stop(live, len(piece)):
-                self._finish(seq, "stop", None)
+                self._finish(seq, FinishReason.STOP, None)
                 return
             if live.on_token is not None:
                 live.on_token(piece, token)
         if len(seq.output) >= seq.max_tokens:
-            self._finish(seq, "length", None)
+            self._finish(seq, FinishReason.LENGTH, None)
 
     @staticmethod
     def _apply_stop(live: _Live, new_chars: int) -> bool:
@@ -313,7 +314,7 @@ class Engine:
         live.text = live.text[: base + min(hits)]
         return True
 
-    def _finish(self, seq: SeqState, reason: str, error: str | None) -> None:
+    def _finish(self, seq: SeqState, reason: FinishReason, error: str | None) -> None:
         live: _Live = seq.payload
         self.scheduler.finish(seq)
         self._by_id.pop(seq.request_id, None)

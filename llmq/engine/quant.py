@@ -10,9 +10,13 @@ to int8 per token at run time, so the matmul itself is an int8 GEMM (``torch._in
 6-8x the fp32 GEMM alone). Per-token scales keep one token's outliers from flattening every
 other token in the packed batch; per-tensor scales, as in ``torch.ao`` dynamic quantization,
 collapse this model's output. The quantize and dequantize passes around the GEMM cost more
-than the GEMM when run as separate eager ops, so on CPU they are compiled with inductor into
-the neighbouring ops' loops (``compile_int8``); eager mode gives the same numbers and serves
-where no compiler is found.
+than the GEMM when run as separate eager ops, so on CPU the decoder layers around them are
+compiled with inductor, which moves those passes into the neighbouring ops' loops
+(``LlamaModel.fuse_layers``); eager mode gives the same numbers and serves where no compiler
+is found.
+
+Every layer here is a drop-in for ``kernels.Linear``: ``quantize_layers`` swaps them in once,
+at build or load time, and the decoder's maths never asks which one it holds.
 
 ``int4``: weights in groups of 32 along the input with a scale and zero point each, through
 ``torch.ops.aten._weight_int4pack_mm_for_cpu``; activations stay float. It reproduces the
@@ -20,19 +24,11 @@ shipped Q4_1 weights almost exactly, but its CPU kernel is slower than fp32."""
 
 from __future__ import annotations
 
-import logging
-import shutil
-from collections.abc import Callable
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .kernels import onednn_linear, pack_weight
-from .rope import apply_rope
-
-log = logging.getLogger(__name__)
 
 INT8_MAX = 127.0
 INT4_GROUP = 32
@@ -64,76 +60,25 @@ def int8_matmul(xq: torch.Tensor, x_scale: torch.Tensor, weight_t: torch.Tensor,
     return torch._int_mm(xq, weight_t).mul(scale).mul_(x_scale)
 
 
-def int8_qkv(x: torch.Tensor, norm: torch.Tensor, eps: float, weight_t: torch.Tensor,
-             scale: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int,
-             kv_heads: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A layer's attention input: RMSNorm, int8 QKV projection, RoPE. Returns q ``[T, H, E]``,
-    k and v ``[T * K, E]``."""
-    n = x.shape[0]
-    hq, hs = quantize_rows(F.rms_norm(x, (x.shape[-1],), norm, eps))
-    qkv = int8_matmul(hq, hs, weight_t, scale)
-    q_end = heads * dim
-    k_end = q_end + kv_heads * dim
-    qk = apply_rope(qkv[:, :k_end].reshape(n, heads + kv_heads, dim), cos, sin)
-    return (qk[:, :heads], qk[:, heads:].reshape(n * kv_heads, dim),
-            qkv[:, k_end:].reshape(n * kv_heads, dim))
-
-
-def int8_out_ffn(x: torch.Tensor, attn: torch.Tensor, wo_t: torch.Tensor, wo_s: torch.Tensor,
-                 norm: torch.Tensor, eps: float, gate_t: torch.Tensor, gate_s: torch.Tensor,
-                 up_t: torch.Tensor, up_s: torch.Tensor, down_t: torch.Tensor,
-                 down_s: torch.Tensor) -> torch.Tensor:
-    """The rest of a layer: output projection and residual, RMSNorm, SwiGLU FFN, residual.
-    Fused, the int32 GEMM outputs are dequantized inside the next op's loop instead of being
-    written out as float first."""
-    aq, a_s = quantize_rows(attn)
-    x = x + int8_matmul(aq, a_s, wo_t, wo_s)
-    hq, hs = quantize_rows(F.rms_norm(x, (x.shape[-1],), norm, eps))
-    act = F.silu(int8_matmul(hq, hs, gate_t, gate_s)) * int8_matmul(hq, hs, up_t, up_s)
-    mq, ms = quantize_rows(act)
-    return x + int8_matmul(mq, ms, down_t, down_s)
-
-
-_fused: dict[str, Callable[..., Any]] = {}
-
-
-def compile_int8(enabled: bool = True) -> None:
-    """Switches int8 layers to inductor-fused kernels (a process-wide choice): the quantize
-    and dequantize passes around each int8 GEMM then run inside the neighbouring ops' loops.
-    Needs a C++ compiler for CPU code; without one the eager path (same numbers) stays."""
-    _fused.clear()
-    if not enabled:
-        return
-    if shutil.which("c++") is None and shutil.which("g++") is None:
-        log.warning("no C++ compiler found: int8 layers run their eager (slower) path")
-        return
-    for fn in (int8_linear, int8_qkv, int8_out_ffn):
-        _fused[fn.__name__] = torch.compile(fn, dynamic=True)
-
-
-def fused(fn: Callable[..., Any], rows: int) -> Callable[..., Any]:
-    """The compiled form of ``fn`` where there is one; single rows stay eager (not worth a
-    second graph specialised to one row)."""
-    if rows < 2:
-        return fn
-    return _fused.get(fn.__name__, fn)
-
-
 _CUDA_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows
 
 
-def int8_linear_fast(x: torch.Tensor, weight_t: torch.Tensor,
-                     scale: torch.Tensor) -> torch.Tensor:
+def int8_linear_any_rows(x: torch.Tensor, weight_t: torch.Tensor,
+                         scale: torch.Tensor) -> torch.Tensor:
     rows = x.shape[0]
     if x.is_cuda and rows < _CUDA_MIN_ROWS:
         padded = torch.zeros(_CUDA_MIN_ROWS, x.shape[1], dtype=x.dtype, device=x.device)
         padded[:rows] = x
-        return int8_linear_fast(padded, weight_t, scale)[:rows]
-    return fused(int8_linear, rows)(x, weight_t, scale)
+        return int8_linear(padded, weight_t, scale)[:rows]
+    return int8_linear(x, weight_t, scale)
 
 
 class Int8Linear(nn.Module):
     """A bias-free linear layer with int8 weights and per-token int8 activations."""
+
+    # the quantize/dequantize passes cost more than the GEMM as separate eager ops: layers
+    # holding these are worth fusing with inductor (LlamaModel.fuse_layers)
+    fuse_with_neighbours = True
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -153,7 +98,7 @@ class Int8Linear(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear_fast(x, self.qweight.t(), self.scale)
+        return int8_linear_any_rows(x, self.qweight.t(), self.scale)
 
     def dequantized(self) -> torch.Tensor:
         return self.qweight.float() * self.scale[:, None]
@@ -163,8 +108,11 @@ class Int8Linear(nn.Module):
 
 
 class BF16Linear(nn.Module):
-    """bfloat16 weights and matmul inputs, float32 accumulation; the residual stream, norms
-    and attention around it stay float32 (the decoder layer's bf16 path)."""
+    """bfloat16 weights and matmul inputs, float32 accumulation, bfloat16 out. The output stays
+    bf16 so that the activations between two matmuls (the FFN's SwiGLU) are never cast back
+    and forth: every cast is a full pass over the activations, and at AMX speeds the casts
+    cost as much as the matmuls. The residual stream, norms, RoPE and attention around it stay
+    float32 (adding a bf16 output to a float32 tensor gives float32)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__()
@@ -185,10 +133,7 @@ class BF16Linear(nn.Module):
         self._packed = pack_weight(self.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bf16(x.to(torch.bfloat16)).to(x.dtype)
-
-    def bf16(self, x: torch.Tensor) -> torch.Tensor:
-        """bf16 in, bf16 out: for callers that keep activations in bf16 between matmuls."""
+        x = x.to(torch.bfloat16)  # no copy when it already is
         if self._packed is not None:
             return onednn_linear(x, self._packed)
         return F.linear(x, self.weight)
@@ -198,10 +143,6 @@ class BF16Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bf16"
-
-
-def int4_available() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
 
 
 def quantize_int4_groups(weight: torch.Tensor, group: int = INT4_GROUP

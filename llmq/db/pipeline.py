@@ -1,36 +1,50 @@
-"""The pipeline's records: sources and documents (with content hashes), runs and the
-per-document progress of each run, and the summaries. A document needs summarizing when no
-summary exists for its current content and model, so a rerun does only what is new, changed
-or failed."""
+"""The pipeline's queries: sources and documents (with content hashes), runs and the
+per-document progress of each run, the chunks of each map-reduce level, and the summaries.
+A document needs summarizing when no summary exists for its current content and model, so a
+rerun does only what is new, changed or failed."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from llmq.db.models import (
+from .models import (
     Chunk,
     Document,
+    DocumentState,
     PipelineRun,
     Request,
     Result,
     RunDocument,
+    RunState,
     Source,
     Summary,
     utcnow,
 )
 
-from .sources import SourceDocument
+
+class SourceDocument(Protocol):
+    """A document as a source reader yields it."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def content_hash(self) -> str: ...
 
 
 class RunNotFound(LookupError):
     pass
 
 
-def ingest(session: Session, name: str, location: str, docs: list[SourceDocument]) -> Source:
+def ingest(session: Session, name: str, location: str,
+           docs: Sequence[SourceDocument]) -> Source:
     """Records the source's documents, updating those whose content changed."""
     source = session.execute(select(Source).where(Source.name == name)).scalar_one_or_none()
     if source is None:
@@ -58,7 +72,7 @@ def create_run(session: Session, source: Source, keys: list[str], model: str,
     """A run over the source's documents (those in ``keys``) that have no summary of their
     current content by ``model``; completed at once when there are none."""
     run = PipelineRun(id="run_" + uuid.uuid4().hex[:20], source_id=source.id, model=model,
-                      params=params, state="running")
+                      params=params, state=RunState.RUNNING)
     session.add(run)
     session.flush()
     done = select(Summary.id).where(Summary.document_id == Document.id,
@@ -71,7 +85,7 @@ def create_run(session: Session, source: Source, keys: list[str], model: str,
         session.add(RunDocument(run_id=run.id, document_id=doc.id,
                                 content_hash=doc.content_hash))
     if not todo:
-        run.state, run.finished_at = "completed", utcnow()
+        complete_run(run)
     session.flush()
     return run
 
@@ -93,7 +107,7 @@ def run_summary(session: Session, run: PipelineRun) -> dict[str, Any]:
     return {
         "id": run.id, "source": source.name if source else None, "model": run.model,
         "state": run.state, "documents": sum(counts.values()),
-        "counts": {k: counts.get(k, 0) for k in ("pending", "running", "succeeded", "failed")},
+        "counts": {str(k): counts.get(k, 0) for k in DocumentState},
         "requests": requests,
         "created_at": run.created_at.isoformat() + "Z",
         "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
@@ -134,3 +148,64 @@ def chunk_outputs(session: Session, run_document_id: int, level: int) -> list[tu
         .outerjoin(Result, Result.request_id == Request.id)
         .where(Chunk.run_document_id == run_document_id, Chunk.level == level)
         .order_by(Chunk.index)).all()]
+
+
+# --- moving a run forward (llmq.worker.pipeline.advance decides, these record) -------------
+
+def unfinished_documents(session: Session, run_id: str) -> list[RunDocument]:
+    return list(session.execute(select(RunDocument).where(
+        RunDocument.run_id == run_id,
+        RunDocument.state.in_([DocumentState.PENDING, DocumentState.RUNNING]))
+        .order_by(RunDocument.id)).scalars())
+
+
+def document_text(session: Session, document_id: int) -> str:
+    return session.execute(select(Document.text)
+                           .where(Document.id == document_id)).scalar_one()
+
+
+@dataclass
+class NewChunk:
+    """A request planned for a document at one level of its map-reduce."""
+
+    run_document: RunDocument
+    level: int
+    role: str  # map | combine | final
+    input_tokens: int
+    request_id: int
+
+
+def add_chunks(session: Session, chunks: Sequence[NewChunk]) -> None:
+    """Records the level's requests; each document moves to the level of its new chunks."""
+    counters: dict[int, int] = {}
+    for c in chunks:
+        rd = c.run_document
+        index = counters.get(rd.id, 0)
+        counters[rd.id] = index + 1
+        session.add(Chunk(run_document_id=rd.id, level=c.level, index=index, role=c.role,
+                          input_tokens=c.input_tokens, request_id=c.request_id))
+        rd.level, rd.state = c.level, DocumentState.RUNNING
+    session.flush()
+
+
+def fail_document(rd: RunDocument, error: str) -> None:
+    rd.state, rd.finished_at, rd.error = DocumentState.FAILED, utcnow(), error
+
+
+def store_summary(session: Session, run: PipelineRun, rd: RunDocument,
+                  final: Result | None) -> None:
+    """The document's summary (the final request's text) with what all its requests took."""
+    count, prompt, completion = session.execute(
+        select(func.count(Chunk.id), func.coalesce(func.sum(Result.prompt_tokens), 0),
+               func.coalesce(func.sum(Result.completion_tokens), 0))
+        .select_from(Chunk).outerjoin(Result, Result.request_id == Chunk.request_id)
+        .where(Chunk.run_document_id == rd.id)).one()
+    session.add(Summary(document_id=rd.document_id, run_id=run.id,
+                        content_hash=rd.content_hash, model=run.model,
+                        text=final.text.strip() if final else "", requests=int(count),
+                        prompt_tokens=int(prompt), completion_tokens=int(completion)))
+    rd.state, rd.finished_at = DocumentState.SUCCEEDED, utcnow()
+
+
+def complete_run(run: PipelineRun) -> None:
+    run.state, run.finished_at = RunState.COMPLETED, utcnow()

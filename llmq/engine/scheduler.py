@@ -83,10 +83,6 @@ class StepPlan:
     prefix_evictions: list[tuple[int, ...]] = field(default_factory=list)
 
     @property
-    def empty(self) -> bool:
-        return not (self.decode or self.prefill)
-
-    @property
     def num_tokens(self) -> int:
         return len(self.decode) + sum(len(p.tokens) for p in self.prefill)
 

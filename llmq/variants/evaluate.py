@@ -8,12 +8,15 @@ import time
 from importlib.resources import files
 from typing import Any
 
-from llmq.worker.engine import Engine, EngineConfig, GenerationRequest, SamplingParams
-from llmq.worker.engine.fidelity import Fidelity, compare
-from llmq.worker.engine.model import LlamaModel
-from llmq.worker.engine.threads import on_compute_thread
-from llmq.worker.engine.tokenizer import TextTokenizer
-from llmq.worker.models import resolve_model
+from llmq.contract import SamplingParams
+from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+from llmq.engine.fidelity import Fidelity, compare
+from llmq.engine.model import LlamaModel
+from llmq.engine.setup import configure_process
+from llmq.engine.threads import on_compute_thread
+from llmq.engine.tokenizer import TextTokenizer
+from llmq.settings import get_settings
+from llmq.variants import registry
 
 SPEED_REQUESTS = 64
 SPEED_NEW_TOKENS = 64
@@ -48,13 +51,30 @@ def evaluate_models(base: LlamaModel, variant: LlamaModel, tokenizer: TextTokeni
 
 
 def evaluate(name: str, base: str, new_tokens: int = 64) -> Fidelity:
+    settings = get_settings()
+    configure_process(settings.threads, settings.compile)
+
     def run() -> Fidelity:
-        engines = {which: Engine.load(resolve_model(which), EngineConfig(num_slots=1))
+        engines = {which: Engine.load(registry.resolve(which), EngineConfig(num_slots=1))
                    for which in (base, name)}
         return evaluate_models(engines[base].model, engines[name].model,
                                engines[base].tokenizer, new_tokens)
 
     return on_compute_thread(run)
+
+
+def evaluate_and_record(name: str, base: str | None = None,
+                        new_tokens: int = 64) -> dict[str, Any]:
+    """``llmq model eval``: measures ``name`` against ``base`` (default: its own base) and
+    stores the figures with it."""
+    base = base or registry.describe(name)["base"]
+    if not base:
+        raise ValueError(f"{name} has no base to compare with: pass --base")
+    fid = evaluate(name, base, new_tokens)
+    registry.record_figures(name, kl=fid.kl, top1=fid.top1)
+    return {"name": name, "base": base, "kl": fid.kl, "top1": fid.top1,
+            "same_outputs": fid.same_outputs, "mean_shared_prefix": fid.mean_shared_prefix,
+            "sequences": fid.sequences, "new_tokens": new_tokens}
 
 
 def measure_speed(model: LlamaModel, tokenizer: TextTokenizer, slots: int = 64) -> float:

@@ -8,7 +8,9 @@ E head dim, S cache slots, L cache positions per slot."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,12 +19,20 @@ from torch import nn
 from .config import ModelConfig
 from .kernels import Linear, pack_linears
 from .memory import zeros_lazily
-from .quant import LAYER_LINEARS, BF16Linear, Int8Linear, fused, int8_out_ffn, int8_qkv
 from .rope import apply_rope, rope_inv_freq
-from .threads import keep_main_thread_serial
 
-# Before the first multi-threaded op of the process: see threads.py.
-keep_main_thread_serial()
+FusedHalves = tuple[Callable[..., Any], Callable[..., Any]]
+_compiled: FusedHalves | None = None
+
+
+def compiled_halves() -> FusedHalves:
+    """The two halves of a decoder layer compiled once per process and shared by every layer
+    (dynamic shapes: one graph serves every step size)."""
+    global _compiled
+    if _compiled is None:
+        _compiled = (torch.compile(attention_input, dynamic=True),
+                     torch.compile(attention_output_and_ffn, dynamic=True))
+    return _compiled
 
 
 @dataclass
@@ -74,7 +84,38 @@ class KVCache(nn.Module):
         return self.kv[index, 0], self.kv[index, 1]
 
 
+def attention_input(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RMSNorm, the QKV projection and RoPE: ``[T, D]`` -> q ``[T, H, E]``, k and v
+    ``[T * K, E]``."""
+    c = layer.config
+    n_tok = x.shape[0]
+    heads, kv_heads, dim = c.num_heads, c.num_kv_heads, c.head_dim
+    h = F.rms_norm(x, (c.hidden_size,), layer.attn_norm, c.rms_norm_eps)
+    qkv = layer.wqkv(h)  # [T, (H + 2K) * E]
+    k_end = (heads + kv_heads) * dim
+    qk = apply_rope(qkv[:, :k_end].reshape(n_tok, heads + kv_heads, dim), cos, sin)
+    return (qk[:, :heads], qk[:, heads:].reshape(n_tok * kv_heads, dim),
+            qkv[:, k_end:].reshape(n_tok * kv_heads, dim))
+
+
+def attention_output_and_ffn(layer: DecoderLayer, x: torch.Tensor, attn: torch.Tensor
+                             ) -> torch.Tensor:
+    """The rest of the layer: output projection and residual, RMSNorm, SwiGLU, residual.
+    ``x [T, D]`` is left as it is (calibration hooks read it); ``attn`` is ``[T, H * E]``."""
+    c = layer.config
+    x = x + layer.wo(attn)
+    h = F.rms_norm(x, (c.hidden_size,), layer.ffn_norm, c.rms_norm_eps)
+    act = F.silu(layer.w_gate(h), inplace=True).mul_(layer.w_up(h))  # [T, F]
+    return x.add_(layer.w_down(act))
+
+
 class DecoderLayer(nn.Module):
+    """One block, written once for every precision: the linears are ``kernels.Linear`` or one
+    of ``quant``'s low-precision layers, swapped in at build or load time. Where those layers
+    want fusing (int8), ``fused`` holds inductor-compiled forms of the two halves around
+    attention; attention itself (the KV cache writes and variable-length reads) stays eager."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         c = config
@@ -89,73 +130,17 @@ class DecoderLayer(nn.Module):
         self.w_gate = Linear(c.hidden_size, c.intermediate_size)
         self.w_up = Linear(c.hidden_size, c.intermediate_size)
         self.w_down = Linear(c.intermediate_size, c.hidden_size)
-
-    def all_int8(self) -> bool:
-        return all(isinstance(getattr(self, n), Int8Linear) for n in LAYER_LINEARS)
+        self.fused: FusedHalves | None = None
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
-        if x.device.type == "cpu" and self.all_int8():
-            return self._forward_int8(x, cos, sin, cache, step)
-        if x.dtype == torch.float32 and self.all_bf16():
-            return self._forward_bf16(x, cos, sin, cache, step)
-        c = self.config
         n_tok = x.shape[0]
-        h = F.rms_norm(x, (c.hidden_size,), self.attn_norm, c.rms_norm_eps)
-        attn = self._attend(*self._split_rope(self.wqkv(h), cos, sin), cache, step)  # [T, H, E]
-        x = x + self.wo(attn.view(n_tok, -1))
-        h = F.rms_norm(x, (c.hidden_size,), self.ffn_norm, c.rms_norm_eps)
-        gate = F.silu(self.w_gate(h), inplace=True)  # [T, F]
-        return x.add_(self.w_down(gate.mul_(self.w_up(h))))
-
-    def all_bf16(self) -> bool:
-        return all(isinstance(getattr(self, n), BF16Linear) for n in LAYER_LINEARS)
-
-    def _forward_bf16(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                      cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs
-                      ) -> torch.Tensor:
-        """The same layer with bf16 matmuls around a float32 residual stream, norms, RoPE and
-        attention. Activations stay bf16 between the matmuls of the FFN, and bf16 outputs
-        are added to the residual directly: every cast is a full pass over the activations,
-        and at AMX speeds the casts cost as much as the matmuls."""
-        c = self.config
-        n_tok = x.shape[0]
-        bf16 = torch.bfloat16
-        h = F.rms_norm(x, (c.hidden_size,), self.attn_norm, c.rms_norm_eps).to(bf16)
-        q, k, v = self._split_rope(self.wqkv.bf16(h), cos, sin)  # RoPE returns float32
-        attn = self._attend(q, k, v, cache, step)  # [T, H, E] float32
-        x = torch.add(x, self.wo.bf16(attn.view(n_tok, -1).to(bf16)))
-        h = F.rms_norm(x, (c.hidden_size,), self.ffn_norm, c.rms_norm_eps).to(bf16)
-        act = F.silu(self.w_gate.bf16(h), inplace=True).mul_(self.w_up.bf16(h))
-        return x.add_(self.w_down.bf16(act))
-
-    def _forward_int8(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                      cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs
-                      ) -> torch.Tensor:
-        """The same layer with every linear int8, in two fused pieces around attention."""
-        c = self.config
-        n_tok = x.shape[0]
-        wqkv, wo = self.wqkv, self.wo
-        q, k, v = fused(int8_qkv, n_tok)(
-            x, self.attn_norm, c.rms_norm_eps, wqkv.qweight.t(), wqkv.scale, cos, sin,
-            c.num_heads, c.num_kv_heads, c.head_dim)
-        attn = self._attend(q, k, v, cache, step)
-        g, u, d = self.w_gate, self.w_up, self.w_down
-        return fused(int8_out_ffn, n_tok)(
-            x, attn.view(n_tok, -1), wo.qweight.t(), wo.scale, self.ffn_norm, c.rms_norm_eps,
-            g.qweight.t(), g.scale, u.qweight.t(), u.scale, d.qweight.t(), d.scale)
-
-    def _split_rope(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``[T, (H + 2K) * E]`` -> q ``[T, H, E]`` and k ``[T * K, E]`` with RoPE applied,
-        and v ``[T * K, E]``."""
-        c = self.config
-        n_tok = qkv.shape[0]
-        heads, kv_heads, dim = c.num_heads, c.num_kv_heads, c.head_dim
-        k_end = (heads + kv_heads) * dim
-        qk = apply_rope(qkv[:, :k_end].view(n_tok, heads + kv_heads, dim), cos, sin)
-        return (qk[:, :heads], qk[:, heads:].reshape(n_tok * kv_heads, dim),
-                qkv[:, k_end:].reshape(n_tok * kv_heads, dim))
+        # one row is not worth a second graph specialised to it
+        first, second = (attention_input, attention_output_and_ffn) if (
+            self.fused is None or n_tok < 2) else self.fused
+        q, k, v = first(self, x, cos, sin)
+        attn = self._attend(q, k, v, cache, step)  # [T, H, E]
+        return second(self, x, attn.view(n_tok, -1))
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
@@ -217,6 +202,16 @@ class LlamaModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
+
+    def fuse_layers(self) -> bool:
+        """Runs the layers' halves through inductor where their linears ask for it (int8 on
+        CPU; CUDA runs its int8 GEMMs eagerly). Chosen once, after the linears are in place;
+        returns whether the layers are fused now."""
+        wanted = self.device.type == "cpu" and any(
+            getattr(m, "fuse_with_neighbours", False) for m in self.modules())
+        for layer in self.layers:
+            layer.fused = compiled_halves() if wanted else None  # type: ignore[union-attr]
+        return wanted
 
     @property
     def dtype(self) -> torch.dtype:

@@ -27,6 +27,19 @@ def default_threads() -> int:
         os.cpu_count() or 1)
 
 
+_compute_threads: int | None = None
+
+
+def set_compute_threads(threads: int | None) -> None:
+    """OpenMP threads of each compute thread from now on (None: all cores)."""
+    global _compute_threads
+    _compute_threads = threads
+
+
+def compute_threads() -> int:
+    return _compute_threads or default_threads()
+
+
 def keep_main_thread_serial() -> None:
     if threading.current_thread() is threading.main_thread():
         torch.set_num_threads(1)
@@ -38,7 +51,7 @@ def on_compute_thread(fn: Callable[[], T], threads: int | None = None) -> T:
     box: dict[str, object] = {}
 
     def run() -> None:
-        torch.set_num_threads(threads or default_threads())
+        torch.set_num_threads(threads or compute_threads())
         try:
             box["result"] = fn()
         except BaseException as exc:  # handed to the caller

@@ -22,13 +22,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ModelConfig
-from .files import VARIANT_MANIFEST
+from .files import MANIFEST
 from .kernels import pack_linears
 from .model import LlamaModel
 from .quant import LAYER_LINEARS, BF16Linear, Int4Linear, Int8Linear
 from .tokenizer import TextTokenizer, load_tokenizer
 
-MANIFEST = VARIANT_MANIFEST
 FORMAT = "llmq-variant"
 VERSION = 1
 WEIGHTS = "model.safetensors"
@@ -36,10 +35,6 @@ WEIGHTS = "model.safetensors"
 
 class ArtifactError(ValueError):
     pass
-
-
-def is_variant(path: Path) -> bool:
-    return path.is_dir() and (path / MANIFEST).is_file()
 
 
 def sha256_file(path: Path) -> str:

@@ -1,0 +1,146 @@
+"""The request contract, shared by every layer and free of torch: what a request may ask for
+(sampling parameters with their bounds and defaults, response formats), what kinds of request
+exist, and what a result looks like.
+
+The input parser validates lines against ``SamplingOverrides``; what is stored with a request
+is a complete ``SamplingParams`` as JSON; the engine samples with that same ``SamplingParams``.
+Adding a parameter is an edit here plus the code that uses it."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+if TYPE_CHECKING:
+    from llmq.settings import Settings
+
+# Defaults of a request that sets nothing; LLMQ_MAX_TOKENS and LLMQ_TEMPERATURE override them
+# (``defaults_from``).
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_TEMPERATURE = 0.0
+MAX_TEMPERATURE = 5.0
+# OpenAI documents seeds as 64-bit signed integers; torch's generators take at most 64 bits.
+SEED_MIN = -(2**63)
+SEED_MAX = 2**63 - 1
+MAX_STOP_STRINGS = 16
+
+
+class RequestKind(enum.StrEnum):
+    CHAT = "chat"  # {"messages": [...]}
+    COMPLETION = "completion"  # {"prompt": "..."}
+    INVALID = "invalid"  # a rejected input line, stored failed with its reason
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"  # end of sequence or a stop string
+    LENGTH = "length"  # max_tokens reached
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class TextFormat(BaseModel):
+    """Free text: the only response format so far (structured output adds the others)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["text"] = "text"
+
+
+ResponseFormat = TextFormat
+
+
+def _one_stop_string(v: Any) -> Any:
+    return [v] if isinstance(v, str) else v
+
+
+MaxTokens = Annotated[int, Field(ge=1)]
+Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+TopK = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
+
+
+class SamplingOverrides(BaseModel):
+    """The sampling fields an input line may set; unset ones (None) take the defaults."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    max_tokens: MaxTokens | None = None
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: TopK | None = None  # 0 = no limit
+    seed: Seed | None = None
+    stop: list[str] | None = Field(None, max_length=MAX_STOP_STRINGS)
+    ignore_eos: bool | None = None
+    response_format: ResponseFormat | None = None
+
+    _stop = field_validator("stop", mode="before")(_one_stop_string)
+
+
+class SamplingParams(BaseModel):
+    """Everything that decides how one request is generated, complete: what is stored with a
+    request and what the engine samples with."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    max_tokens: MaxTokens = DEFAULT_MAX_TOKENS
+    temperature: Temperature = DEFAULT_TEMPERATURE  # 0 = greedy
+    top_p: TopP = 1.0
+    top_k: TopK = 0  # 0 = no limit
+    seed: Seed | None = None
+    stop: tuple[str, ...] = Field((), max_length=MAX_STOP_STRINGS)
+    ignore_eos: bool = False
+    response_format: ResponseFormat = Field(default_factory=TextFormat)
+
+    _stop = field_validator("stop", mode="before")(_one_stop_string)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0 or self.top_k == 1
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any]) -> SamplingParams:
+        """The parameters stored with a request; raises ValueError naming the bad field."""
+        try:
+            return cls.model_validate(stored)
+        except ValidationError as exc:
+            raise ValueError(explain(exc)) from None
+
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def defaults_from(settings: Settings, **given: Any) -> dict[str, Any]:
+    """A command's sampling defaults: what it was given, else the settings, else the
+    contract's own defaults. The one place where settings turn into request defaults."""
+    chosen = {"max_tokens": settings.max_tokens, "temperature": settings.temperature}
+    chosen.update({k: v for k, v in given.items() if v is not None})
+    return {k: v for k, v in chosen.items() if v is not None}
+
+
+def explain(exc: ValidationError, prefix: str = "") -> str:
+    """A pydantic error as one line that names each bad field."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "line"
+        parts.append(f"{prefix}{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+# --- the result shape (`llmq results`, `llmq run --output`) -------------------------------
+
+class Usage(TypedDict):
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class ResultLine(TypedDict):
+    custom_id: str
+    status: str  # the request's state
+    text: str | None
+    finish_reason: str | None  # a FinishReason once succeeded
+    usage: Usage
+    error: str | None
+    timing: dict[str, Any]  # queue/prefill/decode/total ms, batch size, device, worker, model

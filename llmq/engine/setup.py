@@ -1,0 +1,41 @@
+"""The process-wide switches the engine's speed depends on, set in one explicit call.
+
+Every entry point that runs a model (a worker, ``llmq run``/``generate``, ``llmq model``'s
+optimize and eval, the benchmarks, the tests) calls ``configure_process`` once, before the
+first tensor operation. Nothing here happens as a side effect of importing a module."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from .memory import keep_freed_memory
+from .threads import keep_main_thread_serial, set_compute_threads
+
+log = logging.getLogger(__name__)
+
+_compile = False
+
+
+def configure_process(threads: int | None = None, compile: bool = True) -> None:
+    """Sets the switches; harmless to call again (the last call wins).
+
+    - the main thread computes single-threaded, and compute threads (an engine's loop,
+      ``on_compute_thread``) use ``threads`` OpenMP threads, all cores by default: threads.py
+      says why;
+    - glibc keeps freed activation memory instead of returning it to the OS: memory.py;
+    - ``compile`` lets engines fuse the quantize and dequantize passes around int8 GEMMs with
+      inductor (``LlamaModel.fuse_layers``); it needs a C++ compiler, and without one int8
+      layers run eagerly (the same numbers, slower)."""
+    global _compile
+    keep_main_thread_serial()
+    keep_freed_memory()
+    set_compute_threads(threads)
+    if compile and shutil.which("c++") is None and shutil.which("g++") is None:
+        log.warning("no C++ compiler found: int8 layers run their eager (slower) path")
+        compile = False
+    _compile = compile
+
+
+def compile_enabled() -> bool:
+    return _compile

