@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXAMPLE ?= examples/prompts.jsonl
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -33,13 +33,9 @@ demo: $(STAMP)
 	@echo "results: out/demo-results.jsonl  (database: out/demo.db, model: out/models/$(DEMO_MODEL))"
 	@head -n 3 out/demo-results.jsonl | $(BIN)/python -c "import json,sys; [print(json.loads(l)['custom_id'], '->', json.loads(l)['text'][:100].replace(chr(10),' ')) for l in sys.stdin]"
 
-# The default run: real Redis, SQLite and PostgreSQL, real workers, the tiny model and the
-# real SmolLM2 where behaviour depends on it. `make test-all` adds the slow tests.
+# Every test: real Redis, SQLite and PostgreSQL, real workers, the tiny model and the real
+# SmolLM2 where behaviour depends on it (about 8 minutes on 2 cores). Soaks live in bench/.
 test: $(STAMP)
-	$(BIN)/ruff check llmq tests bench
-	$(BIN)/python -m pytest -q -m "not slow"
-
-test-all: $(STAMP)
 	$(BIN)/ruff check llmq tests bench
 	$(BIN)/python -m pytest -q
 

@@ -77,7 +77,9 @@ def test_embedded_run_writes_every_line(tmp_path: Path, embedded_env: dict[str, 
     assert status["state"] == "completed" and status["counts"]["succeeded"] == 12
 
 
-def test_generate_prints_a_completion(embedded_env: dict[str, str]) -> None:
-    proc = llmq(embedded_env, "generate", "Hello there", "--max-tokens", "5", "--seed", "1",
-                "--temperature", "0.8")
-    assert proc.stdout.strip()
+def test_generate_prints_a_completion(embedded_env: dict[str, str], tiny: Tiny) -> None:
+    args = ("generate", "Hello there", "--max-tokens", "5", "--seed", "1", "--temperature",
+            "0.8", "--raw")
+    text = llmq(embedded_env, *args).stdout.removesuffix("\n")
+    assert text and llmq(embedded_env, *args).stdout.removesuffix("\n") == text  # seeded
+    assert 1 <= len(tiny.tokenizer.encode(text)) <= 5 + 1  # 5 tokens, re-tokenized
