@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from .threads import compute_threads
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
+
+ENGINE_CLOSED = "engine closed"  # the error of requests still in flight at close
 
 
 @dataclass
@@ -130,19 +133,22 @@ class Engine:
         self._by_id: dict[str, SeqState] = {}
         self._thread: threading.Thread | None = None
         self.steps = 0
+        self._progress = time.monotonic()  # last step, or last time the engine was idle
+        self._last_step_wall: datetime | None = None
 
     # --- construction ---------------------------------------------------------------------
 
     @classmethod
     def load(cls, path: str | Path, config: EngineConfig | None = None,
-             name: str | None = None) -> Engine:
+             name: str | None = None, verify: bool = False) -> Engine:
         """An engine for the checkpoint or variant artifact at ``path`` (names are resolved
-        by llmq.variants.registry, not here)."""
+        by llmq.variants.registry, not here); ``verify`` checks an artifact's files against
+        its manifest's hashes first."""
         config = config or EngineConfig()
         device = pick_device(config.device)
         path = Path(path)
         if is_variant(path):  # an optimized artifact: built exactly as saved
-            net, tokenizer, _ = load_variant(path, device)
+            net, tokenizer, _ = load_variant(path, device, check=verify)
         else:
             ckpt = load_checkpoint(path)
             net = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights,
@@ -208,16 +214,31 @@ class Engine:
     # --- the loop -------------------------------------------------------------------------
 
     def _ensure_thread(self) -> None:
-        if self._thread is None:
+        """Starts the loop, or starts it again if it died (it should not: see ``_loop``)."""
+        if self._thread is None or not self._thread.is_alive():
+            if self._thread is not None:
+                log.error("the engine thread had stopped: starting it again")
             self._stop.clear()
             self._thread = threading.Thread(target=self._loop, name="llmq-engine", daemon=True)
             self._thread.start()
+
+    @property
+    def last_step_at(self) -> datetime | None:
+        """When the last step ended (UTC), for heartbeats."""
+        return self._last_step_wall
+
+    def stalled(self, seconds: float) -> bool:
+        """True when requests are waiting or running but no step has ended for ``seconds``:
+        the loop is wedged (or dead), and this process should be replaced."""
+        busy = bool(self._by_id) or not self._inbox.empty()
+        return busy and time.monotonic() - self._progress > seconds
 
     def _loop(self) -> None:
         torch.set_num_threads(self.config.threads or compute_threads())
         while not self._stop.is_set():
             self._drain_inbox()
             if not self.scheduler.has_work:
+                self._progress = time.monotonic()
                 self._wake.wait(0.5)
                 self._wake.clear()
                 continue
@@ -227,8 +248,10 @@ class Engine:
                 log.exception("engine step failed")
                 for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
                     self._finish(seq, FinishReason.ERROR, f"engine step failed: {exc}")
+            self._progress = time.monotonic()
+            self._last_step_wall = datetime.now(UTC).replace(tzinfo=None)
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-            self._finish(seq, FinishReason.CANCELLED, "engine closed")
+            self._finish(seq, FinishReason.CANCELLED, ENGINE_CLOSED)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -237,7 +260,16 @@ class Engine:
             except queue.Empty:
                 return
             if kind == "add":
-                self._add(*item)
+                try:
+                    self._add(*item)
+                except Exception as exc:  # never let one request stop the loop
+                    log.exception("could not add a request")
+                    request, future = item[0], item[1]
+                    if not future.done():
+                        future.set_result(GenerationResult(
+                            request.request_id, "", FinishReason.ERROR, 0, 0,
+                            Timing(submitted_at=item[3], finished_at=time.time()),
+                            error=f"could not start this request: {exc}"))
             elif kind == "cancel":
                 seq = self._by_id.get(item)
                 if seq is not None:
@@ -251,13 +283,13 @@ class Engine:
             reason = self.scheduler.check_fits(len(prompt), request.params.max_tokens)
             if reason:
                 raise ValueError(reason)
+            gen = None if request.params.greedy else make_generator(request.params.seed,
+                                                                    self.model.device)
         except Exception as exc:
             timing.finished_at = time.time()
             future.set_result(GenerationResult(request.request_id, "", FinishReason.ERROR, 0, 0,
                                                timing, error=str(exc)))
             return
-        gen = None if request.params.greedy else make_generator(request.params.seed,
-                                                                self.model.device)
         live = _Live(request, future, timing, gen, self.tokenizer.decode_stream(), on_token)
         seq = SeqState(request.request_id, prompt, request.params.max_tokens, payload=live)
         self._by_id[request.request_id] = seq

@@ -81,3 +81,31 @@ def test_requests_join_a_running_batch_and_cancel_stops_one(tiny_engine: Engine)
     timing = result.timing
     assert timing.submitted_at <= timing.started_at <= timing.first_token_at
     assert timing.first_token_at <= timing.finished_at <= time.time()
+
+
+def test_a_request_that_breaks_the_add_path_fails_alone(tiny_engine: Engine) -> None:
+    """A seed past what torch takes (the contract refuses it; this one slipped past by
+    model_construct) once killed the engine thread and hung every later request."""
+    poison = GenerationRequest(prompt="x", params=SamplingParams.model_construct(
+        **{**SamplingParams().model_dump(), "max_tokens": 3, "temperature": 0.7, "seed": 2**64}))
+    fine = GenerationRequest(prompt="hello", params=SamplingParams(max_tokens=3,
+                                                                   ignore_eos=True))
+    bad, good = tiny_engine.generate([poison, fine])
+    assert bad.finish_reason == "error" and "long" in (bad.error or "")
+    assert good.ok and good.completion_tokens == 3
+    assert tiny_engine.generate([fine])[0].ok  # still serving
+    assert not tiny_engine.stalled(0.0)  # idle: nothing waits
+
+
+def test_a_dead_engine_thread_is_started_again(tiny_engine: Engine) -> None:
+    fine = GenerationRequest(prompt="hello", params=SamplingParams(max_tokens=2))
+    assert tiny_engine.generate([fine])[0].ok
+    thread = tiny_engine._thread
+    assert thread is not None
+    tiny_engine._stop.set()  # the loop ends as if it had died
+    tiny_engine._wake.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    tiny_engine._stop.clear()
+    assert tiny_engine.generate([fine])[0].ok
+    assert tiny_engine._thread is not thread and tiny_engine.last_step_at is not None
