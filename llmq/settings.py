@@ -3,6 +3,7 @@ nothing of ours, so every layer may import it."""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -25,6 +26,12 @@ class Settings(BaseSettings):
     max_tokens: int | None = Field(None, ge=1, description="default max new tokens")
     temperature: float | None = Field(None, ge=0.0, description="default temperature, 0 = greedy")
 
+    # what one input file may hold (a line over a limit is rejected with its reason)
+    max_file_bytes: int = Field(4 << 30, ge=1, description="size of one input file")
+    max_line_bytes: int = Field(16 << 20, ge=1, description="size of one input line")
+    max_prompt_chars: int = Field(
+        200_000, ge=1, description="characters of one prompt (all messages together)")
+
     # engine
     device: Literal["cpu", "gpu", "auto"] = "auto"
     slots: int = Field(32, ge=1, description="sequences decoded together by one engine")
@@ -32,6 +39,8 @@ class Settings(BaseSettings):
     step_tokens: int = Field(4096, ge=16, description="tokens per forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
     compile: bool = Field(True, description="fuse int8 layers' quantize passes with inductor")
+    verify_artifacts: bool = Field(
+        True, description="check a variant's files against its manifest's hashes at load")
 
     # delivery
     chunk_size: int = Field(16, ge=1, description="request ids per queue message")
@@ -41,6 +50,18 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         7200, ge=1, description="seconds before an unacknowledged message is redelivered")
     cancel_poll_seconds: float = Field(1.0, gt=0)
+
+    # liveness: heartbeats, the reaper and the reconciler (llmq.worker.liveness)
+    heartbeat_seconds: float = Field(10.0, gt=0, description="how often a worker heartbeats")
+    worker_timeout: float = Field(
+        60.0, gt=0, description="silence after which a worker's requests go back to the queue")
+    reaper_seconds: float = Field(30.0, gt=0, description="how often workers sweep")
+    resend_after: float = Field(
+        120.0, gt=0, description="seconds a queued request may wait, its queue empty, before "
+        "it is sent again")
+    engine_stall_seconds: float = Field(
+        600.0, gt=0, description="an engine with work but no step for this long exits its "
+        "worker, to be replaced")
 
     # nightly pipeline
     pipeline_cron: str = Field("0 2 * * *", description="when beat runs the pipelines")
@@ -66,7 +87,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"LLMQ_VISIBILITY_TIMEOUT ({self.visibility_timeout}s) must exceed "
                 f"LLMQ_TASK_TIME_LIMIT ({self.task_time_limit}s)")
+        if self.worker_timeout <= 2 * self.heartbeat_seconds:
+            # one late heartbeat must not get a live worker reaped
+            raise ValueError(
+                f"LLMQ_WORKER_TIMEOUT ({self.worker_timeout}s) must exceed twice "
+                f"LLMQ_HEARTBEAT_SECONDS ({self.heartbeat_seconds}s)")
         return self
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password hidden, for messages and logs."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 @lru_cache(maxsize=1)

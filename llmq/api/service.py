@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.orm import Session
 
-from llmq.api.inputs import InputFileError, ParsedFile, read_input
+from llmq.api.inputs import InputFileError, InputLimits, ParsedFile, read_input
 from llmq.api.output import openai_line, result_line
 from llmq.contract import RequestKind, SamplingParams, defaults_from
 from llmq.db import pipeline as pipeline_store
@@ -23,7 +23,7 @@ from llmq.db import queries
 from llmq.db.migrate import ensure_schema, upgrade
 from llmq.db.models import Batch
 from llmq.db.session import session_scope
-from llmq.settings import get_settings
+from llmq.settings import get_settings, redact_url
 
 
 class NotFound(LookupError):
@@ -73,7 +73,8 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
                 extra_defaults: dict[str, Any] | None = None) -> SubmitReport:
     """Parses the file and writes the batch; no messages yet."""
     settings = get_settings()
-    parsed = read_input(path, column)
+    parsed = read_input(path, column, InputLimits(
+        settings.max_file_bytes, settings.max_line_bytes, settings.max_prompt_chars))
     if strict and parsed.rejected:
         first = parsed.rejected[0]
         raise InputFileError(f"{path}: {len(parsed.rejected)} bad line(s), nothing submitted; "
@@ -128,6 +129,8 @@ def run_here(report: SubmitReport, slots: int | None = None,
     returns how many requests ended in each state."""
     from llmq.worker.embedded import run_batch
 
+    with session_scope() as session:  # handed to this process: no reconciler sends them
+        queries.mark_enqueued(session, report.request_ids)
     return run_batch(report.request_ids, report.model, slots, on_result=on_result)
 
 
@@ -184,6 +187,12 @@ def cancel(batch_id: str) -> int:
 
 
 def retry(batch_id: str, include_cancelled: bool = False) -> int:
+    """Sends the batch's failed (and, if asked, cancelled) requests again, and every queued
+    one; first, requests held by silent workers go back to the queue (the reaper's sweep)."""
+    from llmq.worker.reaper import reap
+
+    ensure_schema()
+    reap(get_settings())
     with session_scope() as session:
         batch = _batch(session, batch_id)
         ids = queries.retry_batch(session, batch_id, include_cancelled)
@@ -346,8 +355,9 @@ def optimize_model(base: str, name: str, *, preset: str = "cpu", quantize: str |
 # --- operators ------------------------------------------------------------------------------
 
 def upgrade_database(revision: str = "head") -> str:
+    """Applies migrations; returns the database's URL, password hidden."""
     upgrade(revision=revision)
-    return get_settings().database_url
+    return redact_url(get_settings().database_url)
 
 
 def run_worker(device: str, model: str | None = None, slots: int | None = None,

@@ -76,6 +76,7 @@ class Request(Base):
     __table_args__ = (
         UniqueConstraint("batch_id", "custom_id", name="uq_requests_batch_custom_id"),
         Index("ix_requests_batch_state", "batch_id", "state"),
+        Index("ix_requests_state_worker", "state", "worker"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -122,6 +123,23 @@ class Result(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     request: Mapped[Request] = relationship(back_populates="result", lazy="raise")
+
+
+class Worker(Base):
+    """A process that claims requests (a worker, or ``llmq run``), with its heartbeat. Its
+    name is what ``requests.worker`` holds while it runs them."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # host:pid
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    model: Mapped[str] = mapped_column(String(200))
+    device: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_step_at: Mapped[datetime | None]  # when its engine last finished a step
+    stopped_at: Mapped[datetime | None]  # stopped cleanly, or reaped
 
 
 class ModelVariant(Base):

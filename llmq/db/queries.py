@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -103,22 +103,13 @@ def claim(session: Session, ids: Sequence[int], worker: str,
 
 def _claim(session: Session, ids: Sequence[int], worker: str,
            max_attempts: int) -> list[Claimed]:
-    """Takes the requests among ``ids`` that still need running. One found ``running`` was
-    held by a worker that died (or its message outlived the visibility timeout): it is taken
-    again while it has attempts left, and failed once it has used them all."""
-    now = utcnow()
-    session.execute(
-        update(Request)
-        .where(Request.id.in_(ids), Request.state == RequestState.RUNNING,
-               Request.attempts >= max_attempts)
-        .values(state=RequestState.FAILED, finished_at=now,
-                last_error=f"gave up after {max_attempts} attempts: the worker running this "
-                           "request stopped each time before finishing it")
-    )
+    """Takes the requests among ``ids`` that are queued. A running one is never taken from
+    here, even when its message came again: its worker holds it while it heartbeats, and the
+    reaper (db/workers.py) hands it back to the queue once that worker falls silent. So a
+    message sent twice (a resend, a redelivery) costs one look, never a second run."""
     taken = session.execute(
         update(Request)
-        .where(Request.id.in_(ids),
-               Request.state.in_([RequestState.QUEUED, RequestState.RUNNING]),
+        .where(Request.id.in_(ids), Request.state == RequestState.QUEUED,
                Request.attempts < max_attempts)
         .values(state=RequestState.RUNNING, attempts=Request.attempts + 1, worker=worker,
                 started_at=None, first_token_at=None)
@@ -164,10 +155,12 @@ def record_failure(session: Session, request_id: int, error: str) -> bool:
 
 
 def release(session: Session, ids: Sequence[int]) -> None:
-    """Gives claimed requests back to the queue (a worker shutting down cleanly)."""
+    """Gives claimed requests back to the queue, the attempt uncounted (a process stopping
+    cleanly); with no message now, the reconciler sends them again."""
     session.execute(update(Request)
                     .where(Request.id.in_(ids), Request.state == RequestState.RUNNING)
-                    .values(state=RequestState.QUEUED, attempts=Request.attempts - 1))
+                    .values(state=RequestState.QUEUED, attempts=Request.attempts - 1,
+                            worker=None, enqueued_at=None))
 
 
 def cancelled_among(session: Session, ids: Iterable[int]) -> set[int]:
@@ -238,25 +231,28 @@ def cancel_batch(session: Session, batch_id: str) -> int:
 
 
 def retry_batch(session: Session, batch_id: str, include_cancelled: bool = False) -> list[int]:
-    """Queues failed requests again (and cancelled ones if asked), plus queued requests whose
-    message was never sent; returns the ids to enqueue. Lines that were never valid input
-    stay failed: running them again cannot help."""
+    """Queues failed requests again (and cancelled ones if asked) with fresh attempts, and
+    returns those with every queued request of the batch: the ids to send (again). A queued
+    request whose message was lost is re-sent this way; one whose message is still there
+    gets a second one, which costs a look. Lines that were never valid input stay failed:
+    running them again cannot help. Running requests of silent workers are the reaper's."""
     states = [RequestState.FAILED] + ([RequestState.CANCELLED] if include_cancelled else [])
-    retry_ids = list(session.execute(
-        select(Request.id).where(
-            Request.batch_id == batch_id, Request.kind != RequestKind.INVALID,
-            or_(Request.state.in_(states),
-                and_(Request.state == RequestState.QUEUED, Request.enqueued_at.is_(None))))
+    again = list(session.execute(
+        select(Request.id).where(Request.batch_id == batch_id,
+                                 Request.kind != RequestKind.INVALID, Request.state.in_(states))
         .order_by(Request.id)).scalars())
-    for start in range(0, len(retry_ids), _INSERT_CHUNK):
+    for start in range(0, len(again), _INSERT_CHUNK):
         session.execute(update(Request)
-                        .where(Request.id.in_(retry_ids[start:start + _INSERT_CHUNK]))
+                        .where(Request.id.in_(again[start:start + _INSERT_CHUNK]))
                         .values(state=RequestState.QUEUED, attempts=0, last_error=None,
                                 started_at=None, first_token_at=None, finished_at=None,
                                 enqueued_at=None))
     if include_cancelled:
         session.execute(update(Batch).where(Batch.id == batch_id).values(cancelled_at=None))
-    return retry_ids
+    return list(session.execute(
+        select(Request.id).where(Request.batch_id == batch_id,
+                                 Request.state == RequestState.QUEUED)
+        .order_by(Request.id)).scalars())
 
 
 def result_rows(session: Session, batch_id: str,

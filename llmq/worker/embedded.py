@@ -11,6 +11,7 @@ from llmq.db.session import session_factory
 from llmq.engine.engine import Engine, GenerationRequest, GenerationResult
 from llmq.settings import get_settings
 from llmq.worker import runtime
+from llmq.worker.liveness import Liveness
 from llmq.worker.processing import WorkerIdentity, process_ids
 
 
@@ -22,11 +23,15 @@ def load_engine(model: str, slots: int | None = None) -> tuple[Engine, WorkerIde
 def run_batch(ids: Sequence[int], model: str, slots: int | None = None,
               on_result: Callable[[str, int], None] | None = None) -> dict[str, int]:
     """Runs the stored requests ``ids`` to the end; returns how many ended in each state."""
+    settings = get_settings()
     engine, ident = load_engine(model, slots)
+    # heartbeats, so that workers sharing this database reap what a killed run held
+    liveness = Liveness(ident, engine, settings, sweep=False).start()
     try:
         return process_ids(session_factory(), engine, ids, ident,
-                           max_attempts=get_settings().max_attempts, on_result=on_result)
+                           max_attempts=settings.max_attempts, on_result=on_result)
     finally:
+        liveness.stop()
         engine.close()
 
 

@@ -8,18 +8,20 @@ import logging
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmq.contract import FinishReason, RequestKind, SamplingParams
 from llmq.db import queries
 from llmq.db.models import RequestState
 from llmq.db.queries import Claimed
-from llmq.engine.engine import Engine, GenerationRequest, GenerationResult
+from llmq.engine.engine import ENGINE_CLOSED, Engine, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,9 @@ class WorkerIdentity:
     pid: int
     device: str
     model: str
+    # tells two lives of one pid apart (a container restarted keeps its pid 1), so a
+    # request held by the last life is never taken for the current one's
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
 
     @classmethod
     def here(cls, device: str, model: str) -> WorkerIdentity:
@@ -37,7 +42,8 @@ class WorkerIdentity:
 
     @property
     def label(self) -> str:
-        return f"{self.host}:{self.pid}"
+        """What ``requests.worker`` and ``workers.name`` hold."""
+        return f"{self.host}:{self.pid}:{self.token}"
 
 
 def to_generation_request(claimed: Claimed) -> GenerationRequest:
@@ -63,6 +69,9 @@ def write_result(session: Session, claimed: Claimed, result: GenerationResult,
     """Stores one outcome; returns the request's state as this worker left it."""
     t = result.timing
     if result.finish_reason == FinishReason.CANCELLED:
+        if result.error == ENGINE_CLOSED:  # this process is stopping: another will run it
+            queries.release(session, [claimed.id])
+            return RequestState.QUEUED
         return RequestState.CANCELLED
     if not result.ok:
         queries.record_failure(session, claimed.id, result.error or result.finish_reason)
@@ -72,7 +81,8 @@ def write_result(session: Session, claimed: Claimed, result: GenerationResult,
     finished = max(_utc(t.finished_at or time.time()), first)
     created = claimed.created_at
     row = {
-        "text": result.text, "finish_reason": result.finish_reason,
+        # PostgreSQL text cannot hold NUL, which a byte-level tokenizer can emit
+        "text": result.text.replace("\x00", "\ufffd"), "finish_reason": result.finish_reason,
         "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
         "worker_host": ident.host, "worker_pid": ident.pid, "device": ident.device,
         "model": ident.model, "engine_batch_size": t.batch_size,
@@ -82,6 +92,24 @@ def write_result(session: Session, claimed: Claimed, result: GenerationResult,
     ok = queries.record_success(session, claimed.id, result=row, started_at=started,
                                 first_token_at=first, finished_at=finished)
     return RequestState.SUCCEEDED if ok else "skipped"
+
+
+def store_result(sessions: sessionmaker[Session], claimed: Claimed, result: GenerationResult,
+                 ident: WorkerIdentity) -> str:
+    """``write_result`` in its own transaction. When the database refuses the row itself (not
+    an outage: a value it cannot store), the request fails with that reason instead of
+    staying running for ever; an outage propagates, to be retried."""
+    try:
+        with sessions.begin() as session:
+            return write_result(session, claimed, result, ident)
+    except OperationalError:
+        raise
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:500]
+        log.error("request %s: the database refused its result: %s", claimed.id, reason)
+        with sessions.begin() as session:
+            queries.record_failure(session, claimed.id, f"could not store the result: {reason}")
+        return RequestState.FAILED
 
 
 def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int],
@@ -113,8 +141,7 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
             done, pending = wait(pending, timeout=cancel_poll, return_when=FIRST_COMPLETED)
             for fut in done:
                 c = futures[fut]
-                with sessions.begin() as session:
-                    state = write_result(session, c, fut.result(), ident)
+                state = store_result(sessions, c, fut.result(), ident)
                 outcome[state] = outcome.get(state, 0) + 1
                 if on_result is not None:
                     on_result(state, fut.result().completion_tokens)

@@ -28,7 +28,7 @@ def load(settings: Settings, model: str, device: str,
     engine = Engine.load(resolve(model), EngineConfig(
         num_slots=slots or settings.slots, slot_length=settings.slot_length,
         max_step_tokens=settings.step_tokens, threads=settings.threads,
-        device=engine_device(device)), name=model)
+        device=engine_device(device)), name=model, verify=settings.verify_artifacts)
     actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
     return engine, WorkerIdentity.here(actual, model)
 

@@ -9,6 +9,7 @@ from llmq.db.migrate import ensure_schema
 from llmq.settings import get_settings
 from llmq.worker import runtime
 from llmq.worker.celery_app import app, worker_queues
+from llmq.worker.liveness import Liveness
 
 
 def run_worker(device: str, model: str | None = None, slots: int | None = None,
@@ -26,6 +27,7 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
         2, 2 * -(-settings.slots // settings.chunk_size))
     announce(f"llmq worker: {ident.model} on {ident.device}, {settings.slots} slots, "
              f"{threads} feeders, queues {queues}")
+    liveness = Liveness(ident, engine, settings).start()
     try:
         app.worker_main([
             "worker", "--pool=threads", f"--concurrency={threads}", f"--queues={queues}",
@@ -33,6 +35,7 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
             "--without-gossip", "--without-mingle",
         ])
     finally:
+        liveness.stop()
         runtime.shutdown()
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, select
 
-from llmq.db import queries
+from llmq.db import queries, workers
 from llmq.db.migrate import upgrade
-from llmq.db.models import Base, Request, Result
+from llmq.db.models import Base, Request, Result, utcnow
 from llmq.db.session import get_engine, session_scope
 
 
@@ -29,8 +31,6 @@ RESULT = {"text": "t", "finish_reason": "length", "prompt_tokens": 3, "completio
 
 
 def _succeed(rid: int) -> bool:
-    from llmq.db.models import utcnow
-
     now = utcnow()
     with session_scope() as s:
         return queries.record_success(s, rid, result=RESULT, started_at=now,
@@ -70,25 +70,33 @@ def test_a_result_is_written_once(llmq_env: dict[str, str]) -> None:
     _, ids = _batch(1)
     with session_scope() as s:
         assert len(queries.claim(s, ids, "w1", 3)) == 1
-        assert queries.claim(s, ids, "w2", 3)  # redelivery while running: taken again
+        assert queries.claim(s, ids, "w2", 3) == []  # a second message while it runs: a look
     assert _succeed(ids[0])
-    assert not _succeed(ids[0])  # the second delivery's write is refused
+    assert not _succeed(ids[0])  # a second write for it is refused
     with session_scope() as s:
         assert queries.claim(s, ids, "w3", 3) == []  # finished: nothing to claim
         assert s.scalar(select(func.count()).select_from(Result)) == 1
-        assert s.get(Request, ids[0]).attempts == 2
+        assert s.get(Request, ids[0]).attempts == 1
 
 
 def test_a_request_that_keeps_killing_workers_ends_failed(llmq_env: dict[str, str]) -> None:
     upgrade()
     _, ids = _batch(1)
-    for worker in ("w1", "w2"):  # each claim is a delivery whose worker then died
+    later = utcnow() + timedelta(seconds=1)  # every heartbeat so far is older than this
+    for worker, handed_back in (("w1", ids), ("w2", [])):
+        with session_scope() as s:  # a worker starts, claims, then falls silent
+            workers.heartbeat(s, name=worker, host="h", pid=1, model="m", device="cpu",
+                              last_step_at=None)
+            assert len(queries.claim(s, ids, worker, max_attempts=2)) == 1
         with session_scope() as s:
-            assert queries.claim(s, ids, worker, max_attempts=2)
+            assert workers.stale_workers(s, utcnow() - timedelta(seconds=60)) == []  # alive
+            assert workers.stale_workers(s, later) == [worker]
+            assert workers.reclaim(s, later, max_attempts=2) == handed_back
+            assert workers.stale_workers(s, later) == []  # reaped once
     with session_scope() as s:
-        assert queries.claim(s, ids, "w3", max_attempts=2) == []
         req = s.get(Request, ids[0])
         assert req.state == "failed" and "gave up after 2 attempts" in req.last_error
+        assert queries.claim(s, ids, "w3", max_attempts=2) == []
 
 
 def test_cancel_then_retry(llmq_env: dict[str, str]) -> None:

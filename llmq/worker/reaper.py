@@ -1,0 +1,78 @@
+"""The reaper and the reconciler: the database is the truth, a message only a hint to look
+at it, so every accepted request ends even when a worker dies or the broker loses messages.
+
+- The reaper hands the running requests of a process whose heartbeat went stale
+  (``LLMQ_WORKER_TIMEOUT``) back to the queue, with fresh messages; attempts still count, and
+  a request that used them all fails instead.
+- The reconciler re-sends queued requests whose messages were lost: all of them when the
+  broker's sentinel key vanished (a Redis restart without persistence, a FLUSHALL, a
+  failover), and otherwise those queued longer than ``LLMQ_RESEND_AFTER`` while their queue
+  is empty (a failed send, a retry that ran out, a message dropped).
+
+A request sent twice costs one look: claims take only queued requests. Torch-free, so that
+``llmq retry`` can reap too."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from llmq.db import workers as rows
+from llmq.db.models import utcnow
+from llmq.db.session import session_scope
+from llmq.settings import Settings
+from llmq.worker import broker
+from llmq.worker.celery_app import PRIORITIES, enqueue_requests, request_queue
+
+log = logging.getLogger(__name__)
+
+# a submit writes its rows, then sends: give it that long before its rows count as unsent
+SEND_GRACE = timedelta(seconds=30)
+
+
+def reap(settings: Settings) -> int:
+    """Requests of silent processes back to the queue; returns how many were sent again."""
+    cutoff = utcnow() - timedelta(seconds=settings.worker_timeout)
+    with session_scope() as session:
+        stale = rows.stale_workers(session, cutoff)
+        ids = rows.reclaim(session, cutoff, settings.max_attempts)
+        groups = rows.routes(session, ids)
+    if stale or ids:
+        log.warning("reaper: %d request(s) handed back to the queue (silent: %s)", len(ids),
+                    ", ".join(stale) or "none")
+    return send(groups)
+
+
+def reconcile(settings: Settings) -> int:
+    """Re-sends queued requests whose messages were lost; returns how many were sent."""
+    lost_all = broker.keep_sentinel(settings.broker_url)
+    now = utcnow()
+    with session_scope() as session:
+        unsent = rows.routes(session, rows.never_sent(session, now - SEND_GRACE))
+        if lost_all:
+            stale = rows.routes(session, rows.sent_before(session, now))
+        else:
+            stale = rows.routes(session, rows.sent_before(
+                session, now - timedelta(seconds=settings.resend_after)))
+    if not lost_all:  # a message still waiting in its queue is not lost
+        steps = sorted(PRIORITIES.values())
+        stale = {key: ids for key, ids in stale.items() if broker.queue_depth(
+            settings.broker_url, [request_queue(key[1], key[0])], steps) == 0}
+    sent = send(unsent) + send(stale)
+    if sent:
+        log.warning("reconciler: sent %d queued request(s) again%s", sent,
+                    " (the broker lost its messages)" if lost_all else "")
+    return sent
+
+
+def send(groups: dict[tuple[str, str, str], list[int]]) -> int:
+    """Messages for ``groups`` of ids by (model, device, priority); a group that cannot be
+    sent stays unsent, and the next sweep tries again."""
+    sent = 0
+    for (model, device, priority), ids in groups.items():
+        try:
+            sent += len(enqueue_requests(ids, model, device, priority))
+        except Exception:
+            log.exception("could not send %d request(s) to %s", len(ids),
+                          request_queue(device, model))
+    return sent

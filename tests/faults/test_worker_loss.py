@@ -1,0 +1,84 @@
+"""Losing a worker or the broker's messages strands nothing: heartbeats, the reaper and the
+reconciler bring every accepted request to an end, with exactly one result each. Default
+settings, except the liveness intervals (seconds here, not a minute)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from llmq.api import service
+from llmq.db.migrate import upgrade
+from tests.conftest import Tiny
+from tests.service.conftest import RedisServer
+from tests.service.test_end_to_end import prompts_file, wait_done
+from tests.service.workers import Worker, count_rows, llmq_json
+
+from .invariants import assert_every_request_ended_once
+
+FAST_LIVENESS = {"LLMQ_HEARTBEAT_SECONDS": "1", "LLMQ_WORKER_TIMEOUT": "5",
+                 "LLMQ_REAPER_SECONDS": "2", "LLMQ_RESEND_AFTER": "10"}
+
+
+@pytest.fixture
+def env(llmq_env: dict[str, str], tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> dict:
+    fast = {"LLMQ_MODEL": str(tiny.gguf), **FAST_LIVENESS}
+    for k, v in fast.items():
+        monkeypatch.setenv(k, v)
+    upgrade()
+    return {**llmq_env, **fast}
+
+
+def _wait_for(predicate, timeout: float = 60) -> None:  # noqa: ANN001
+    deadline = time.time() + timeout
+    while not predicate():
+        if time.time() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.1)
+
+
+def test_kill_9_mid_batch_then_another_worker_finishes(env: dict, tmp_path: Path) -> None:
+    """The visibility timeout stays at its default (two hours): the reaper, not Redis,
+    hands the dead worker's requests to the new one."""
+    report = llmq_json(env, "submit", str(prompts_file(tmp_path / "p.jsonl", 120, "r",
+                                                       max_tokens=48)), "--json")
+    batch = report["batch_id"]
+    first = Worker(env, tmp_path / "w1.log", "--slots", "4", "--concurrency", "2")
+    first.wait_ready()
+    _wait_for(lambda: service.status(batch)["counts"]["succeeded"] >= 10)
+    first.kill()
+    before = service.status(batch)["counts"]
+    assert 0 < before["succeeded"] < 120 and before["running"] > 0  # killed mid-flight
+    second = Worker(env, tmp_path / "w2.log", "--slots", "4", "--concurrency", "2")
+    try:
+        second.wait_ready()
+        info = wait_done(batch, timeout=180)
+    finally:
+        second.stop()
+    assert info["counts"]["succeeded"] == 120 and info["counts"]["failed"] == 0
+    assert_every_request_ended_once()
+    # the requests that were running when the first worker died ran twice
+    assert count_rows("SELECT count(*) FROM requests WHERE attempts = 2") >= before["running"]
+    assert "handed back to the queue" in (tmp_path / "w2.log").read_text()
+
+
+def test_flushall_mid_batch_the_reconciler_resends(env: dict, tmp_path: Path,
+                                                    redis_server: RedisServer) -> None:
+    report = llmq_json(env, "submit", str(prompts_file(tmp_path / "p.jsonl", 96, "f",
+                                                       max_tokens=24)), "--json")
+    batch = report["batch_id"]
+    worker = Worker(env, tmp_path / "w.log", "--slots", "4", "--concurrency", "2")
+    try:
+        worker.wait_ready()
+        _wait_for(lambda: service.status(batch)["counts"]["succeeded"] >= 8)
+        redis_server.flush()  # every queued message and the unacked ones are gone
+        assert service.status(batch)["counts"]["queued"] > 0
+        info = wait_done(batch, timeout=180)
+    finally:
+        worker.stop()
+    assert info["counts"]["succeeded"] == 96
+    assert_every_request_ended_once()
+    # once at start (this test's Redis is new), once after the flush
+    assert (tmp_path / "w.log").read_text().count("the broker lost its messages") >= 2
