@@ -22,20 +22,23 @@ class Message(BaseModel):
     content: str
 
 
+CUSTOM_ID_MAX = 200  # the column's width
+
+
 class PromptLine(SamplingOverrides):
-    custom_id: str | None = Field(None, min_length=1, max_length=200)
+    custom_id: str | None = Field(None, min_length=1, max_length=CUSTOM_ID_MAX)
     prompt: str = Field(min_length=1)
 
 
 class ChatLine(SamplingOverrides):
-    custom_id: str | None = Field(None, min_length=1, max_length=200)
+    custom_id: str | None = Field(None, min_length=1, max_length=CUSTOM_ID_MAX)
     messages: list[Message] = Field(min_length=1)
 
 
 class OpenAIBatchLine(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    custom_id: str = Field(min_length=1, max_length=200)
+    custom_id: str = Field(min_length=1, max_length=CUSTOM_ID_MAX)
     method: Literal["POST"]
     url: Literal["/v1/chat/completions", "/v1/completions"]
     body: dict[str, Any]
@@ -107,21 +110,47 @@ def _parse_openai(item: OpenAIBatchLine, line: int) -> Accepted:
         raise ValueError(explain(exc, prefix="body.")) from None
 
 
+@dataclass(frozen=True)
+class InputLimits:
+    """What one input file may hold; the settings of the same names set them."""
+
+    max_file_bytes: int = 4 << 30
+    max_line_bytes: int = 16 << 20
+    max_prompt_chars: int = 200_000
+
+    def check_prompt(self, accepted: Accepted) -> None:
+        text = accepted.input.get("prompt") or "".join(
+            m["content"] for m in accepted.input.get("messages", ()))
+        if len(text) > self.max_prompt_chars:
+            raise ValueError(f"prompt: {len(text):,} characters, over the limit of "
+                             f"{self.max_prompt_chars:,} (LLMQ_MAX_PROMPT_CHARS)")
+
+
 def _custom_id_of(obj: Any) -> str | None:
+    """A rejected line's custom_id as far as it can be stored (it keys the failed row)."""
     if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str):
-        return obj["custom_id"]
+        cid = obj["custom_id"].replace("\x00", "")[:CUSTOM_ID_MAX]
+        return cid or None
     return None
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    with path.open(encoding="utf-8") as f:
+def _jsonl_records(path: Path, limits: InputLimits) -> Iterator[tuple[int, Any, str | None]]:
+    with path.open("rb") as f:
         for number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
+            if len(raw) > limits.max_line_bytes:
+                yield number, None, (f"the line is {len(raw):,} bytes, over the limit of "
+                                     f"{limits.max_line_bytes:,} (LLMQ_MAX_LINE_BYTES)")
+                continue
             try:
-                yield number, json.loads(raw), None
+                yield number, json.loads(raw.decode("utf-8")), None
+            except UnicodeDecodeError as exc:
+                yield number, None, f"not UTF-8 text (byte {exc.start + 1} of the line)"
             except json.JSONDecodeError as exc:
                 yield number, None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+            except RecursionError:
+                yield number, None, "invalid JSON: nested too deeply"
 
 
 def _csv_records(path: Path, column: str) -> Iterator[tuple[int, Any, str | None]]:
@@ -143,29 +172,48 @@ class InputFileError(ValueError):
     """The file as a whole cannot be read (missing, wrong format, --strict failures)."""
 
 
-def read_input(path: str | Path, column: str | None = None) -> ParsedFile:
+def read_input(path: str | Path, column: str | None = None,
+               limits: InputLimits | None = None) -> ParsedFile:
     """Parses a JSONL or CSV file; custom ids are made unique within the file."""
     path = Path(path)
+    limits = limits or InputLimits()
     if not path.is_file():
         raise InputFileError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > limits.max_file_bytes:
+        raise InputFileError(f"{path}: {size:,} bytes, over the limit of "
+                             f"{limits.max_file_bytes:,} (LLMQ_MAX_FILE_BYTES)")
     is_csv = path.suffix.lower() == ".csv" or column is not None
-    records = _csv_records(path, column or "prompt") if is_csv else _jsonl_records(path)
+    records = (_csv_records(path, column or "prompt") if is_csv
+               else _jsonl_records(path, limits))
     parsed = ParsedFile()
     seen: set[str] = set()
-    for number, obj, error in records:
-        if error is None:
-            try:
-                item = parse_record(obj, number)
-            except ValueError as exc:
-                error = str(exc)
-            else:
-                if not item.custom_id:
-                    item.custom_id = f"line-{number}"
-                if item.custom_id in seen:
-                    error = f"duplicate custom_id {item.custom_id!r}"
-                else:
-                    seen.add(item.custom_id)
-                    parsed.accepted.append(item)
-                    continue
-        parsed.rejected.append(Rejected(number, _custom_id_of(obj), f"line {number}: {error}"))
+    try:
+        for number, obj, error in records:
+            _judge(parsed, seen, limits, number, obj, error)
+    except UnicodeDecodeError as exc:  # CSV: the reader decodes whole blocks
+        raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                             ) from None
     return parsed
+
+
+def _judge(parsed: ParsedFile, seen: set[str], limits: InputLimits, number: int, obj: Any,
+           error: str | None) -> None:
+    """Accepts or rejects one record."""
+    if error is None:
+        try:
+            item = parse_record(obj, number)
+            limits.check_prompt(item)
+            if "\x00" in item.custom_id:
+                raise ValueError("custom_id: contains a NUL character")
+        except ValueError as exc:
+            error = str(exc)
+        else:
+            if not item.custom_id:
+                item.custom_id = f"line-{number}"
+            if item.custom_id not in seen:
+                seen.add(item.custom_id)
+                parsed.accepted.append(item)
+                return
+            error = f"duplicate custom_id {item.custom_id!r}"
+    parsed.rejected.append(Rejected(number, _custom_id_of(obj), f"line {number}: {error}"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from llmq.api.inputs import InputFileError, read_input
+from llmq.api.inputs import InputFileError, InputLimits, read_input
 
 
 def write(tmp_path: Path, lines: list[object], name: str = "in.jsonl") -> Path:
@@ -76,3 +76,40 @@ def test_csv_with_column(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="no such file"):
         read_input(tmp_path / "nope.jsonl")
+
+
+def test_limits_and_malformed_bytes_are_line_errors(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    lines = [
+        json.dumps({"custom_id": "ok", "prompt": "fine"}).encode(),
+        b'{"custom_id": "latin", "prompt": "caf\xe9"}',
+        b"[" * 100_000 + b"]" * 100_000,
+        json.dumps({"custom_id": "long", "prompt": "x" * 300}).encode(),
+        json.dumps({"custom_id": "y" * 500, "prompt": 7}).encode(),
+        json.dumps({"custom_id": "nul\u0000", "prompt": "x"}).encode(),
+        json.dumps({"custom_id": "huge", "prompt": "z" * 2000}).encode(),
+        json.dumps({"custom_id": "chat", "messages": [
+            {"role": "user", "content": "a" * 150}, {"role": "user", "content": "b" * 151}]}
+        ).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    limits = InputLimits(max_line_bytes=1000, max_prompt_chars=300)
+    parsed = read_input(path, limits=limits)
+    assert [a.custom_id for a in parsed.accepted] == ["ok", "long"]
+    errors = {r.line: r.error for r in parsed.rejected}
+    assert errors[2] == "line 2: not UTF-8 text (byte 38 of the line)"
+    assert "line 3: the line is 200,001 bytes, over the limit of 1,000" in errors[3]
+    assert "prompt: Input should be a valid string" in errors[5]
+    assert parsed.rejected[2].custom_id == "y" * 200  # storable as the failed row's key
+    assert errors[6] == "line 6: custom_id: contains a NUL character"
+    assert "LLMQ_MAX_LINE_BYTES" in errors[7]
+    assert "301 characters, over the limit of 300 (LLMQ_MAX_PROMPT_CHARS)" in errors[8]
+    nested = tmp_path / "nested.jsonl"
+    nested.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    assert read_input(nested).rejected[0].error == "line 1: invalid JSON: nested too deeply"
+    with pytest.raises(InputFileError, match="over the limit of 10 .LLMQ_MAX_FILE_BYTES"):
+        read_input(path, limits=InputLimits(max_file_bytes=10))
+    bad_csv = tmp_path / "in.csv"
+    bad_csv.write_bytes(b"prompt\ncaf\xe9\n")
+    with pytest.raises(InputFileError, match="not UTF-8"):
+        read_input(bad_csv)
