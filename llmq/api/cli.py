@@ -20,7 +20,7 @@ from llmq.api.cli_model import model
 from llmq.api.cli_pipeline import pipeline
 from llmq.api.inputs import InputFileError
 from llmq.db.migrate import SchemaOutOfDate
-from llmq.settings import get_settings
+from llmq.settings import get_settings, redact_url
 
 DEVICES = click.Choice(["cpu", "gpu", "any"])
 PRIORITIES = click.Choice(["low", "normal", "high"])
@@ -49,9 +49,9 @@ def _infrastructure_error(exc: Exception) -> str | None:
     from sqlalchemy.exc import OperationalError as DatabaseError
 
     if isinstance(exc, DatabaseError):
-        return f"database unavailable ({get_settings().database_url}): {exc.orig}"
+        return f"database unavailable ({redact_url(get_settings().database_url)}): {exc.orig}"
     if isinstance(exc, BrokerError):
-        return f"broker unavailable ({get_settings().broker_url}): {exc}"
+        return f"broker unavailable ({redact_url(get_settings().broker_url)}): {exc}"
     return None
 
 

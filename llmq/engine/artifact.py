@@ -12,7 +12,6 @@ tools that only know Hugging Face folders (for the float parts)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,27 +21,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import ModelConfig
-from .files import MANIFEST
+from .files import FORMAT, MANIFEST, VERSION, ArtifactError, read_manifest, sha256_file, verify
 from .kernels import pack_linears
 from .model import LlamaModel
 from .quant import LAYER_LINEARS, BF16Linear, Int4Linear, Int8Linear
 from .tokenizer import TextTokenizer, load_tokenizer
 
-FORMAT = "llmq-variant"
-VERSION = 1
 WEIGHTS = "model.safetensors"
-
-
-class ArtifactError(ValueError):
-    pass
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 LINEAR_KINDS: dict[str, type[nn.Module]] = {
@@ -81,31 +67,17 @@ def save_variant(folder: Path, model: LlamaModel, tokenizer: TextTokenizer,
     return written
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"{folder}: unreadable {MANIFEST}: {exc}") from None
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
-        raise ArtifactError(f"{folder}: not an {FORMAT} v{VERSION} artifact")
-    return manifest
-
-
-def verify(folder: Path) -> None:
-    """Checks every file against the manifest's hashes."""
-    for name, want in read_manifest(folder)["files"].items():
-        if sha256_file(folder / name) != want:
-            raise ArtifactError(f"{folder / name}: contents do not match the manifest")
-
-
 def load_variant(folder: Path, device: torch.device | str = "cpu",
                  check: bool = False) -> tuple[LlamaModel, TextTokenizer, dict[str, Any]]:
-    """Builds the model exactly as saved. ``check`` verifies the file hashes first."""
+    """Builds the model exactly as saved. ``check`` verifies the file hashes first (a few
+    hundred ms for this model: the worker does it by default, LLMQ_VERIFY_ARTIFACTS)."""
     manifest = read_manifest(folder)
     if check:
         verify(folder)
+    if manifest.get("dtype", "float32") not in DTYPES:
+        raise ArtifactError(f"{folder}: unknown dtype {manifest.get('dtype')!r}")
     config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
-    dtype = getattr(torch, manifest.get("dtype", "float32"))
+    dtype = DTYPES[manifest.get("dtype", "float32")]
     with torch.device("meta"):
         model = LlamaModel(config)
     for path, scheme in manifest["linears"].items():

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from llmq.engine.artifact import save_variant, sha256_file
+from llmq.engine.artifact import save_variant
 from llmq.engine.calibrate import collect_stats
 from llmq.engine.fidelity import Fidelity
-from llmq.engine.files import is_variant
+from llmq.engine.files import is_variant, sha256_file
 from llmq.engine.loader import Checkpoint, load_checkpoint
 from llmq.engine.model import LlamaModel
 from llmq.engine.prune import PruneRecipe, flops_per_token, prune, total_params
@@ -209,6 +209,7 @@ def create_variant(base: str, name: str, recipe: Recipe, output: str | None = No
     """``llmq model optimize``: builds the artifact (in ``output``, default
     LLMQ_MODEL_DIR/NAME), measures it and registers it as ``name``. Returns the registry
     row and what was measured; raises ValueError when the name or the folder is taken."""
+    registry.check_name(name)  # before it names a folder
     if registry.is_registered(name):
         raise ValueError(f"a model named {name!r} is already registered")
     target = Path(output or Path(get_settings().model_dir) / name).resolve()

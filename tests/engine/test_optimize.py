@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from llmq.contract import SamplingParams
-from llmq.engine.artifact import ArtifactError, load_variant, verify
+from llmq.engine.artifact import load_variant
 from llmq.engine.calibrate import collect_stats
 from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+from llmq.engine.files import ArtifactError, verify
 from llmq.engine.kernels import Linear
 from llmq.engine.model import LlamaModel
 from llmq.engine.prune import (
@@ -180,3 +181,14 @@ def test_compiled_int8_layers_match_the_eager_path(tiny: Tiny, tmp_path: Path) -
     assert compiled_tokens == eager_tokens
     float_model = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
     assert not float_model.fuse_layers()  # nothing to fuse in a float model
+
+
+def test_an_artifact_names_only_known_dtypes(tiny: Tiny, tmp_path: Path) -> None:
+    out = tmp_path / "variant"
+    build(str(tiny.gguf), Recipe(quantize="bf16"), out, log=lambda _: None)
+    manifest_file = out / "llmq-manifest.json"
+    data = json.loads(manifest_file.read_text())
+    data["dtype"] = "Tensor"  # getattr(torch, ...) would have taken any name
+    manifest_file.write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="unknown dtype 'Tensor'"):
+        load_variant(out)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -75,6 +76,17 @@ def test_optimize_registers_a_measured_variant_and_workers_serve_it_by_name(
     copied = {m["name"]: m for m in json.loads(llmq(other, "model", "list", "--json").stdout)}
     assert copied["copied"]["base"] == "tiny"
     assert copied["copied"]["recipe"]["quantize"] == "int8"
+    tampered = tmp_path / "tampered"
+    shutil.copytree(artifact, tampered)
+    with (tampered / "model.safetensors").open("r+b") as f:
+        f.seek(-1, 2)
+        f.write(b"\x01")
+    refused = llmq(other, "model", "import", str(tampered), "--name", "tampered", check=False)
+    assert refused.returncode == 1 and "do not match the manifest" in refused.stderr
+    for name in ("../escape", "a/b", ".hidden"):
+        bad = llmq(env, "model", "optimize", "--from", "tiny", "--name", name, check=False)
+        assert bad.returncode == 1 and "not a plain name" in bad.stderr, name
+    assert not (tmp_path / "escape").exists()
     requests_run_only_on_the_variant_they_name(env, tmp_path)
 
 

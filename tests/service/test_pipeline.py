@@ -115,3 +115,18 @@ def test_schedule_shows_the_configured_pipelines() -> None:
            "LLMQ_PIPELINE_CRON": "30 3 * * *"}
     out = llmq(env, "pipeline", "schedule").stdout
     assert "cron 30 3 * * *" in out and "notes: /data/notes" in out
+
+
+def test_a_folder_source_keeps_to_its_folder(tmp_path: Path) -> None:
+    from llmq.worker.pipeline.sources import read_source
+
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not for summarizing")
+    folder = tmp_path / "docs"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("alpha")
+    (folder / "sub" / "b.md").write_text("beta")
+    (folder / "inside.txt").symlink_to(folder / "a.txt")
+    (folder / "leak.txt").symlink_to(outside)
+    (folder / "linked").symlink_to(tmp_path)  # a link to a folder above: not walked
+    assert [d.key for d in read_source(folder)] == ["a.txt", "inside.txt", "sub/b.md"]

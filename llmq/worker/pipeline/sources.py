@@ -47,7 +47,11 @@ def read_source(location: str | Path) -> list[SourceDocument]:
 
 
 def _folder(root: Path) -> Iterator[SourceDocument]:
+    """Text files under ``root``; links that lead out of it are skipped."""
+    inside = root.resolve()
     for file in sorted(root.rglob("*")):
+        if inside not in file.resolve().parents:  # through a link, somewhere else
+            continue
         if file.is_file() and file.suffix.lower() in TEXT_SUFFIXES:
             text = file.read_text(encoding="utf-8", errors="replace").strip()
             if text:
