@@ -38,17 +38,28 @@ def run_requests(request_ids: list[int]) -> dict[str, int]:
     return outcome
 
 
-@app.task(name=TASK_PIPELINE_ADVANCE, acks_late=True, reject_on_worker_lost=True,
-          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=5)
-def pipeline_advance(run_id: str) -> bool:
-    """Moves a pipeline run forward, then looks again later until it is complete."""
+@app.task(name=TASK_PIPELINE_ADVANCE, acks_late=True, reject_on_worker_lost=True)
+def pipeline_advance(run_id: str, failures: int = 0) -> bool:
+    """Moves a pipeline run forward, then looks again later until it is complete. Any error
+    (the database away, a failed send, a conflict with another driver) only delays the
+    next look, with backoff: the chain must not end while the run is running."""
+    from llmq.db.pipeline import RunNotFound
     from llmq.worker.pipeline.run import advance_and_enqueue
 
-    finished = advance_and_enqueue(run_id)
-    if not finished:
-        pipeline_advance.apply_async((run_id,), countdown=get_settings().pipeline_poll_seconds,
-                                     queue=CONTROL_QUEUE)
-    return finished
+    poll = get_settings().pipeline_poll_seconds
+    try:
+        if advance_and_enqueue(run_id):
+            return True
+        failures = 0
+    except RunNotFound:
+        log.error("pipeline run %s does not exist: its driver stops", run_id)
+        return True
+    except Exception:
+        failures += 1
+        log.exception("pipeline run %s: advancing failed (%d in a row)", run_id, failures)
+    pipeline_advance.apply_async((run_id, failures), queue=CONTROL_QUEUE,
+                                 countdown=min(300.0, poll * 2 ** min(failures, 8)))
+    return False
 
 
 @app.task(name=TASK_PIPELINE_NIGHTLY)
