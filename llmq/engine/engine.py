@@ -132,6 +132,7 @@ class Engine:
         self._stop = threading.Event()
         self._by_id: dict[str, SeqState] = {}
         self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
         self.steps = 0
         self._progress = time.monotonic()  # last step, or last time the engine was idle
         self._last_step_wall: datetime | None = None
@@ -192,11 +193,13 @@ class Engine:
         return [f.result() for f in futures]
 
     def close(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Stops the loop; requests still in flight end with ENGINE_CLOSED."""
+        with self._thread_lock:
+            self._stop.set()
+            self._wake.set()
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
 
     def __enter__(self) -> Engine:
         return self
@@ -214,8 +217,12 @@ class Engine:
     # --- the loop -------------------------------------------------------------------------
 
     def _ensure_thread(self) -> None:
-        """Starts the loop, or starts it again if it died (it should not: see ``_loop``)."""
-        if self._thread is None or not self._thread.is_alive():
+        """Starts the loop, or starts it again if it died (it should not: see ``_loop``).
+        Feeders submit from many threads at once: exactly one loop may ever run, so the
+        check and the start happen under a lock."""
+        with self._thread_lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
             if self._thread is not None:
                 log.error("the engine thread had stopped: starting it again")
             self._stop.clear()

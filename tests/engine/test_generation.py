@@ -109,3 +109,25 @@ def test_a_dead_engine_thread_is_started_again(tiny_engine: Engine) -> None:
     tiny_engine._stop.clear()
     assert tiny_engine.generate([fine])[0].ok
     assert tiny_engine._thread is not thread and tiny_engine.last_step_at is not None
+
+
+def test_many_threads_submitting_at_once_start_one_loop(tiny_engine: Engine) -> None:
+    """Feeders submit concurrently; two loops sharing one scheduler once failed every
+    request in flight (a prefix planned by one loop, copied by the other)."""
+    params = SamplingParams(max_tokens=4, ignore_eos=True)
+    barrier = threading.Barrier(8)
+    results = []
+
+    def feeder(i: int) -> None:
+        barrier.wait()
+        results.append(tiny_engine.submit(GenerationRequest(
+            messages=[{"role": "user", "content": f"Question {i}?"}], params=params)))
+
+    threads = [threading.Thread(target=feeder, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(f.result(timeout=60).ok for f in results)
+    loops = [t for t in threading.enumerate() if t.name == "llmq-engine"]
+    assert len(loops) == 1
