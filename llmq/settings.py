@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     resend_after: float = Field(
         120.0, gt=0, description="seconds a queued request may wait, its queue empty, before "
         "it is sent again")
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, description="after SIGTERM, how long running requests may finish before "
+        "they are handed back to the queue")
     engine_stall_seconds: float = Field(
         600.0, gt=0, description="an engine with work but no step for this long exits its "
         "worker, to be replaced")

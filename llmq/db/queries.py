@@ -156,11 +156,13 @@ def record_failure(session: Session, request_id: int, error: str) -> bool:
 
 def release(session: Session, ids: Sequence[int]) -> None:
     """Gives claimed requests back to the queue, the attempt uncounted (a process stopping
-    cleanly); with no message now, the reconciler sends them again."""
+    cleanly). They keep the name of the worker that released them and have no message: that
+    worker sends them again as it stops (db.workers.released_by), or, if it cannot, any
+    worker's reconciler does."""
     session.execute(update(Request)
                     .where(Request.id.in_(ids), Request.state == RequestState.RUNNING)
                     .values(state=RequestState.QUEUED, attempts=Request.attempts - 1,
-                            worker=None, enqueued_at=None))
+                            enqueued_at=None))
 
 
 def cancelled_among(session: Session, ids: Iterable[int]) -> set[int]:

@@ -62,6 +62,13 @@ def reclaim(session: Session, heard_before: datetime, max_attempts: int) -> list
     return ids
 
 
+def released_by(session: Session, name: str) -> list[int]:
+    """Requests ``name`` gave back to the queue that have no message yet."""
+    return list(session.execute(select(Request.id).where(
+        Request.state == RequestState.QUEUED, Request.worker == name,
+        Request.enqueued_at.is_(None)).order_by(Request.id)).scalars())
+
+
 def never_sent(session: Session, created_before: datetime, limit: int = 50_000) -> list[int]:
     """Queued requests with no message: a send that failed, or handed back to the queue."""
     return list(session.execute(select(Request.id).where(

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from llmq.db import workers as rows
 from llmq.db.session import session_scope
 from llmq.settings import Settings
-from llmq.worker.reaper import reap, reconcile
+from llmq.worker.reaper import reap, reconcile, send
 
 if TYPE_CHECKING:
     from llmq.engine.engine import Engine
@@ -43,12 +43,20 @@ class Liveness:
         return self
 
     def stop(self) -> None:
+        """Stops beating; a worker sends what it handed back (a shutdown's unfinished
+        requests) again at once, then records its stop."""
         self._stop.set()
         self._thread.join()
         try:
+            if self.sweep:
+                with session_scope() as session:
+                    groups = rows.routes(session, rows.released_by(session, self.ident.label))
+                sent = send(groups)
+                if sent:
+                    log.warning("%d unfinished request(s) handed back to the queue", sent)
             with session_scope() as session:
                 rows.mark_stopped(session, self.ident.label)
-        except Exception:  # the database is away: the reaper will notice the silence
+        except Exception:  # the database is away: the reaper and reconciler will see to it
             log.exception("could not record this worker's stop")
 
     def beat(self) -> None:

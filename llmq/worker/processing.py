@@ -132,7 +132,7 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
         except (ValueError, KeyError, TypeError) as exc:
             with sessions.begin() as session:
                 queries.record_failure(session, c.id, f"cannot run this request: {exc}")
-            outcome[RequestState.FAILED] = outcome.get(RequestState.FAILED, 0) + 1
+            outcome["failed"] = outcome.get("failed", 0) + 1
             continue
         futures[engine.submit(request)] = c
     pending = set(futures)
@@ -141,7 +141,7 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
             done, pending = wait(pending, timeout=cancel_poll, return_when=FIRST_COMPLETED)
             for fut in done:
                 c = futures[fut]
-                state = store_result(sessions, c, fut.result(), ident)
+                state = str(store_result(sessions, c, fut.result(), ident))
                 outcome[state] = outcome.get(state, 0) + 1
                 if on_result is not None:
                     on_result(state, fut.result().completion_tokens)

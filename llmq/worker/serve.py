@@ -3,13 +3,19 @@ variant's queues) and beat (the scheduler of the nightly pipelines)."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
+
+from celery import signals
 
 from llmq.db.migrate import ensure_schema
 from llmq.settings import get_settings
 from llmq.worker import runtime
 from llmq.worker.celery_app import app, worker_queues
 from llmq.worker.liveness import Liveness
+
+log = logging.getLogger(__name__)
 
 
 def run_worker(device: str, model: str | None = None, slots: int | None = None,
@@ -28,6 +34,8 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
     announce(f"llmq worker: {ident.model} on {ident.device}, {settings.slots} slots, "
              f"{threads} feeders, queues {queues}")
     liveness = Liveness(ident, engine, settings).start()
+    signals.worker_shutting_down.connect(_hand_back_after(settings.shutdown_grace_seconds),
+                                         weak=False)
     try:
         app.worker_main([
             "worker", "--pool=threads", f"--concurrency={threads}", f"--queues={queues}",
@@ -37,6 +45,21 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
     finally:
         liveness.stop()
         runtime.shutdown()
+
+
+def _hand_back_after(grace: float) -> Callable[..., None]:
+    """On a warm shutdown (SIGTERM, what docker and Kubernetes send), Celery stops taking
+    messages and waits for the running ones, which could take as long as the task time
+    limit. After ``grace`` seconds the engine is closed instead: what it still runs ends
+    with ENGINE_CLOSED, the feeders hand it back to the queue, and the worker exits; its
+    liveness sends those requests again as it stops."""
+    def on_shutdown(sig: str = "", how: str = "", **_: object) -> None:
+        log.warning("%s: %s shutdown; unfinished requests go back to the queue in %ss", sig,
+                    how, grace)
+        timer = threading.Timer(grace, runtime.shutdown)
+        timer.daemon = True
+        timer.start()
+    return on_shutdown
 
 
 def run_beat(loglevel: str = "INFO") -> None:

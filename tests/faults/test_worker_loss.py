@@ -4,6 +4,8 @@ settings, except the liveness intervals (seconds here, not a minute)."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -82,3 +84,34 @@ def test_flushall_mid_batch_the_reconciler_resends(env: dict, tmp_path: Path,
     assert_every_request_ended_once()
     # once at start (this test's Redis is new), once after the flush
     assert (tmp_path / "w.log").read_text().count("the broker lost its messages") >= 2
+
+
+def test_sigterm_mid_batch_hands_back_within_the_grace_period(env: dict, tmp_path: Path
+                                                              ) -> None:
+    """What docker and Kubernetes send: the worker stops taking messages, gives what it
+    still runs after LLMQ_SHUTDOWN_GRACE_SECONDS back to the queue (with messages), and
+    exits 0; nothing is left running, and another worker finishes the batch."""
+    grace = 2.0
+    report = llmq_json(env, "submit", str(prompts_file(tmp_path / "p.jsonl", 48, "t",
+                                                       max_tokens=450)), "--json")
+    batch = report["batch_id"]
+    first = Worker({**env, "LLMQ_SHUTDOWN_GRACE_SECONDS": str(grace)}, tmp_path / "w1.log",
+                   "--slots", "4", "--concurrency", "2")
+    first.wait_ready()
+    _wait_for(lambda: service.status(batch)["counts"]["succeeded"] >= 4)
+    assert service.status(batch)["counts"]["running"] > 0
+    started = time.monotonic()
+    os.killpg(first.proc.pid, signal.SIGTERM)
+    assert first.proc.wait(timeout=60) == 0
+    assert time.monotonic() - started < grace + 30  # the grace, then closing down
+    after = service.status(batch)["counts"]
+    assert after["running"] == 0 and after["succeeded"] < 48  # handed back, not finished
+    assert "handed back" in (tmp_path / "w1.log").read_text()
+    second = Worker(env, tmp_path / "w2.log", "--slots", "4", "--concurrency", "2")
+    try:
+        second.wait_ready()
+        info = wait_done(batch, timeout=180)
+    finally:
+        second.stop()
+    assert info["counts"]["succeeded"] == 48
+    assert_every_request_ended_once()
