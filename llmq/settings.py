@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         7200, ge=1, description="seconds before an unacknowledged message is redelivered")
     cancel_poll_seconds: float = Field(1.0, gt=0)
+    db_outage_seconds: float = Field(
+        600.0, ge=0, description="how long a worker waits out a database outage, holding its "
+        "claims and finished results, before it gives up on a message")
 
     # liveness: heartbeats, the reaper and the reconciler (llmq.worker.liveness)
     heartbeat_seconds: float = Field(10.0, gt=0, description="how often a worker heartbeats")

@@ -29,7 +29,8 @@ def run_batch(ids: Sequence[int], model: str, slots: int | None = None,
     liveness = Liveness(ident, engine, settings, sweep=False).start()
     try:
         return process_ids(session_factory(), engine, ids, ident,
-                           max_attempts=settings.max_attempts, on_result=on_result)
+                           max_attempts=settings.max_attempts, on_result=on_result,
+                           db_patience=settings.db_outage_seconds)
     finally:
         liveness.stop()
         engine.close()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,9 +22,17 @@ from llmq.contract import FinishReason, RequestKind, SamplingParams
 from llmq.db import queries
 from llmq.db.models import RequestState
 from llmq.db.queries import Claimed
-from llmq.engine.engine import ENGINE_CLOSED, Engine, GenerationRequest, GenerationResult
+from llmq.engine.engine import (
+    ENGINE_CLOSED,
+    STEP_FAILED,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+)
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,8 +74,9 @@ def _ms(a: datetime, b: datetime) -> float:
 
 
 def write_result(session: Session, claimed: Claimed, result: GenerationResult,
-                 ident: WorkerIdentity) -> str:
-    """Stores one outcome; returns the request's state as this worker left it."""
+                 ident: WorkerIdentity, max_attempts: int = 1) -> str:
+    """Stores one outcome; returns the request's state as this worker left it. A request
+    caught in a failed engine step goes back to the queue while it has attempts left."""
     t = result.timing
     if result.finish_reason == FinishReason.CANCELLED:
         if result.error == ENGINE_CLOSED:  # this process is stopping: another will run it
@@ -74,7 +84,11 @@ def write_result(session: Session, claimed: Claimed, result: GenerationResult,
             return RequestState.QUEUED
         return RequestState.CANCELLED
     if not result.ok:
-        queries.record_failure(session, claimed.id, result.error or result.finish_reason)
+        error = result.error or result.finish_reason
+        if error.startswith(STEP_FAILED) and claimed.attempts < max_attempts:
+            queries.requeue(session, claimed.id)
+            return RequestState.QUEUED
+        queries.record_failure(session, claimed.id, error)
         return RequestState.FAILED
     started = max(_utc(t.started_at or t.submitted_at), claimed.created_at)
     first = max(_utc(t.first_token_at or t.finished_at or time.time()), started)
@@ -94,33 +108,61 @@ def write_result(session: Session, claimed: Claimed, result: GenerationResult,
     return RequestState.SUCCEEDED if ok else "skipped"
 
 
+def transact(sessions: sessionmaker[Session], what: str, work: Callable[[Session], T],
+             patience: float = 0.0) -> T:
+    """``work`` in a transaction of its own. While the database is away (an operational
+    error: connection refused or lost, SQLite locked), it is tried again with backoff for up
+    to ``patience`` seconds, so a worker rides out an outage holding what it has (its
+    claims, its finished results) instead of dropping it."""
+    give_up = time.monotonic() + patience
+    delay = 0.5
+    while True:
+        try:
+            with sessions.begin() as session:
+                return work(session)
+        except OperationalError as exc:
+            if time.monotonic() + delay > give_up:
+                raise
+            log.warning("database unavailable while %s, trying again in %.1fs: %s", what,
+                        delay, _first_line(exc))
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:500]
+
+
 def store_result(sessions: sessionmaker[Session], claimed: Claimed, result: GenerationResult,
-                 ident: WorkerIdentity) -> str:
-    """``write_result`` in its own transaction. When the database refuses the row itself (not
-    an outage: a value it cannot store), the request fails with that reason instead of
-    staying running for ever; an outage propagates, to be retried."""
+                 ident: WorkerIdentity, patience: float = 0.0, max_attempts: int = 1) -> str:
+    """``write_result`` in its own transaction, through outages of up to ``patience``
+    seconds. When the database refuses the row itself (a value it cannot store), the request
+    fails with that reason instead of staying running for ever."""
     try:
-        with sessions.begin() as session:
-            return write_result(session, claimed, result, ident)
+        return transact(sessions, f"storing request {claimed.id}",
+                        lambda s: write_result(s, claimed, result, ident, max_attempts),
+                        patience)
     except OperationalError:
         raise
     except SQLAlchemyError as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0][:500]
+        reason = _first_line(exc)
         log.error("request %s: the database refused its result: %s", claimed.id, reason)
-        with sessions.begin() as session:
-            queries.record_failure(session, claimed.id, f"could not store the result: {reason}")
+        transact(sessions, f"failing request {claimed.id}", lambda s: queries.record_failure(
+            s, claimed.id, f"could not store the result: {reason}"), patience)
         return RequestState.FAILED
 
 
 def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int],
                 ident: WorkerIdentity, *, max_attempts: int, cancel_poll: float = 1.0,
-                deadline: float | None = None,
+                deadline: float | None = None, db_patience: float = 0.0,
                 on_result: Callable[[str, int], None] | None = None) -> dict[str, int]:
     """Claims ``ids``, runs them on ``engine`` and writes their outcomes as each finishes.
     Returns how many ended in each state. Requests cancelled in the database meanwhile are
-    cancelled in the engine within ``cancel_poll`` seconds."""
-    with sessions.begin() as session:
-        claimed = queries.claim(session, ids, ident.label, max_attempts)
+    cancelled in the engine within ``cancel_poll`` seconds. Database outages of up to
+    ``db_patience`` seconds are waited out: nothing is claimed meanwhile, and finished
+    results wait in memory (a message's worth per feeder) until they can be written."""
+    claimed = transact(sessions, "claiming", lambda s: queries.claim(
+        s, ids, ident.label, max_attempts), db_patience)
     outcome: dict[str, int] = {}
     futures: dict[Future[GenerationResult], Claimed] = {}
     for c in claimed:
@@ -130,8 +172,10 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
                                  f"serving {ident.model!r}")
             request = to_generation_request(c)
         except (ValueError, KeyError, TypeError) as exc:
-            with sessions.begin() as session:
-                queries.record_failure(session, c.id, f"cannot run this request: {exc}")
+            reason = f"cannot run this request: {exc}"
+            transact(sessions, f"failing request {c.id}",
+                     lambda s, c=c, reason=reason: queries.record_failure(s, c.id, reason),
+                     db_patience)
             outcome["failed"] = outcome.get("failed", 0) + 1
             continue
         futures[engine.submit(request)] = c
@@ -141,7 +185,8 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
             done, pending = wait(pending, timeout=cancel_poll, return_when=FIRST_COMPLETED)
             for fut in done:
                 c = futures[fut]
-                state = str(store_result(sessions, c, fut.result(), ident))
+                state = str(store_result(sessions, c, fut.result(), ident, db_patience,
+                                         max_attempts))
                 outcome[state] = outcome.get(state, 0) + 1
                 if on_result is not None:
                     on_result(state, fut.result().completion_tokens)
@@ -152,8 +197,8 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
         unfinished = [futures[f].id for f in pending]
         for rid in unfinished:
             engine.cancel(str(rid))
-        with sessions.begin() as session:
-            queries.release(session, unfinished)
+        transact(sessions, "handing back unfinished requests",
+                 lambda s: queries.release(s, unfinished), db_patience)
         raise
     return outcome
 
@@ -166,7 +211,10 @@ def _cancel_or_expire(sessions: sessionmaker[Session], engine: Engine, running: 
                 queries.record_failure(session, c.id, "time limit exceeded")
                 engine.cancel(str(c.id))
         return
-    with sessions.begin() as session:
-        cancelled = queries.cancelled_among(session, (c.id for c in running))
+    try:
+        with sessions.begin() as session:
+            cancelled = queries.cancelled_among(session, (c.id for c in running))
+    except OperationalError:  # the database is away: look again at the next poll
+        return
     for rid in cancelled:
         engine.cancel(str(rid))

@@ -33,7 +33,8 @@ def run_requests(request_ids: list[int]) -> dict[str, int]:
     outcome = process_ids(session_factory(), engine, request_ids, ident,
                           max_attempts=settings.max_attempts,
                           cancel_poll=settings.cancel_poll_seconds,
-                          deadline=time.time() + settings.task_time_limit)
+                          deadline=time.time() + settings.task_time_limit,
+                          db_patience=settings.db_outage_seconds)
     log.info("message of %d requests: %s", len(request_ids), outcome)
     return outcome
 
