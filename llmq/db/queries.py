@@ -165,6 +165,16 @@ def release(session: Session, ids: Sequence[int]) -> None:
                             enqueued_at=None))
 
 
+def requeue(session: Session, request_id: int) -> bool:
+    """Back to the queue with the attempt counted and no message (the reconciler sends it):
+    for a request that failed through no fault of its own."""
+    return bool(session.execute(
+        update(Request)
+        .where(Request.id == request_id, Request.state == RequestState.RUNNING)
+        .values(state=RequestState.QUEUED, enqueued_at=None, started_at=None,
+                first_token_at=None)).rowcount)
+
+
 def cancelled_among(session: Session, ids: Iterable[int]) -> set[int]:
     ids = list(ids)
     if not ids:

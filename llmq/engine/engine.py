@@ -35,6 +35,8 @@ from .tokenizer import TextTokenizer
 log = logging.getLogger(__name__)
 
 ENGINE_CLOSED = "engine closed"  # the error of requests still in flight at close
+# the error of requests in flight when a step failed: not theirs, so worth another try
+STEP_FAILED = "engine step failed"
 
 
 @dataclass
@@ -253,8 +255,11 @@ class Engine:
                 self.step()
             except Exception as exc:  # a bug or OOM: fail what is in flight, keep serving
                 log.exception("engine step failed")
+                # a step that failed half-way may have planned a prefix it never kept
+                self.scheduler.forget_prefixes()
+                self.runner.forget_prefixes()
                 for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-                    self._finish(seq, FinishReason.ERROR, f"engine step failed: {exc}")
+                    self._finish(seq, FinishReason.ERROR, f"{STEP_FAILED}: {exc}")
             self._progress = time.monotonic()
             self._last_step_wall = datetime.now(UTC).replace(tzinfo=None)
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting):

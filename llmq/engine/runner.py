@@ -17,6 +17,9 @@ class ModelRunner:
         # kept prefixes: key -> [layers, 2, K, n, E]
         self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}
 
+    def forget_prefixes(self) -> None:
+        self._prefixes.clear()
+
     def execute(self, plan: StepPlan) -> tuple[list[Sequence], torch.Tensor]:
         """Runs ``plan``; returns the sequences that get a token and their ``[N, V]`` logits."""
         kv = self.cache.kv

@@ -148,6 +148,10 @@ class Scheduler:
         self._free_slots = list(range(config.num_slots))
         self.prefixes = PrefixIndex(config.prefix_cache_entries)
 
+    def forget_prefixes(self) -> None:
+        """Drops every kept prefix (the runner drops its copies at the same time)."""
+        self.prefixes = PrefixIndex(self.config.prefix_cache_entries)
+
     # --- requests in and out --------------------------------------------------------------
 
     def check_fits(self, prompt_len: int, max_tokens: int) -> str | None:

@@ -6,7 +6,7 @@ import threading
 import time
 
 from llmq.contract import SamplingParams
-from llmq.engine.engine import Engine, GenerationRequest
+from llmq.engine.engine import STEP_FAILED, Engine, GenerationRequest
 
 from .conftest import Tiny, hf_greedy
 
@@ -131,3 +131,28 @@ def test_many_threads_submitting_at_once_start_one_loop(tiny_engine: Engine) -> 
     assert all(f.result(timeout=60).ok for f in results)
     loops = [t for t in threading.enumerate() if t.name == "llmq-engine"]
     assert len(loops) == 1
+
+
+def test_a_failed_step_fails_what_was_in_flight_and_forgets_kept_prefixes(
+        tiny_engine: Engine) -> None:
+    """One bad step (a transient out-of-memory, say) must not poison the steps after it: a
+    prefix planned in it was never kept, so the kept prefixes are dropped with it."""
+    chat = [{"role": "user", "content": "Question?"}]
+    params = SamplingParams(max_tokens=3, ignore_eos=True)
+    assert tiny_engine.generate([GenerationRequest(messages=chat, params=params)])[0].ok
+    real = tiny_engine.runner.execute
+    calls = []
+
+    def fail_once(plan):  # noqa: ANN001, ANN202 - fault injection around the real runner
+        calls.append(plan)
+        if len(calls) == 1:
+            raise RuntimeError("injected: out of memory")
+        return real(plan)
+
+    tiny_engine.runner.execute = fail_once  # type: ignore[method-assign]
+    caught = tiny_engine.generate([GenerationRequest(messages=chat, params=params)] * 2)
+    assert [r.finish_reason for r in caught] == ["error", "error"]
+    assert all((r.error or "").startswith(STEP_FAILED) for r in caught)
+    assert len(tiny_engine.scheduler.prefixes) == 0 and not tiny_engine.runner._prefixes
+    again = tiny_engine.generate([GenerationRequest(messages=chat, params=params)] * 3)
+    assert all(r.ok and r.completion_tokens == 3 for r in again)

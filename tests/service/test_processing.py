@@ -10,7 +10,7 @@ from llmq.db import queries
 from llmq.db.migrate import upgrade
 from llmq.db.models import Request, Result
 from llmq.db.session import get_engine, session_factory, session_scope
-from llmq.engine.engine import GenerationResult, Timing
+from llmq.engine.engine import STEP_FAILED, GenerationResult, Timing
 from llmq.worker.processing import WorkerIdentity, store_result
 
 
@@ -42,3 +42,23 @@ def test_a_result_the_database_refuses_fails_its_request_alone(
             assert req.state == "failed"
             assert req.last_error.startswith("could not store the result: integer out of range")
         assert s.get(Request, ids[2]).state == "succeeded"
+
+
+def test_a_request_caught_in_a_failed_step_is_tried_again_while_it_has_attempts(
+        llmq_env: dict[str, str]) -> None:
+    upgrade()
+    with session_scope() as s:
+        _, ids = queries.create_batch(s, requests=[queries.NewRequest(
+            "c", "completion", {"prompt": "p"}, {})], model="m")
+    ident = WorkerIdentity("h", 1, "cpu", "m")
+    sessions = session_factory()
+    failed = GenerationResult(str(ids[0]), "", FinishReason.ERROR, 0, 0, Timing(time.time()),
+                              error=f"{STEP_FAILED}: out of memory")
+    for attempt, state in ((1, "queued"), (2, "failed")):
+        with session_scope() as s:
+            claimed = queries.claim(s, ids, "w", max_attempts=2)
+        assert claimed[0].attempts == attempt
+        assert store_result(sessions, claimed[0], failed, ident, max_attempts=2) == state
+    with session_scope() as s:
+        req = s.get(Request, ids[0])
+        assert req.state == "failed" and req.attempts == 2 and STEP_FAILED in req.last_error
