@@ -115,3 +115,32 @@ def test_sigterm_mid_batch_hands_back_within_the_grace_period(env: dict, tmp_pat
         second.stop()
     assert info["counts"]["succeeded"] == 48
     assert_every_request_ended_once()
+
+
+def test_redis_restarted_with_aof_mid_batch(env: dict, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis that keeps its data (AOF, as compose runs it) is killed and started again
+    while a worker runs: the worker reconnects and every request ends once."""
+    redis = RedisServer(tmp_path / "redis-aof", appendonly=True)
+    (tmp_path / "redis-aof").mkdir()
+    redis.start()
+    env = {**env, "LLMQ_BROKER_URL": redis.url}
+    monkeypatch.setenv("LLMQ_BROKER_URL", redis.url)
+    try:
+        report = llmq_json(env, "submit", str(prompts_file(tmp_path / "p.jsonl", 96, "a",
+                                                           max_tokens=200)), "--json")
+        batch = report["batch_id"]
+        worker = Worker(env, tmp_path / "w.log", "--slots", "4", "--concurrency", "2")
+        try:
+            worker.wait_ready()
+            _wait_for(lambda: service.status(batch)["counts"]["succeeded"] >= 8)
+            redis.stop()  # kill -9
+            time.sleep(3)
+            redis.start()  # same port, same folder: the AOF is replayed
+            info = wait_done(batch, timeout=240)
+        finally:
+            worker.stop()
+    finally:
+        redis.stop()
+    assert info["counts"]["succeeded"] == 96
+    assert_every_request_ended_once()

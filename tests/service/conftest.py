@@ -32,9 +32,10 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of our own; tests may kill and restart it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, appendonly: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.appendonly = appendonly  # every write logged and replayed at start
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -48,7 +49,8 @@ class RedisServer:
                         " .ci/run does)")
         self.proc = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
+             "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:
