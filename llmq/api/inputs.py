@@ -56,8 +56,9 @@ class Accepted:
 @dataclass
 class Rejected:
     line: int
-    custom_id: str | None
+    custom_id: str | None  # as the line gave it, if it gave one
     error: str
+    key: str = ""  # the custom id its failed row is stored under, unique in the file
 
 
 @dataclass
@@ -172,9 +173,11 @@ class InputFileError(ValueError):
     """The file as a whole cannot be read (missing, wrong format, --strict failures)."""
 
 
-def read_input(path: str | Path, column: str | None = None,
-               limits: InputLimits | None = None) -> ParsedFile:
-    """Parses a JSONL or CSV file; custom ids are made unique within the file."""
+def iter_input(path: str | Path, column: str | None = None,
+               limits: InputLimits | None = None) -> Iterator[Accepted | Rejected]:
+    """Judges a JSONL or CSV file line by line, in order, holding only the custom ids seen
+    so far: a file of any length streams through. Every record gets a custom id unique in
+    the file (a rejected line keeps its own where it can, for the failed row's key)."""
     path = Path(path)
     limits = limits or InputLimits()
     if not path.is_file():
@@ -186,20 +189,27 @@ def read_input(path: str | Path, column: str | None = None,
     is_csv = path.suffix.lower() == ".csv" or column is not None
     records = (_csv_records(path, column or "prompt") if is_csv
                else _jsonl_records(path, limits))
-    parsed = ParsedFile()
     seen: set[str] = set()
     try:
         for number, obj, error in records:
-            _judge(parsed, seen, limits, number, obj, error)
+            yield _judge(seen, limits, number, obj, error)
     except UnicodeDecodeError as exc:  # CSV: the reader decodes whole blocks
         raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
                              ) from None
+
+
+def read_input(path: str | Path, column: str | None = None,
+               limits: InputLimits | None = None) -> ParsedFile:
+    """The whole file judged, for callers that want it at once (tests, small files)."""
+    parsed = ParsedFile()
+    for item in iter_input(path, column, limits):
+        (parsed.accepted if isinstance(item, Accepted) else parsed.rejected).append(item)
     return parsed
 
 
-def _judge(parsed: ParsedFile, seen: set[str], limits: InputLimits, number: int, obj: Any,
-           error: str | None) -> None:
-    """Accepts or rejects one record."""
+def _judge(seen: set[str], limits: InputLimits, number: int, obj: Any,
+           error: str | None) -> Accepted | Rejected:
+    """Accepts or rejects one record; ``seen`` holds every custom id given out so far."""
     if error is None:
         try:
             item = parse_record(obj, number)
@@ -213,7 +223,11 @@ def _judge(parsed: ParsedFile, seen: set[str], limits: InputLimits, number: int,
                 item.custom_id = f"line-{number}"
             if item.custom_id not in seen:
                 seen.add(item.custom_id)
-                parsed.accepted.append(item)
-                return
+                return item
             error = f"duplicate custom_id {item.custom_id!r}"
-    parsed.rejected.append(Rejected(number, _custom_id_of(obj), f"line {number}: {error}"))
+    raw = _custom_id_of(obj)
+    key = raw if raw and raw not in seen else f"line-{number}"
+    while key in seen:
+        key += "#"
+    seen.add(key)
+    return Rejected(number, raw, f"line {number}: {error}", key)

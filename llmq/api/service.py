@@ -5,6 +5,7 @@ run a model import the worker side inside themselves."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import statistics
 import time
@@ -15,7 +16,7 @@ from typing import Any, TextIO
 
 from sqlalchemy.orm import Session
 
-from llmq.api.inputs import InputFileError, InputLimits, ParsedFile, read_input
+from llmq.api.inputs import Accepted, InputFileError, InputLimits, Rejected, iter_input
 from llmq.api.output import openai_line, result_line
 from llmq.contract import RequestKind, SamplingParams, defaults_from
 from llmq.db import pipeline as pipeline_store
@@ -46,58 +47,70 @@ class SubmitReport:
         return {"batch_id": self.batch_id, "accepted": self.accepted, "rejected": self.rejected}
 
 
-def build_requests(parsed: ParsedFile, defaults: dict[str, Any]) -> list[queries.NewRequest]:
-    """Accepted lines with their complete sampling parameters (the line's own fields over the
-    command's defaults), and the rejected lines as requests that fail with their reason, all
-    in input order."""
-    taken = {a.custom_id for a in parsed.accepted}
-    rows = [queries.NewRequest(a.custom_id, a.kind, a.input,
-                               SamplingParams.from_stored({**defaults, **a.params}).stored(),
-                               a.line)
-            for a in parsed.accepted]
-    for r in parsed.rejected:
-        cid = r.custom_id if r.custom_id and r.custom_id not in taken else f"line-{r.line}"
-        while cid in taken:
-            cid += "#"
-        taken.add(cid)
-        rows.append(queries.NewRequest(cid, RequestKind.INVALID, {}, {}, r.line,
-                                       error=r.error))
-    rows.sort(key=lambda q: q.line or 0)
-    return rows
+STORE_CHUNK = 2000  # lines parsed, stored (and sent) together: what submit holds at once
+
+
+def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """``itertools.batched`` (Python 3.12) for 3.11."""
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
+
+
+def to_new_request(item: Accepted | Rejected, defaults: dict[str, Any]) -> queries.NewRequest:
+    """An accepted line with its complete sampling parameters (the line's own fields over
+    the command's defaults), or a rejected one as a request that fails with its reason."""
+    if isinstance(item, Rejected):
+        return queries.NewRequest(item.key, RequestKind.INVALID, {}, {}, item.line,
+                                  error=item.error)
+    params = SamplingParams.from_stored({**defaults, **item.params}).stored()
+    return queries.NewRequest(item.custom_id, item.kind, item.input, params, item.line)
 
 
 def store_batch(path: str | Path, *, model: str | None = None, device: str = "any",
                 priority: str = "normal", name: str | None = None,
                 max_tokens: int | None = None, temperature: float | None = None,
                 column: str | None = None, strict: bool = False,
-                extra_defaults: dict[str, Any] | None = None) -> SubmitReport:
-    """Parses the file and writes the batch; no messages yet."""
+                extra_defaults: dict[str, Any] | None = None,
+                on_stored: Callable[[list[int]], None] | None = None) -> SubmitReport:
+    """Parses the file and writes the batch, ``STORE_CHUNK`` lines per transaction, so a
+    file of any length needs memory for one chunk only (and for its rejected lines'
+    reasons). ``on_stored`` gets the ids of each stored chunk's runnable requests."""
     settings = get_settings()
-    parsed = read_input(path, column, InputLimits(
-        settings.max_file_bytes, settings.max_line_bytes, settings.max_prompt_chars))
-    if strict and parsed.rejected:
-        first = parsed.rejected[0]
-        raise InputFileError(f"{path}: {len(parsed.rejected)} bad line(s), nothing submitted; "
-                             f"first: {first.error}")
-    if not parsed.accepted and not parsed.rejected:
-        raise InputFileError(f"{path}: no requests in the file")
+    limits = InputLimits(settings.max_file_bytes, settings.max_line_bytes,
+                         settings.max_prompt_chars)
     defaults = {**defaults_from(settings, max_tokens=max_tokens, temperature=temperature),
                 **(extra_defaults or {})}
     try:  # each line's fields are checked already; the defaults, once here
         SamplingParams.from_stored(defaults)
     except ValueError as exc:
         raise InputFileError(f"request defaults: {exc}") from None
+    if strict:  # a first pass: nothing is stored unless every line is good
+        bad = [r for r in iter_input(path, column, limits) if isinstance(r, Rejected)]
+        if bad:
+            raise InputFileError(f"{path}: {len(bad)} bad line(s), nothing submitted; "
+                                 f"first: {bad[0].error}")
+    records = iter_input(path, column, limits)
+    first = next(records, None)
+    if first is None:
+        raise InputFileError(f"{path}: no requests in the file")
     model = model or settings.model
-    requests = build_requests(parsed, defaults)
     ensure_schema()
     with session_scope() as session:
-        batch_id, ids = queries.create_batch(
-            session, requests=requests, model=model,
-            device=device, priority=priority, name=name or Path(path).name,
-            source_file=str(Path(path).resolve()))
-    rejected = [{"line": r.line, "custom_id": r.custom_id, "error": r.error}
-                for r in parsed.rejected]
-    return SubmitReport(batch_id, len(parsed.accepted), model, rejected, ids)
+        batch_id = queries.add_batch(session, model=model, device=device, priority=priority,
+                                     name=name or Path(path).name,
+                                     source_file=str(Path(path).resolve()))
+    report = SubmitReport(batch_id, 0, model)
+    for chunk in _batched(itertools.chain([first], records), STORE_CHUNK):
+        with session_scope() as session:
+            ids = queries.add_requests(session, batch_id, model,
+                                       [to_new_request(r, defaults) for r in chunk])
+        report.accepted += sum(isinstance(r, Accepted) for r in chunk)
+        report.rejected += [{"line": r.line, "custom_id": r.custom_id, "error": r.error}
+                            for r in chunk if isinstance(r, Rejected)]
+        report.request_ids += ids
+        if on_stored is not None:
+            on_stored(ids)
+    return report
 
 
 def enqueue(batch_id: str, ids: Sequence[int], model: str, device: str, priority: str) -> int:
@@ -116,10 +129,32 @@ def enqueue(batch_id: str, ids: Sequence[int], model: str, device: str, priority
         ) from exc
 
 
-def submit(path: str | Path, **kwargs: Any) -> SubmitReport:
-    report = store_batch(path, **kwargs)
-    enqueue(report.batch_id, report.request_ids, report.model, kwargs.get("device", "any"),
-            kwargs.get("priority", "normal"))
+def submit(path: str | Path, *, device: str = "any", priority: str = "normal",
+           **kwargs: Any) -> SubmitReport:
+    """Stores the file and sends each stored chunk's messages at once, so workers start
+    while the rest is still being read. If the broker fails, the rest is still stored, and
+    EnqueueError says how much went out (``llmq retry`` sends the rest)."""
+    from llmq.worker.celery_app import enqueue_requests
+
+    model = kwargs.get("model") or get_settings().model
+    failure: list[Exception] = []
+
+    def send(ids: list[int]) -> None:
+        if ids and not failure:
+            try:
+                enqueue_requests(ids, model, device, priority)
+            except Exception as exc:  # stop sending; keep storing
+                failure.append(exc)
+
+    report = store_batch(path, device=device, priority=priority, on_stored=send, **kwargs)
+    if failure:
+        with session_scope() as session:
+            unsent = len(queries.unsent_ids(session, report.request_ids))
+        total = len(report.request_ids)
+        raise EnqueueError(
+            f"batch {report.batch_id} is stored but only {total - unsent} of {total} "
+            f"requests were enqueued ({failure[0]}); run `llmq retry {report.batch_id}` once "
+            "the broker is reachable") from failure[0]
     return report
 
 

@@ -41,11 +41,26 @@ def create_batch(session: Session, *, requests: Sequence[NewRequest], model: str
                  meta: dict[str, Any] | None = None) -> tuple[str, list[int]]:
     """Writes the batch and all its requests; returns the batch id and the ids of the
     requests to run, in input order."""
+    batch_id = add_batch(session, model=model, device=device, priority=priority, name=name,
+                         source_file=source_file, meta=meta)
+    return batch_id, add_requests(session, batch_id, model, requests)
+
+
+def add_batch(session: Session, *, model: str, device: str = "any", priority: str = "normal",
+              name: str | None = None, source_file: str | None = None,
+              meta: dict[str, Any] | None = None) -> str:
+    """The batch row alone; its requests follow in chunks (``add_requests``)."""
     batch_id = new_batch_id()
-    now = utcnow()
     session.add(Batch(id=batch_id, name=name, model=model, device=device, priority=priority,
-                      source_file=source_file, meta=meta or {}, created_at=now))
+                      source_file=source_file, meta=meta or {}, created_at=utcnow()))
     session.flush()
+    return batch_id
+
+
+def add_requests(session: Session, batch_id: str, model: str,
+                 requests: Sequence[NewRequest]) -> list[int]:
+    """Writes requests of ``batch_id``; returns the ids of those to run, in input order."""
+    now = utcnow()
     rows = [{
         "batch_id": batch_id, "custom_id": r.custom_id, "line": r.line, "model": model,
         "input": r.input, "params": r.params, "kind": r.kind,
@@ -59,7 +74,7 @@ def create_batch(session: Session, *, requests: Sequence[NewRequest], model: str
         chunk = rows[start:start + _INSERT_CHUNK]
         ids += [rid for rid, state in session.execute(stmt, chunk)
                 if state == RequestState.QUEUED]
-    return batch_id, ids
+    return ids
 
 
 def mark_enqueued(session: Session, ids: Sequence[int]) -> None:

@@ -3,7 +3,9 @@ request-processing code as a Celery worker and no broker."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from llmq.contract import SamplingParams
@@ -20,20 +22,40 @@ def load_engine(model: str, slots: int | None = None) -> tuple[Engine, WorkerIde
     return runtime.load(settings, model, settings.device, slots)
 
 
+FEEDERS = 2  # windows in flight: one fills the engine while the other drains
+
+
 def run_batch(ids: Sequence[int], model: str, slots: int | None = None,
               on_result: Callable[[str, int], None] | None = None) -> dict[str, int]:
-    """Runs the stored requests ``ids`` to the end; returns how many ended in each state."""
+    """Runs the stored requests ``ids`` to the end; returns how many ended in each state.
+    Like a worker's feeders, two threads hand the engine a window of requests at a time
+    (four times its slots), so a file of any length is never claimed, loaded or tokenized
+    all at once, and the engine never runs dry between windows."""
     settings = get_settings()
     engine, ident = load_engine(model, slots)
+    window = 4 * engine.config.num_slots
+    sessions = session_factory()
     # heartbeats, so that workers sharing this database reap what a killed run held
     liveness = Liveness(ident, engine, settings, sweep=False).start()
+    pool = ThreadPoolExecutor(FEEDERS, thread_name_prefix="llmq-feeder")
+
+    def feed(part: Sequence[int]) -> dict[str, int]:
+        return process_ids(sessions, engine, part, ident, max_attempts=settings.max_attempts,
+                           on_result=on_result, db_patience=settings.db_outage_seconds)
+
+    outcome: Counter[str] = Counter()
     try:
-        return process_ids(session_factory(), engine, ids, ident,
-                           max_attempts=settings.max_attempts, on_result=on_result,
-                           db_patience=settings.db_outage_seconds)
+        for done in pool.map(feed, (ids[i:i + window] for i in range(0, len(ids), window))):
+            outcome.update(done)
+    except BaseException:  # Ctrl-C: windows not started stay queued, running ones go back
+        pool.shutdown(wait=False, cancel_futures=True)
+        engine.close()
+        raise
     finally:
+        pool.shutdown(wait=True)
         liveness.stop()
         engine.close()
+    return dict(outcome)
 
 
 def generate(model: str, params: SamplingParams, prompt: str | None = None,
