@@ -3,7 +3,7 @@
 persistence; then the invariant (every request terminal, exactly one result each, none for
 anything else) and the throughput against the same run without chaos, both in one sitting.
 
-    .venv/bin/python -m bench.chaos [--requests 3000] [--new-tokens 16] [--limit-s 600]
+    .venv/bin/python -m bench.chaos [--requests 3000] [--new-tokens 8] [--limit-s 600]
 """
 
 from __future__ import annotations
@@ -126,8 +126,9 @@ def one_run(chaos: bool, opts: argparse.Namespace, tmp: Path) -> Outcome:
                 c = counts(pg_url, batch)
                 if not c.get("queued") and not c.get("running"):
                     break
-                if time.time() - start > opts.limit_s:
-                    raise TimeoutError(f"not done in {opts.limit_s}s: {c}")
+                if time.time() - start > opts.limit_s:  # recorded as it stands
+                    print(f"not done in {opts.limit_s:.0f}s: {c}", flush=True)
+                    break
                 if chaos and time.time() >= next_kill:
                     victim = random.randrange(WORKERS)
                     os.killpg(workers[victim].pid, signal.SIGKILL)
@@ -165,7 +166,7 @@ def one_run(chaos: bool, opts: argparse.Namespace, tmp: Path) -> Outcome:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=3000)
-    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=8)
     ap.add_argument("--limit-s", type=float, default=600)
     opts = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="llmq-chaos-"))
@@ -175,7 +176,7 @@ def main() -> None:
     print(f"with chaos: {wild}", flush=True)
     rows = []
     for name, r in (("no chaos", calm), ("chaos", wild)):
-        ok = all(v == 0 for v in r.invariant.values())
+        ok = all(v == 0 for v in r.invariant.values())  # "unfinished": cut off at the limit
         rows.append([name, f"{r.seconds:.0f}", f"{r.tok_s:.1f}",
                      f"{r.counts.get('succeeded', 0)}/{opts.requests}",
                      r.counts.get("failed", 0), r.kills, "yes" if r.redis_restart else "no",

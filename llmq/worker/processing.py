@@ -190,8 +190,12 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
                 outcome[state] = outcome.get(state, 0) + 1
                 if on_result is not None:
                     on_result(state, fut.result().completion_tokens)
-            if pending:
-                _cancel_or_expire(sessions, engine, [futures[f] for f in pending], deadline)
+            if pending and _cancel_or_expire(sessions, engine, [futures[f] for f in pending],
+                                             deadline):
+                # past the deadline: failed in the database and cancelled in the engine;
+                # a wedged engine would never answer, so stop waiting for it
+                outcome["failed"] = outcome.get("failed", 0) + len(pending)
+                return outcome
     except BaseException:
         # interrupted (Ctrl-C, shutdown): what did not finish goes back to the queue
         unfinished = [futures[f].id for f in pending]
@@ -204,17 +208,20 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
 
 
 def _cancel_or_expire(sessions: sessionmaker[Session], engine: Engine, running: list[Claimed],
-                      deadline: float | None) -> None:
+                      deadline: float | None) -> bool:
+    """Cancels in the engine what was cancelled in the database; past ``deadline``, fails
+    everything still running and returns True (the caller stops waiting)."""
     if deadline is not None and time.time() > deadline:
         with sessions.begin() as session:
             for c in running:
                 queries.record_failure(session, c.id, "time limit exceeded")
                 engine.cancel(str(c.id))
-        return
+        return True
     try:
         with sessions.begin() as session:
             cancelled = queries.cancelled_among(session, (c.id for c in running))
     except OperationalError:  # the database is away: look again at the next poll
-        return
+        return False
     for rid in cancelled:
         engine.cancel(str(rid))
+    return False

@@ -73,6 +73,16 @@ class RedisServer:
         redis.Redis.from_url(self.url).flushall()
 
 
+@pytest.fixture(autouse=True)
+def kill_leftover_workers() -> Iterator[None]:
+    """A test that fails half-way must not leave its workers running."""
+    from .workers import Worker
+
+    yield
+    while Worker.started:
+        Worker.started.pop().kill()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path_factory.mktemp("redis"))

@@ -1,8 +1,9 @@
-"""Writing outcomes: a result the database cannot take fails its request alone, with the
-reason, instead of leaving it running for ever."""
+"""Writing outcomes and keeping deadlines: a result the database cannot take fails its request
+alone, with the reason, and a feeder never waits past its deadline, whatever the engine does."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 from llmq.contract import FinishReason
@@ -10,8 +11,9 @@ from llmq.db import queries
 from llmq.db.migrate import upgrade
 from llmq.db.models import Request, Result
 from llmq.db.session import get_engine, session_factory, session_scope
-from llmq.engine.engine import STEP_FAILED, GenerationResult, Timing
-from llmq.worker.processing import WorkerIdentity, store_result
+from llmq.engine.engine import STEP_FAILED, Engine, EngineConfig, GenerationResult, Timing
+from llmq.worker.processing import WorkerIdentity, process_ids, store_result
+from tests.conftest import Tiny
 
 
 def _result(rid: int, text: str, prompt_tokens: int = 3) -> GenerationResult:
@@ -62,3 +64,35 @@ def test_a_request_caught_in_a_failed_step_is_tried_again_while_it_has_attempts(
     with session_scope() as s:
         req = s.get(Request, ids[0])
         assert req.state == "failed" and req.attempts == 2 and STEP_FAILED in req.last_error
+
+
+def test_a_wedged_engine_cannot_hold_a_feeder_past_its_deadline(
+        llmq_env: dict[str, str], tiny: Tiny) -> None:
+    """The feeder's deadline is hard: past it, its requests fail in the database and it
+    returns, whether or not the engine answers (here it never does)."""
+    upgrade()
+    with session_scope() as s:
+        _, ids = queries.create_batch(s, requests=[queries.NewRequest(
+            f"c{i}", "completion", {"prompt": "hello"}, {"max_tokens": 4}) for i in range(3)],
+            model="tiny")
+    engine = Engine.load(tiny.gguf, EngineConfig(num_slots=4, slot_length=128))
+    wedge = threading.Event()
+
+    def wedged(plan):  # noqa: ANN001, ANN202 - fault injection: a step that never ends
+        wedge.wait(60)
+        raise RuntimeError("unwedged")
+
+    engine.runner.execute = wedged  # type: ignore[method-assign]
+    try:
+        outcome = process_ids(session_factory(), engine, ids,
+                              WorkerIdentity("h", 1, "cpu", "tiny"), max_attempts=3,
+                              cancel_poll=0.2, deadline=time.time() + 1.0)
+        assert engine.stalled(0.5)  # what the worker's liveness thread would act on
+    finally:
+        wedge.set()
+        engine.close()
+    # without a hard deadline the feeder waited for the step to end (60 s here) and then
+    # reported the requests as put back in the queue
+    assert outcome == {"failed": 3}
+    with session_scope() as s:
+        assert {s.get(Request, i).last_error for i in ids} == {"time limit exceeded"}

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import text
 
@@ -19,6 +19,8 @@ LLMQ = [sys.executable, "-m", "llmq"]
 
 
 class Worker:
+    started: ClassVar[list[Worker]] = []  # killed after each test by the kill_leftovers fixture
+
     def __init__(self, env: dict[str, str], log: Path, *args: str) -> None:
         self.log = log
         full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1", "LLMQ_THREADS": "1"}
@@ -26,6 +28,7 @@ class Worker:
             [*LLMQ, "worker", "--device", "cpu", "--loglevel", "INFO", *args],
             env=full_env, stdout=log.open("w"), stderr=subprocess.STDOUT,
             start_new_session=True)
+        Worker.started.append(self)
 
     def wait_ready(self, timeout: float = 90) -> None:
         deadline = time.time() + timeout
