@@ -4,6 +4,7 @@ line number and the reason, and the good ones go ahead (unless the caller is str
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -196,6 +197,12 @@ def iter_input(path: str | Path, column: str | None = None,
     except UnicodeDecodeError as exc:  # CSV: the reader decodes whole blocks
         raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
                              ) from None
+
+
+def chunked(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """``itertools.batched`` (Python 3.12) for 3.11: lists of ``size`` items."""
+    while chunk := list(itertools.islice(items, size)):
+        yield chunk
 
 
 def read_input(path: str | Path, column: str | None = None,

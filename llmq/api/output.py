@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
 from llmq.db.models import Request, Result
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50, p95 and p99 of sorted ``values``, in ms to 0.1."""
+    if not values:
+        return {"p50": None, "p95": None, "p99": None}
+    if len(values) == 1:
+        return {"p50": values[0], "p95": values[0], "p99": values[0]}
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1)}
 
 
 def result_line(req: Request, res: Result | None) -> dict[str, Any]:

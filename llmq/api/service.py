@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +15,15 @@ from typing import Any, TextIO
 
 from sqlalchemy.orm import Session
 
-from llmq.api.inputs import Accepted, InputFileError, InputLimits, Rejected, iter_input
-from llmq.api.output import openai_line, result_line
+from llmq.api.inputs import (
+    Accepted,
+    InputFileError,
+    InputLimits,
+    Rejected,
+    chunked,
+    iter_input,
+)
+from llmq.api.output import openai_line, percentiles, result_line
 from llmq.contract import RequestKind, SamplingParams, defaults_from
 from llmq.db import pipeline as pipeline_store
 from llmq.db import queries
@@ -48,12 +54,6 @@ class SubmitReport:
 
 
 STORE_CHUNK = 2000  # lines parsed, stored (and sent) together: what submit holds at once
-
-
-def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    """``itertools.batched`` (Python 3.12) for 3.11."""
-    while chunk := list(itertools.islice(items, size)):
-        yield chunk
 
 
 def to_new_request(item: Accepted | Rejected, defaults: dict[str, Any]) -> queries.NewRequest:
@@ -100,7 +100,7 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
                                      name=name or Path(path).name,
                                      source_file=str(Path(path).resolve()))
     report = SubmitReport(batch_id, 0, model)
-    for chunk in _batched(itertools.chain([first], records), STORE_CHUNK):
+    for chunk in chunked(itertools.chain([first], records), STORE_CHUNK):
         with session_scope() as session:
             ids = queries.add_requests(session, batch_id, model,
                                        [to_new_request(r, defaults) for r in chunk])
@@ -121,12 +121,15 @@ def enqueue(batch_id: str, ids: Sequence[int], model: str, device: str, priority
     try:
         return len(enqueue_requests(ids, model, device, priority))
     except Exception as exc:
-        with session_scope() as session:
-            sent = len(ids) - len(queries.unsent_ids(session, ids))
-        raise EnqueueError(
-            f"batch {batch_id} is stored but only {sent} of {len(ids)} requests were "
-            f"enqueued ({exc}); run `llmq retry {batch_id}` once the broker is reachable"
-        ) from exc
+        raise _not_all_sent(batch_id, ids, exc) from exc
+
+
+def _not_all_sent(batch_id: str, ids: Sequence[int], exc: Exception) -> EnqueueError:
+    with session_scope() as session:
+        sent = len(ids) - len(queries.unsent_ids(session, ids))
+    return EnqueueError(
+        f"batch {batch_id} is stored but only {sent} of {len(ids)} requests were enqueued "
+        f"({exc}); run `llmq retry {batch_id}` once the broker is reachable")
 
 
 def submit(path: str | Path, *, device: str = "any", priority: str = "normal",
@@ -148,13 +151,7 @@ def submit(path: str | Path, *, device: str = "any", priority: str = "normal",
 
     report = store_batch(path, device=device, priority=priority, on_stored=send, **kwargs)
     if failure:
-        with session_scope() as session:
-            unsent = len(queries.unsent_ids(session, report.request_ids))
-        total = len(report.request_ids)
-        raise EnqueueError(
-            f"batch {report.batch_id} is stored but only {total - unsent} of {total} "
-            f"requests were enqueued ({failure[0]}); run `llmq retry {report.batch_id}` once "
-            "the broker is reachable") from failure[0]
+        raise _not_all_sent(report.batch_id, report.request_ids, failure[0]) from failure[0]
     return report
 
 
@@ -253,15 +250,6 @@ def write_results(batch_id: str, out: TextIO, fmt: str = "jsonl") -> int:
     return n
 
 
-def _percentiles(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None}
-    if len(values) == 1:
-        return {"p50": values[0], "p95": values[0], "p99": values[0]}
-    q = statistics.quantiles(values, n=100, method="inclusive")
-    return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1)}
-
-
 def stats(batch_id: str | None = None) -> dict[str, Any]:
     """Throughput and latency percentiles, from the database alone."""
     ensure_schema()
@@ -280,9 +268,9 @@ def stats(batch_id: str | None = None) -> dict[str, Any]:
         "completion_tokens": tokens,
         "wall_seconds": round(span, 3) if span is not None else None,
         "tokens_per_s": round(tokens / span, 1) if span else None,
-        "queue_wait_ms": _percentiles(sorted(r[5] for r in rows)),
-        "time_to_first_token_ms": _percentiles(sorted(ms(r[0], r[2]) for r in rows)),
-        "total_ms": _percentiles(sorted(ms(r[0], r[3]) for r in rows)),
+        "queue_wait_ms": percentiles(sorted(r[5] for r in rows)),
+        "time_to_first_token_ms": percentiles(sorted(ms(r[0], r[2]) for r in rows)),
+        "total_ms": percentiles(sorted(ms(r[0], r[3]) for r in rows)),
     }
 
 
