@@ -21,7 +21,7 @@ from tests.service.workers import Worker, llmq_json
 
 from .invariants import assert_every_request_ended_once
 from .postgres import PrivateCluster
-from .test_worker_loss import FAST_LIVENESS
+from .test_worker_loss import FAST_LIVENESS, _wait_for
 
 OUTAGE_SECONDS = 45
 
@@ -65,10 +65,7 @@ def test_postgres_stopped_for_45_s_mid_batch(env: dict[str, str], cluster: Priva
     worker = Worker(env, tmp_path / "w.log", "--slots", "4", "--concurrency", "2")
     try:
         worker.wait_ready()
-        deadline = time.time() + 120
-        while service.status(batch)["counts"]["succeeded"] < 4:
-            assert time.time() < deadline, "the batch did not start"
-            time.sleep(0.2)
+        _wait_for(lambda: service.status(batch)["counts"]["succeeded"] >= 4, timeout=120)
         dispose_engines()  # this process's connections die with the server anyway
         cluster.stop()
         time.sleep(OUTAGE_SECONDS)
