@@ -25,6 +25,10 @@ MAX_TEMPERATURE = 5.0
 SEED_MIN = -(2**63)
 SEED_MAX = 2**63 - 1
 MAX_STOP_STRINGS = 16
+# OpenAI's bounds for its two penalties; repetition_penalty is a divisor, so it must be > 0.
+MAX_OPENAI_PENALTY = 2.0
+MAX_REPETITION_PENALTY = 10.0
+MAX_NGRAM_SIZE = 64
 
 
 class RequestKind(enum.StrEnum):
@@ -36,6 +40,7 @@ class RequestKind(enum.StrEnum):
 class FinishReason(enum.StrEnum):
     STOP = "stop"  # end of sequence or a stop string
     LENGTH = "length"  # max_tokens reached
+    REPETITION = "repetition"  # stopped early: the output had started to repeat itself
     CANCELLED = "cancelled"
     ERROR = "error"
 
@@ -60,6 +65,9 @@ Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE)]
 TopP = Annotated[float, Field(gt=0, le=1)]
 TopK = Annotated[int, Field(ge=0)]
 Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
+OpenAIPenalty = Annotated[float, Field(ge=-MAX_OPENAI_PENALTY, le=MAX_OPENAI_PENALTY)]
+RepetitionPenalty = Annotated[float, Field(gt=0, le=MAX_REPETITION_PENALTY)]
+NgramSize = Annotated[int, Field(ge=0, le=MAX_NGRAM_SIZE)]
 
 
 class SamplingOverrides(BaseModel):
@@ -74,6 +82,11 @@ class SamplingOverrides(BaseModel):
     seed: Seed | None = None
     stop: list[str] | None = Field(None, max_length=MAX_STOP_STRINGS)
     ignore_eos: bool | None = None
+    frequency_penalty: OpenAIPenalty | None = None
+    presence_penalty: OpenAIPenalty | None = None
+    repetition_penalty: RepetitionPenalty | None = None
+    no_repeat_ngram_size: NgramSize | None = None
+    stop_loops: bool | None = None
     response_format: ResponseFormat | None = None
 
     _stop = field_validator("stop", mode="before")(_one_stop_string)
@@ -92,6 +105,18 @@ class SamplingParams(BaseModel):
     seed: Seed | None = None
     stop: tuple[str, ...] = Field((), max_length=MAX_STOP_STRINGS)
     ignore_eos: bool = False
+    # OpenAI's: subtracted from a token's logit once per time (frequency) or once if at all
+    # (presence) it occurs in the output so far
+    frequency_penalty: OpenAIPenalty = 0.0
+    presence_penalty: OpenAIPenalty = 0.0
+    # CTRL's / Hugging Face's: logits of tokens in the prompt or output divided by it when
+    # positive, multiplied when negative (1 = off)
+    repetition_penalty: RepetitionPenalty = 1.0
+    # Hugging Face's: no n-gram of this size occurs twice in prompt + output (0 = off)
+    no_repeat_ngram_size: NgramSize = 0
+    # end a generation that has started to loop with finish_reason "repetition" (never when
+    # ignore_eos asks for exactly max_tokens)
+    stop_loops: bool = True
     response_format: ResponseFormat = Field(default_factory=TextFormat)
 
     _stop = field_validator("stop", mode="before")(_one_stop_string)
@@ -99,6 +124,15 @@ class SamplingParams(BaseModel):
     @property
     def greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.frequency_penalty or self.presence_penalty
+                    or self.repetition_penalty != 1.0 or self.no_repeat_ngram_size)
+
+    @property
+    def detects_loops(self) -> bool:
+        return self.stop_loops and not self.ignore_eos
 
     @classmethod
     def from_stored(cls, stored: dict[str, Any]) -> SamplingParams:

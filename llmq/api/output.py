@@ -6,6 +6,7 @@ import statistics
 import time
 from typing import Any
 
+from llmq.contract import FinishReason
 from llmq.db.models import Request, Result
 
 
@@ -41,6 +42,12 @@ def result_line(req: Request, res: Result | None) -> dict[str, Any]:
     }
 
 
+def openai_finish_reason(reason: str) -> str:
+    """OpenAI's clients know only its own reasons: a loop stopped early is a "stop" there
+    (llmq's own result shape keeps "repetition")."""
+    return FinishReason.STOP if reason == FinishReason.REPETITION else reason
+
+
 def openai_line(req: Request, res: Result | None) -> dict[str, Any]:
     """One line of an OpenAI batch output file."""
     if res is None:
@@ -54,14 +61,15 @@ def openai_line(req: Request, res: Result | None) -> dict[str, Any]:
             "id": f"chatcmpl-{req.id}", "object": "chat.completion", "created": created,
             "model": res.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
-                         "finish_reason": res.finish_reason}],
+                         "finish_reason": openai_finish_reason(res.finish_reason)}],
             "usage": usage,
         }
     else:
         body = {
             "id": f"cmpl-{req.id}", "object": "text_completion", "created": created,
             "model": res.model,
-            "choices": [{"index": 0, "text": res.text, "finish_reason": res.finish_reason}],
+            "choices": [{"index": 0, "text": res.text,
+                         "finish_reason": openai_finish_reason(res.finish_reason)}],
             "usage": usage,
         }
     return {"id": f"batch_req_{req.id}", "custom_id": req.custom_id,

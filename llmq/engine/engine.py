@@ -21,9 +21,12 @@ import torch
 from llmq.contract import FinishReason, SamplingParams
 
 from .artifact import load_variant
+from .devices import pick_device, pick_dtype
 from .files import is_variant
 from .loader import load_checkpoint
+from .loops import repeated_block, repeated_sentence
 from .model import LlamaModel
+from .penalties import TokenHistory, penalize
 from .runner import ModelRunner
 from .sampling import make_generator, sample
 from .scheduler import Scheduler, SchedulerConfig
@@ -69,7 +72,8 @@ class GenerationResult:
 
     @property
     def ok(self) -> bool:
-        return self.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+        return self.finish_reason in (FinishReason.STOP, FinishReason.LENGTH,
+                                      FinishReason.REPETITION)
 
 
 @dataclass
@@ -93,23 +97,10 @@ class _Live:
     generator: torch.Generator | None
     stream: Any
     on_token: Callable[[str, int], None] | None
+    history: TokenHistory | None = None  # for requests with repetition penalties
     text: str = ""
     steps: int = 0
     batch_sum: int = 0
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device cuda requested but no CUDA device is available")
-    return torch.device(name)
-
-
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
 class Engine:
@@ -302,7 +293,9 @@ class Engine:
             future.set_result(GenerationResult(request.request_id, "", FinishReason.ERROR, 0, 0,
                                                timing, error=str(exc)))
             return
-        live = _Live(request, future, timing, gen, self.tokenizer.decode_stream(), on_token)
+        history = TokenHistory(prompt, request.params) if request.params.penalized else None
+        live = _Live(request, future, timing, gen, self.tokenizer.decode_stream(), on_token,
+                     history)
         seq = SeqState(request.request_id, prompt, request.params.max_tokens, payload=live)
         self._by_id[request.request_id] = seq
         self.scheduler.add(seq)
@@ -319,6 +312,7 @@ class Engine:
             live.steps += 1
             live.batch_sum += len(active)
         wanted, logits = self.runner.execute(plan)
+        logits = penalize(logits, [s.payload.history for s in wanted])
         params = [s.payload.request.params for s in wanted]
         tokens = sample(logits, params, [s.payload.generator for s in wanted])
         self.scheduler.update(plan, {id(s): t for s, t in zip(wanted, tokens, strict=True)})
@@ -331,6 +325,8 @@ class Engine:
         params = live.request.params
         if live.timing.first_token_at is None:
             live.timing.first_token_at = time.time()
+        if live.history is not None:
+            live.history.add(token)
         if token in self.eos_ids and not params.ignore_eos:
             self._finish(seq, FinishReason.STOP, None)
             return
@@ -339,6 +335,9 @@ class Engine:
             live.text += piece
             if params.stop and self._apply_stop(live, len(piece)):
                 self._finish(seq, FinishReason.STOP, None)
+                return
+            if params.detects_loops and self._cut_loop(seq, live, piece):
+                self._finish(seq, FinishReason.REPETITION, None)
                 return
             if live.on_token is not None:
                 live.on_token(piece, token)
@@ -357,6 +356,29 @@ class Engine:
             return False
         live.text = live.text[: base + min(hits)]
         return True
+
+    _LOOP_CHECK_EVERY = 8  # tokens between checks for a repeated block
+
+    def _cut_loop(self, seq: SeqState, live: _Live, piece: str) -> bool:
+        """True when the output has started to loop; its text is then cut back to before the
+        repetition (the token ids stay whole: they were generated and are counted)."""
+        if len(seq.output) % self._LOOP_CHECK_EVERY == 0:
+            keep = repeated_block(seq.output)
+            if keep is not None:
+                live.text = self._trimmed(live, self.tokenizer.decode(seq.output[:keep]))
+                return True
+        if any(c in piece for c in ".!?\n"):
+            cut = repeated_sentence(live.text)
+            if cut is not None:
+                live.text = live.text[:cut].rstrip()
+                return True
+        return False
+
+    @staticmethod
+    def _trimmed(live: _Live, decoded: str) -> str:
+        """``decoded`` (a prefix of the output) as a prefix of the text shown so far, which
+        stop strings may already have shortened."""
+        return decoded if live.text.startswith(decoded) else live.text[:len(decoded)]
 
     def _finish(self, seq: SeqState, reason: FinishReason, error: str | None) -> None:
         live: _Live = seq.payload
