@@ -1,89 +1,141 @@
-"""Pipeline throughput on the sample documents (examples/documents): the embedded default
-(`llmq pipeline summarize --local`) with SmolLM2, chunks of 600 tokens so that the long
-document goes through map-reduce. Documents/min and generated tokens/s, model load excluded.
+"""Summary quality and speed of the nightly pipeline on the shipped long documents
+(examples/long-documents: two licences, release notes, meeting notes; three longer than the
+context), one configuration after another in one process with one model load: the pipeline
+as it was (greedy, no loop stop), candidates, and the shipped defaults. Per configuration:
+documents/min, and per summary distinct word trigrams, repeated sentences, compression and
+salient terms mentioned (llmq.worker.pipeline.quality).
 
-    .venv/bin/python -m bench.pipeline [--runs 3]
+    .venv/bin/python -m bench.pipeline [--runs 1] [--only NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import ROOT, markdown_table, median, record
 
-CHUNK_TOKENS = 600
+DOCUMENTS = ROOT / "examples" / "long-documents"
+
+# name -> LLMQ_ settings of that configuration
+CONFIGS: dict[str, dict[str, Any]] = {
+    "before (greedy, no loop stop, no retry)": {
+        "PIPELINE_SAMPLING": {"stop_loops": False}, "PIPELINE_RETRY_SAMPLING": {},
+        "PIPELINE_RETRY": False},
+    "greedy + loop stop": {"PIPELINE_SAMPLING": {}, "PIPELINE_RETRY": False},
+    "greedy + repetition_penalty 1.2": {
+        "PIPELINE_SAMPLING": {"repetition_penalty": 1.2}, "PIPELINE_RETRY": False},
+    "greedy + frequency 0.5 + presence 0.5": {
+        "PIPELINE_SAMPLING": {"frequency_penalty": 0.5, "presence_penalty": 0.5},
+        "PIPELINE_RETRY": False},
+    "sampled t=0.7 top_p=0.9 seed + frequency 0.3": {
+        "PIPELINE_SAMPLING": {"temperature": 0.7, "top_p": 0.9, "seed": 1234,
+                              "frequency_penalty": 0.3}, "PIPELINE_RETRY": False},
+    "chunks of 800 tokens, greedy + loop stop": {
+        "PIPELINE_SAMPLING": {}, "PIPELINE_CHUNK_TOKENS": 800, "PIPELINE_RETRY": False},
+    "defaults (as shipped)": {},
+}
 
 
-def one_run(workdir: Path) -> dict:
+def _environment(config: dict[str, Any], workdir: Path) -> None:
+    for key in list(os.environ):
+        if key.startswith("LLMQ_PIPELINE_"):
+            del os.environ[key]
     os.environ["LLMQ_DATABASE_URL"] = f"sqlite:///{workdir / 'llmq.db'}"
+    for key, value in config.items():
+        os.environ[f"LLMQ_{key}"] = value if isinstance(value, str) else json.dumps(value)
+
+
+def one_run(config: dict[str, Any], workdir: Path, engine: Any, ident: Any) -> dict[str, Any]:
+    _environment(config, workdir)
     from llmq.db import pipeline as store
     from llmq.db.session import dispose_engines, session_factory, session_scope
     from llmq.settings import get_settings
     from llmq.variants.registry import tokenizer_for
-    from llmq.worker.embedded import load_engine
     from llmq.worker.pipeline.advance import advance
+    from llmq.worker.pipeline.quality import measure
     from llmq.worker.pipeline.run import start_run
     from llmq.worker.processing import process_ids
 
     get_settings.cache_clear()
     dispose_engines()
-    docs = workdir / "docs"
-    shutil.copytree(ROOT / "examples" / "documents", docs)
-    run_id = start_run(docs, name="samples", chunk_tokens=CHUNK_TOKENS, overlap_tokens=32)
-    engine, ident = load_engine(get_settings().model, slots=32)
+    run_id = start_run(DOCUMENTS, name="long")
     tokenizer = tokenizer_for(get_settings().model)
     sessions = session_factory()
     start = time.perf_counter()
-    levels = 0
     while True:
         with sessions.begin() as session:
             step = advance(session, run_id, tokenizer)
         if step.finished:
             break
-        levels += 1
         process_ids(sessions, engine, step.new_ids, ident, max_attempts=3)
     seconds = time.perf_counter() - start
-    engine.close()
     with session_scope() as session:
         summaries = store.run_summaries(session, run_id)
-    tokens = sum(s["completion_tokens"] for s in summaries)
-    requests = sum(s["requests"] for s in summaries)
-    return {"docs": len(summaries), "seconds": seconds, "tokens": tokens,
-            "requests": requests, "rounds": levels}
+    docs = []
+    for s in summaries:
+        q = measure(s["summary"], (DOCUMENTS / s["document"]).read_text())
+        docs.append({"document": s["document"], "summary": s["summary"],
+                     "flagged": s.get("flagged", False), **q.as_dict()})
+    return {"seconds": seconds, "docs": docs,
+            "tokens": sum(s["completion_tokens"] for s in summaries)}
+
+
+def _row(name: str, runs: list[dict[str, Any]]) -> list[Any]:
+    seconds = median([r["seconds"] for r in runs])
+    docs = runs[0]["docs"]
+    n = len(docs)
+    return [name, f"{n / seconds * 60:.2f}",
+            f"{min(d['distinct_trigrams'] for d in docs):.2f}",
+            f"{sum(d['distinct_trigrams'] for d in docs) / n:.2f}",
+            sum(d["repeated_sentences"] for d in docs),
+            " ".join(str(d["salient_hits"]) for d in docs),
+            f"{sum(d['compression'] for d in docs) / n:.3f}",
+            f"{sum(d['passes'] for d in docs)}/{n}", sum(d["flagged"] for d in docs)]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--only", nargs="*", help="configurations whose name starts so")
+    ap.add_argument("--slots", type=int, default=32)
     opts = ap.parse_args()
-    results = []
-    for i in range(opts.runs):
-        with tempfile.TemporaryDirectory(prefix="llmq-bench-pipeline-") as tmp:
-            res = one_run(Path(tmp))
-        results.append(res)
-        print(f"run {i + 1}: {res}", flush=True)
-    seconds = median([r["seconds"] for r in results])
-    r0 = results[0]
-    table = markdown_table(["measure", "median"], [
-        ["documents", r0["docs"]],
-        ["generation requests (chunk, combine and final summaries)", r0["requests"]],
-        ["rounds of the run (levels planned)", r0["rounds"]],
-        ["wall seconds, model load excluded", f"{seconds:.1f}"],
-        ["documents/min", f"{r0['docs'] / seconds * 60:.1f}"],
-        ["generated tokens/s", f"{median([r['tokens'] / r['seconds'] for r in results]):.1f}"],
-    ])
-    notes = (f"`llmq pipeline summarize examples/documents --local --chunk-tokens "
-             f"{CHUNK_TOKENS} --overlap 32` equivalent, SmolLM2 fp32, 32 slots, greedy, "
-             f"summaries of up to 256 tokens (EOS ends them); median of {opts.runs} runs, each "
-             "on a fresh SQLite database.")
+    from llmq.engine.setup import configure_process
+    from llmq.settings import get_settings
+    from llmq.worker.embedded import load_engine
+
+    configure_process()
+    engine, ident = load_engine(get_settings().model, slots=opts.slots)
+    rows, texts = [], {}
+    for name, config in CONFIGS.items():
+        if opts.only and not any(name.startswith(o) for o in opts.only):
+            continue
+        runs = []
+        for _ in range(opts.runs):
+            with tempfile.TemporaryDirectory(prefix="llmq-bench-pipeline-") as tmp:
+                runs.append(one_run(config, Path(tmp), engine, ident))
+        rows.append(_row(name, runs))
+        texts[name] = runs[0]["docs"]
+        print(json.dumps({"config": name, "row": rows[-1], "docs": runs[0]["docs"]}), flush=True)
+    engine.close()
+    table = markdown_table(
+        ["configuration", "documents/min", "min distinct trigrams", "mean distinct trigrams",
+         "repeated sentences", "salient terms mentioned (of 10, per document)",
+         "mean compression", "summaries passing the floor", "flagged"], rows)
+    notes = (f"The {len(texts[next(iter(texts))])} documents of examples/long-documents, SmolLM2 "
+             f"fp32, {opts.slots} slots, summaries of up to 256 tokens, model load excluded; "
+             f"documents/min is the median of {opts.runs} run(s).")
     print(table)
     print(notes)
-    record("Pipeline on the sample documents (bench/pipeline.py)", table, notes)
+    out = ROOT / "out" / "bench-pipeline-summaries.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(texts, indent=1))
+    record("Pipeline summaries on the long documents (bench/pipeline.py)", table, notes)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# How pipeline summaries are decoded, chosen by measurement (bench/pipeline.py,
+# bench/BENCHMARKS.md); checked against the request contract when a run starts.
+PIPELINE_SAMPLING: dict[str, Any] = {}
+PIPELINE_RETRY_SAMPLING: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "seed": 1234}
 
 
 class Settings(BaseSettings):
@@ -79,6 +84,12 @@ class Settings(BaseSettings):
     pipeline_overlap_tokens: int = Field(64, ge=0)
     pipeline_summary_tokens: int = Field(256, ge=8, description="max tokens of each summary")
     pipeline_poll_seconds: float = Field(2.0, gt=0)
+    pipeline_sampling: dict[str, Any] = Field(
+        default_factory=lambda: dict(PIPELINE_SAMPLING),
+        description="request fields of every summary (penalties, temperature, seed...)")
+    pipeline_retry_sampling: dict[str, Any] = Field(
+        default_factory=lambda: dict(PIPELINE_RETRY_SAMPLING),
+        description="request fields of the one retry of a summary below the quality floor")
     pipeline_map_prompt: str = (
         "Summarize this part of a longer document in a few sentences.\n\n{text}")
     pipeline_combine_prompt: str = (

@@ -100,7 +100,7 @@ def _plan_reduce(rd: RunDocument, outputs: list[str], tok: TextTokenizer,
 def _create_requests(session: Session, run: PipelineRun, planned: list[_Planned]) -> list[int]:
     """One ordinary batch for the planned requests, and a chunk row for each."""
     p = PlanParams(**run.params["plan"])
-    sampling = SamplingParams(max_tokens=p.summary_tokens, temperature=0.0).stored()
+    sampling = SamplingParams(**{"max_tokens": p.summary_tokens, **p.sampling}).stored()
     counters: dict[int, int] = {}
     new = []
     for item in planned:

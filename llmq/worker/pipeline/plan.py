@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from llmq.contract import SamplingOverrides
 from llmq.settings import Settings
 
 TEMPLATE_OVERHEAD = 96  # tokens of prompt template and chat markup around a chunk
@@ -18,6 +19,10 @@ class PlanParams:
     map_prompt: str
     combine_prompt: str
     final_prompt: str
+    # how every summary is decoded, and how one below the quality floor is decoded again
+    # (runs stored before these existed decode greedily and are not retried)
+    sampling: dict[str, Any] = field(default_factory=dict)
+    retry_sampling: dict[str, Any] | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, chunk_tokens: int | None = None,
@@ -37,10 +42,16 @@ class PlanParams:
         if overlap >= chunk // 2:
             raise ValueError(f"overlap {overlap} must be under half the chunk ({chunk})")
         return cls(chunk, overlap, s.pipeline_summary_tokens, s.pipeline_map_prompt,
-                   s.pipeline_combine_prompt, s.pipeline_final_prompt)
+                   s.pipeline_combine_prompt, s.pipeline_final_prompt,
+                   _overrides(s.pipeline_sampling), _overrides(s.pipeline_retry_sampling))
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def _overrides(given: dict[str, Any]) -> dict[str, Any]:
+    """Only the fields given, checked against the request contract."""
+    return SamplingOverrides.model_validate(given).model_dump(mode="json", exclude_none=True)
 
 
 def split_tokens(tokens: list[int], size: int, overlap: int) -> list[tuple[int, int]]:
