@@ -23,22 +23,29 @@ from bench.common import ROOT, markdown_table, median, record
 DOCUMENTS = ROOT / "examples" / "long-documents"
 
 # name -> LLMQ_ settings of that configuration
+OLD_PROMPTS = {
+    "PIPELINE_MAP_PROMPT": "Summarize this part of a longer document in a few sentences.\n\n{text}",
+    "PIPELINE_COMBINE_PROMPT": "These are summaries of consecutive parts of one document. "
+                               "Combine them into one summary of a few sentences.\n\n{text}",
+    "PIPELINE_FINAL_PROMPT": "Summarize the following document in a few sentences.\n\n{text}",
+}
+NO_RETRY = {"PIPELINE_RETRY_SAMPLING": {}}
+
+# name -> LLMQ_ settings of that configuration
 CONFIGS: dict[str, dict[str, Any]] = {
-    "before (greedy, no loop stop, no retry)": {
-        "PIPELINE_SAMPLING": {"stop_loops": False}, "PIPELINE_RETRY_SAMPLING": {},
-        "PIPELINE_RETRY": False},
-    "greedy + loop stop": {"PIPELINE_SAMPLING": {}, "PIPELINE_RETRY": False},
-    "greedy + repetition_penalty 1.2": {
-        "PIPELINE_SAMPLING": {"repetition_penalty": 1.2}, "PIPELINE_RETRY": False},
-    "greedy + frequency 0.5 + presence 0.5": {
-        "PIPELINE_SAMPLING": {"frequency_penalty": 0.5, "presence_penalty": 0.5},
-        "PIPELINE_RETRY": False},
-    "sampled t=0.7 top_p=0.9 seed + frequency 0.3": {
-        "PIPELINE_SAMPLING": {"temperature": 0.7, "top_p": 0.9, "seed": 1234,
-                              "frequency_penalty": 0.3}, "PIPELINE_RETRY": False},
-    "chunks of 800 tokens, greedy + loop stop": {
-        "PIPELINE_SAMPLING": {}, "PIPELINE_CHUNK_TOKENS": 800, "PIPELINE_RETRY": False},
-    "defaults (as shipped)": {},
+    "before: instruction first, greedy, no loop stop": {
+        **OLD_PROMPTS, **NO_RETRY, "PIPELINE_SAMPLING": {"stop_loops": False}},
+    "instruction first, greedy + loop stop": {
+        **OLD_PROMPTS, **NO_RETRY, "PIPELINE_SAMPLING": {}},
+    "instruction first, repetition_penalty 1.1": {
+        **OLD_PROMPTS, **NO_RETRY, "PIPELINE_SAMPLING": {"repetition_penalty": 1.1}},
+    "text first, greedy + loop stop": {**NO_RETRY, "PIPELINE_SAMPLING": {}},
+    "text first, frequency 0.3 + presence 0.3": {
+        **NO_RETRY, "PIPELINE_SAMPLING": {"frequency_penalty": 0.3, "presence_penalty": 0.3}},
+    "text first, repetition_penalty 1.1, chunks of 800": {
+        **NO_RETRY, "PIPELINE_CHUNK_TOKENS": 800},
+    "text first, repetition_penalty 1.1, no retry": {**NO_RETRY},
+    "shipped: text first, repetition_penalty 1.1, one sampled retry": {},
 }
 
 

@@ -12,8 +12,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # How pipeline summaries are decoded, chosen by measurement (bench/pipeline.py,
 # bench/BENCHMARKS.md); checked against the request contract when a run starts.
-PIPELINE_SAMPLING: dict[str, Any] = {}
-PIPELINE_RETRY_SAMPLING: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "seed": 1234}
+PIPELINE_SAMPLING: dict[str, Any] = {"repetition_penalty": 1.1}
+PIPELINE_RETRY_SAMPLING: dict[str, Any] = {"temperature": 0.7, "top_p": 0.9, "seed": 1234,
+                                           "repetition_penalty": 1.1}
 
 
 class Settings(BaseSettings):
@@ -90,12 +91,13 @@ class Settings(BaseSettings):
     pipeline_retry_sampling: dict[str, Any] = Field(
         default_factory=lambda: dict(PIPELINE_RETRY_SAMPLING),
         description="request fields of the one retry of a summary below the quality floor")
-    pipeline_map_prompt: str = (
-        "Summarize this part of a longer document in a few sentences.\n\n{text}")
+    # the text first and the instruction last: a 135M model follows an instruction that
+    # comes right before its answer (measured in bench/pipeline.py)
+    pipeline_map_prompt: str = "{text}\n\nSummarize the text above in three sentences."
     pipeline_combine_prompt: str = (
-        "These are summaries of consecutive parts of one document. Combine them into one "
-        "summary of a few sentences.\n\n{text}")
-    pipeline_final_prompt: str = "Summarize the following document in a few sentences.\n\n{text}"
+        "{text}\n\nThe paragraphs above summarize consecutive parts of one document. "
+        "Summarize the whole document in three sentences.")
+    pipeline_final_prompt: str = "{text}\n\nSummarize the text above in three sentences."
 
     @model_validator(mode="after")
     def _redelivery_after_time_limit(self) -> Settings:

@@ -108,7 +108,7 @@ def run_summary(session: Session, run: PipelineRun) -> dict[str, Any]:
         "id": run.id, "source": source.name if source else None, "model": run.model,
         "state": run.state, "documents": sum(counts.values()),
         "counts": {str(k): counts.get(k, 0) for k in DocumentState},
-        "requests": requests,
+        "requests": requests, "quality": _run_quality(session, run.id),
         "created_at": run.created_at.isoformat() + "Z",
         "finished_at": run.finished_at.isoformat() + "Z" if run.finished_at else None,
     }
@@ -124,11 +124,34 @@ def run_documents(session: Session, run_id: str) -> list[dict[str, Any]]:
     rows = session.execute(
         select(RunDocument, Document.key).join(Document, Document.id == RunDocument.document_id)
         .where(RunDocument.run_id == run_id).order_by(Document.key)).all()
+    summaries = {s.document_id: s for s in session.execute(
+        select(Summary).where(Summary.run_id == run_id)).scalars()}
     chunk_counts = dict(session.execute(
         select(Chunk.run_document_id, func.count()).join(RunDocument)
         .where(RunDocument.run_id == run_id).group_by(Chunk.run_document_id)).all())
     return [{"document": key, "state": rd.state, "level": rd.level,
-             "requests": chunk_counts.get(rd.id, 0), "error": rd.error} for rd, key in rows]
+             "requests": chunk_counts.get(rd.id, 0), "error": rd.error,
+             "quality": _quality_of(summaries.get(rd.document_id))} for rd, key in rows]
+
+
+def _quality_of(summary: Summary | None) -> dict[str, Any] | None:
+    if summary is None or summary.quality is None:
+        return None
+    return {**summary.quality, "flagged": summary.flagged}
+
+
+def _run_quality(session: Session, run_id: str) -> dict[str, Any]:
+    """The run's summaries at a glance: how many are flagged, and the weakest figures."""
+    rows = [s for s in session.execute(select(Summary).where(Summary.run_id == run_id))
+            .scalars() if s.quality]
+    if not rows:
+        return {"summaries": 0}
+    q = [s.quality for s in rows if s.quality]
+    return {"summaries": len(rows), "flagged": sum(s.flagged for s in rows),
+            "min_distinct_trigrams": min(x["distinct_trigrams"] for x in q),
+            "repeated_sentences": sum(x["repeated_sentences"] for x in q),
+            "min_salient_hits": min(x["salient_hits"] for x in q),
+            "mean_compression": round(sum(x["compression"] for x in q) / len(q), 4)}
 
 
 def run_summaries(session: Session, run_id: str) -> list[dict[str, Any]]:
@@ -137,7 +160,8 @@ def run_summaries(session: Session, run_id: str) -> list[dict[str, Any]]:
         .where(Summary.run_id == run_id).order_by(Document.key)).all()
     return [{"document": key, "summary": s.text, "model": s.model, "requests": s.requests,
              "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-             "content_hash": s.content_hash} for s, key in rows]
+             "content_hash": s.content_hash, "quality": s.quality, "flagged": s.flagged}
+            for s, key in rows]
 
 
 def chunk_outputs(session: Session, run_document_id: int, level: int) -> list[tuple[Chunk,
@@ -192,9 +216,10 @@ def fail_document(rd: RunDocument, error: str) -> None:
     rd.state, rd.finished_at, rd.error = DocumentState.FAILED, utcnow(), error
 
 
-def store_summary(session: Session, run: PipelineRun, rd: RunDocument,
-                  final: Result | None) -> None:
-    """The document's summary (the final request's text) with what all its requests took."""
+def store_summary(session: Session, run: PipelineRun, rd: RunDocument, final: Result | None,
+                  quality: dict[str, Any] | None = None, flagged: bool = False) -> None:
+    """The document's summary (the final request's text) with what all its requests took,
+    and its quality as measured by the pipeline."""
     count, prompt, completion = session.execute(
         select(func.count(Chunk.id), func.coalesce(func.sum(Result.prompt_tokens), 0),
                func.coalesce(func.sum(Result.completion_tokens), 0))
@@ -203,7 +228,8 @@ def store_summary(session: Session, run: PipelineRun, rd: RunDocument,
     session.add(Summary(document_id=rd.document_id, run_id=run.id,
                         content_hash=rd.content_hash, model=run.model,
                         text=final.text.strip() if final else "", requests=int(count),
-                        prompt_tokens=int(prompt), completion_tokens=int(completion)))
+                        prompt_tokens=int(prompt), completion_tokens=int(completion),
+                        quality=quality, flagged=flagged))
     rd.state, rd.finished_at = DocumentState.SUCCEEDED, utcnow()
 
 

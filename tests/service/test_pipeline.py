@@ -8,8 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from llmq.db.migrate import upgrade
+from llmq.db.session import get_engine
 from llmq.worker.pipeline.plan import group_by_budget, split_tokens
 from tests.conftest import Tiny
 
@@ -55,6 +57,28 @@ def _check_first_run(info: dict, env: dict) -> None:
     assert long_summary["requests"] > 4
     md = llmq(env, "pipeline", "export", info["id"], "--format", "md").stdout
     assert f"## {LONG}" in md
+    _check_quality(exported, status)
+
+
+def _check_quality(exported: list[dict], status: dict) -> None:
+    """The tiny model's nonsense mentions none of a document's salient terms: each summary
+    is retried once, sampled as the retry settings say, then delivered flagged."""
+    for e in exported:
+        assert e["flagged"] is (not e["quality"]["passes"])
+        assert set(e["quality"]) >= {"distinct_trigrams", "repeated_sentences", "compression",
+                                     "salient_terms", "salient_hits"}
+    failed_first = count_rows("SELECT count(*) FROM summaries WHERE flagged")
+    assert failed_first >= 1
+    assert count_rows("SELECT count(*) FROM chunks WHERE role = 'retry'") >= failed_first
+    with get_engine().connect() as conn:
+        params = [json.loads(p) if isinstance(p, str) else p for (p,) in conn.execute(text(
+            "SELECT r.params FROM requests r JOIN chunks c ON c.request_id = r.id "
+            "WHERE c.role = 'retry'"))]
+    assert all(p["temperature"] == 0.7 and p["seed"] == 1234 for p in params)
+    assert status["quality"]["summaries"] == 5
+    assert status["quality"]["flagged"] == failed_first
+    assert all(d["quality"]["flagged"] == (d["quality"]["passes"] is False)
+               for d in status["document_states"])
 
 
 def _check_incremental(env: dict, docs: Path, first_run: str, summarize: list[str]) -> None:

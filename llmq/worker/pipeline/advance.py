@@ -7,16 +7,26 @@ engine steps with everything else; the caller runs or enqueues the ids returned.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session
 
 from llmq.contract import RequestKind, SamplingParams
 from llmq.db import pipeline as store
 from llmq.db import queries
-from llmq.db.models import PipelineRun, RequestState, RunDocument, RunState
+from llmq.db.models import (
+    Chunk,
+    PipelineRun,
+    Request,
+    RequestState,
+    Result,
+    RunDocument,
+    RunState,
+)
 from llmq.engine.tokenizer import TextTokenizer
 
 from .plan import PlanParams, group_by_budget, split_tokens
+from .quality import Quality, measure
 
 
 @dataclass
@@ -33,6 +43,7 @@ class _Planned:
     role: str
     prompt: str
     tokens: int
+    sampling: dict[str, Any] | None = None  # instead of the run's own
 
 
 def advance(session: Session, run_id: str, tokenizer: TextTokenizer) -> Advance:
@@ -56,12 +67,15 @@ def advance(session: Session, run_id: str, tokenizer: TextTokenizer) -> Advance:
             pending_request_ids += waiting
             continue
         failed = [req for _, req, _ in rows if req.state != RequestState.SUCCEEDED]
+        if failed and rows[0][0].role == "retry":  # the first summary is still there
+            planned += _finish_document(session, run, rd, params, rows[0])
+            continue
         if failed:
             store.fail_document(rd, f"request {failed[0].custom_id}: "
                                     f"{failed[0].last_error or failed[0].state}")
             continue
-        if rows[0][0].role == "final":
-            store.store_summary(session, run, rd, rows[0][2])
+        if rows[0][0].role in ("final", "retry"):
+            planned += _finish_document(session, run, rd, params, rows[0])
             continue
         planned += _plan_reduce(rd, [res.text for _, _, res in rows if res], tokenizer, params)
     if planned:
@@ -72,6 +86,32 @@ def advance(session: Session, run_id: str, tokenizer: TextTokenizer) -> Advance:
         store.complete_run(run)
         out.finished = True
     return out
+
+
+def _finish_document(session: Session, run: PipelineRun, rd: RunDocument, p: PlanParams,
+                     row: tuple[Chunk, Request, Result | None]) -> list[_Planned]:
+    """Stores the document's summary when it passes the quality floor; otherwise plans one
+    retry of the same prompt with the run's retry sampling, and after the retry stores the
+    better of the two, flagged when neither passes."""
+    chunk, request, result = row
+    document = store.document_text(session, rd.document_id)
+    quality = measure(result.text if result else "", document)
+    if chunk.role == "final" and not quality.passes and p.retry_sampling:
+        prompt = request.input["messages"][-1]["content"]
+        return [_Planned(rd, rd.level + 1, "retry", prompt, chunk.input_tokens,
+                         p.retry_sampling)]
+    if chunk.role == "retry" and not quality.passes:
+        _, _, first = store.chunk_outputs(session, rd.id, rd.level - 1)[0]
+        first_quality = measure(first.text if first else "", document)
+        if _better(first_quality, quality):
+            result, quality = first, first_quality
+    store.store_summary(session, run, rd, result, quality.as_dict(), flagged=not quality.passes)
+    return []
+
+
+def _better(a: Quality, b: Quality) -> bool:
+    return (a.passes, a.repeated_sentences == 0, a.distinct_trigrams) > \
+        (b.passes, b.repeated_sentences == 0, b.distinct_trigrams)
 
 
 def _plan_document(rd: RunDocument, text: str, tok: TextTokenizer,
@@ -100,7 +140,10 @@ def _plan_reduce(rd: RunDocument, outputs: list[str], tok: TextTokenizer,
 def _create_requests(session: Session, run: PipelineRun, planned: list[_Planned]) -> list[int]:
     """One ordinary batch for the planned requests, and a chunk row for each."""
     p = PlanParams(**run.params["plan"])
-    sampling = SamplingParams(**{"max_tokens": p.summary_tokens, **p.sampling}).stored()
+    def sampling(item: _Planned) -> dict[str, Any]:
+        given = p.sampling if item.sampling is None else item.sampling
+        return SamplingParams(**{"max_tokens": p.summary_tokens, **given}).stored()
+
     counters: dict[int, int] = {}
     new = []
     for item in planned:
@@ -109,7 +152,8 @@ def _create_requests(session: Session, run: PipelineRun, planned: list[_Planned]
         new.append(queries.NewRequest(
             custom_id=f"{run.id}/d{item.rd.document_id}/L{item.level}/{index}",
             kind=RequestKind.CHAT,
-            input={"messages": [{"role": "user", "content": item.prompt}]}, params=sampling))
+            input={"messages": [{"role": "user", "content": item.prompt}]},
+            params=sampling(item)))
     levels = sorted({i.level for i in planned})
     _, ids = queries.create_batch(
         session, requests=new, model=run.model, name=f"pipeline {run.id} level "
