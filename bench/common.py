@@ -59,14 +59,23 @@ def commit() -> str:
 
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = [f for f in line.split(":", 1)[1].split() if f in SIMD_FLAGS]
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return (f"{cpu} ({' '.join(flags) or 'no AVX'}), {os.cpu_count()} cores, "
+            f"Python {platform.python_version()}")
+
+
+# the CPU flags that decide which kernels are fast
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+              "amx_int8", "amx_tile")
 
 
 def record(title: str, table: str, notes: str = "") -> None:

@@ -9,9 +9,18 @@ Adding a parameter is an edit here plus the code that uses it."""
 from __future__ import annotations
 
 import enum
+import functools
+import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 if TYPE_CHECKING:
     from llmq.settings import Settings
@@ -46,14 +55,123 @@ class FinishReason(enum.StrEnum):
 
 
 class TextFormat(BaseModel):
-    """Free text: the only response format so far (structured output adds the others)."""
+    """Free text."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["text"] = "text"
 
+    def grammar(self) -> str | None:
+        return None
 
-ResponseFormat = TextFormat
+
+@functools.lru_cache(maxsize=256)
+def _grammar_error(grammar: str) -> str:
+    """Why ``grammar`` cannot be compiled ("" when it can); cached, since a file's lines
+    usually share one schema."""
+    from llguidance import LLMatcher
+
+    return LLMatcher.validate_grammar(grammar)
+
+
+class _Constrained(BaseModel):
+    """A format the engine enforces token by token with a grammar (llguidance); one that
+    cannot be compiled is refused here, so its line is rejected at submit time."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def grammar(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def is_json(self) -> bool:
+        return False
+
+    @model_validator(mode="after")
+    def _compiles(self) -> _Constrained:
+        try:
+            error = _grammar_error(self.grammar())
+        except (ValueError, TypeError) as exc:
+            error = str(exc)
+        if error:
+            raise ValueError(f"cannot be compiled: {error.strip()[:500]}")
+        return self
+
+
+class JsonObjectFormat(_Constrained):
+    """Any JSON object (OpenAI's JSON mode)."""
+
+    type: Literal["json_object"]
+
+    def grammar(self) -> str:
+        from llguidance import LLMatcher
+
+        return LLMatcher.grammar_from_json_schema({"type": "object"})
+
+    @property
+    def is_json(self) -> bool:
+        return True
+
+
+class JsonSchemaSpec(BaseModel):
+    """OpenAI's ``json_schema`` member: a name, the schema, and whether it is strict."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    description: str | None = None
+    json_schema: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(_Constrained):
+    """JSON that validates against a schema (OpenAI's structured outputs)."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+    def grammar(self) -> str:
+        from llguidance import LLMatcher
+
+        # lenient on keywords the compiler does not know unless the schema asks to be strict
+        options = {"whitespace_flexible": False, "coerce_one_of": True,
+                   "lenient": not self.json_schema.strict}
+        return LLMatcher.grammar_from_json_schema(self.json_schema.json_schema,
+                                                  defaults=options)  # type: ignore[arg-type]
+
+    @property
+    def is_json(self) -> bool:
+        return True
+
+
+class RegexFormat(_Constrained):
+    """llmq's own: text that matches a regular expression (the whole output)."""
+
+    type: Literal["regex"]
+    regex: str = Field(min_length=1, max_length=10_000)
+
+    def grammar(self) -> str:
+        from llguidance import LLMatcher
+
+        return LLMatcher.grammar_from_regex(self.regex)
+
+
+class ChoiceFormat(_Constrained):
+    """llmq's own: exactly one of the given strings."""
+
+    type: Literal["choice"]
+    choice: list[str] = Field(min_length=1, max_length=1000)
+
+    def grammar(self) -> str:
+        from llguidance import LLMatcher
+
+        return LLMatcher.grammar_from_regex("|".join(re.escape(c) for c in self.choice))
+
+
+ResponseFormat = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat | RegexFormat | ChoiceFormat,
+    Field(discriminator="type"),
+]
 
 
 def _one_stop_string(v: Any) -> Any:
@@ -90,6 +208,23 @@ class SamplingOverrides(BaseModel):
     response_format: ResponseFormat | None = None
 
     _stop = field_validator("stop", mode="before")(_one_stop_string)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthands(cls, data: Any) -> Any:
+        """``"regex": "..."`` and ``"choice": [...]`` beside the other fields, as vLLM's
+        guided_regex and guided_choice, are response formats of their own."""
+        if not isinstance(data, dict) or not ({"regex", "choice"} & data.keys()):
+            return data
+        given = [k for k in ("regex", "choice", "response_format") if data.get(k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give one of {', '.join(given)}, not several")
+        data = dict(data)
+        for key in ("regex", "choice"):
+            value = data.pop(key, None)
+            if value is not None:
+                data["response_format"] = {"type": key, key: value}
+        return data
 
 
 class SamplingParams(BaseModel):
@@ -132,7 +267,9 @@ class SamplingParams(BaseModel):
 
     @property
     def detects_loops(self) -> bool:
-        return self.stop_loops and not self.ignore_eos
+        """Loops are cut in free text only: cutting would break a structure, which the
+        grammar and max_tokens bound anyway."""
+        return self.stop_loops and not self.ignore_eos and self.response_format.type == "text"
 
     @classmethod
     def from_stored(cls, stored: dict[str, Any]) -> SamplingParams:
@@ -143,7 +280,7 @@ class SamplingParams(BaseModel):
             raise ValueError(explain(exc)) from None
 
     def stored(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        return self.model_dump(mode="json", by_alias=True)
 
 
 def defaults_from(settings: Settings, **given: Any) -> dict[str, Any]:
@@ -175,6 +312,7 @@ class ResultLine(TypedDict):
     status: str  # the request's state
     text: str | None
     finish_reason: str | None  # a FinishReason once succeeded
+    parsed: Any  # the JSON value, for a completed request with a JSON response format
     usage: Usage
     error: str | None
     timing: dict[str, Any]  # queue/prefill/decode/total ms, batch size, device, worker, model

@@ -15,12 +15,15 @@ from rich.table import Table
 
 from llmq.api import service
 from llmq.api.cli_common import emit_json as _emit_json
-from llmq.api.cli_common import err
+from llmq.api.cli_common import err, schema_default
 from llmq.api.cli_model import model
 from llmq.api.cli_pipeline import pipeline
 from llmq.api.inputs import InputFileError
 from llmq.db.migrate import SchemaOutOfDate
 from llmq.settings import get_settings, redact_url
+
+SCHEMA_HELP = ("JSON schema (or OpenAI response_format) for lines that set no format: their "
+               "output is constrained to it")
 
 DEVICES = click.Choice(["cpu", "gpu", "any"])
 PRIORITIES = click.Choice(["low", "normal", "high"])
@@ -95,9 +98,10 @@ def generate(prompt: str, model: str | None, max_tokens: int | None,
 @click.option("--ignore-eos", is_flag=True, help="always generate max-tokens tokens")
 @click.option("--slots", type=click.IntRange(min=1), help="sequences decoded together")
 @click.option("--column", help="CSV column holding the prompt")
+@click.option("--schema", type=click.Path(dir_okay=False, exists=True), help=SCHEMA_HELP)
 def run(file: str, output: str | None, model: str | None, max_tokens: int | None,
         temperature: float | None, ignore_eos: bool, slots: int | None,
-        column: str | None) -> None:
+        column: str | None, schema: str | None) -> None:
     """Run FILE to the end in this process (the embedded default: no Redis, no workers)."""
     from rich.progress import (
         BarColumn,
@@ -109,9 +113,10 @@ def run(file: str, output: str | None, model: str | None, max_tokens: int | None
     )
 
     model = model or get_settings().model
+    extra = {**({"ignore_eos": True} if ignore_eos else {}), **(schema_default(schema) or {})}
     report = service.store_batch(
         file, model=model, name=None, max_tokens=max_tokens, temperature=temperature,
-        column=column, extra_defaults={"ignore_eos": True} if ignore_eos else None)
+        column=column, extra_defaults=extra or None)
     for r in report.rejected:
         err.print(f"[yellow]rejected[/] {r['error']}")
     err.print(f"batch {report.batch_id}: {report.accepted} requests, loading {model}...")
@@ -152,14 +157,15 @@ def run(file: str, output: str | None, model: str | None, max_tokens: int | None
 @click.option("--temperature", type=click.FloatRange(min=0))
 @click.option("--column", help="CSV column holding the prompt")
 @click.option("--strict", is_flag=True, help="reject the whole file if any line is bad")
+@click.option("--schema", type=click.Path(dir_okay=False, exists=True), help=SCHEMA_HELP)
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def submit(file: str, model: str | None, device: str, priority: str, name: str | None,
            max_tokens: int | None, temperature: float | None, column: str | None,
-           strict: bool, as_json: bool) -> None:
+           strict: bool, schema: str | None, as_json: bool) -> None:
     """Store FILE's requests as a batch and queue them for the workers."""
     report = service.submit(file, model=model, device=device, priority=priority, name=name,
                             max_tokens=max_tokens, temperature=temperature, column=column,
-                            strict=strict)
+                            strict=strict, extra_defaults=schema_default(schema))
     if as_json:
         _emit_json(report.as_json())
         return

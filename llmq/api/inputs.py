@@ -71,7 +71,7 @@ class ParsedFile:
 def _sampling(line: SamplingOverrides) -> dict[str, Any]:
     """The sampling fields the line set (nothing of the line's own shape)."""
     return line.model_dump(mode="json", include=set(SamplingOverrides.model_fields),
-                           exclude_none=True)
+                           exclude_none=True, by_alias=True)
 
 
 def parse_record(obj: Any, line: int, default_model: str | None = None) -> Accepted:

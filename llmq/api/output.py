@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 from typing import Any
@@ -20,6 +21,21 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
     return {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1)}
 
 
+JSON_FORMATS = ("json_object", "json_schema")
+
+
+def parsed(req: Request, res: Result | None) -> Any:
+    """The JSON value of a completed request whose response format is JSON, else None: the
+    grammar guarantees the text parses once the structure has closed (finish_reason stop)."""
+    fmt = (req.params or {}).get("response_format") or {}
+    if res is None or fmt.get("type") not in JSON_FORMATS or res.finish_reason != "stop":
+        return None
+    try:
+        return json.loads(res.text)
+    except ValueError:
+        return None
+
+
 def result_line(req: Request, res: Result | None) -> dict[str, Any]:
     timing: dict[str, Any] = {}
     usage = {"prompt_tokens": None, "completion_tokens": None}
@@ -36,6 +52,7 @@ def result_line(req: Request, res: Result | None) -> dict[str, Any]:
         "status": req.state,
         "text": res.text if res is not None else None,
         "finish_reason": res.finish_reason if res is not None else None,
+        "parsed": parsed(req, res),
         "usage": usage,
         "error": req.last_error,
         "timing": timing,

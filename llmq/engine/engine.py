@@ -9,7 +9,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,13 +21,14 @@ import torch
 from llmq.contract import FinishReason, SamplingParams
 
 from .artifact import load_variant
+from .constrained import Constraint, GrammarTokenizer, MaskWorker, apply_masks
 from .devices import pick_device, pick_dtype
 from .files import is_variant
 from .loader import load_checkpoint
-from .loops import repeated_block, repeated_sentence
+from .loops import cut_at_stop, loop_cut
 from .model import LlamaModel
 from .penalties import TokenHistory, penalize
-from .runner import ModelRunner
+from .runner import ModelRunner, sampled_sequences
 from .sampling import make_generator, sample
 from .scheduler import Scheduler, SchedulerConfig
 from .scheduler import Sequence as SeqState
@@ -98,6 +99,7 @@ class _Live:
     stream: Any
     on_token: Callable[[str, int], None] | None
     history: TokenHistory | None = None  # for requests with repetition penalties
+    constraint: Constraint | None = None  # for requests with a structured response format
     text: str = ""
     steps: int = 0
     batch_sum: int = 0
@@ -129,6 +131,7 @@ class Engine:
         self.steps = 0
         self._progress = time.monotonic()  # last step, or last time the engine was idle
         self._last_step_wall: datetime | None = None
+        self._masks: MaskWorker | None = None  # built with the first constrained request
 
     # --- construction ---------------------------------------------------------------------
 
@@ -193,6 +196,16 @@ class Engine:
             if self._thread is not None:
                 self._thread.join()
                 self._thread = None
+        if self._masks is not None:
+            self._masks.close()
+
+    def mask_worker(self) -> MaskWorker:
+        """What structured output needs: our tokenizer as llguidance sees it (built once,
+        when the first constrained request arrives) and the thread that computes masks."""
+        if self._masks is None:
+            self._masks = MaskWorker(GrammarTokenizer(
+                self.tokenizer, self.model.config.vocab_size, sorted(self.eos_ids)))
+        return self._masks
 
     def __enter__(self) -> Engine:
         return self
@@ -288,6 +301,8 @@ class Engine:
                 raise ValueError(reason)
             gen = None if request.params.greedy else make_generator(request.params.seed,
                                                                     self.model.device)
+            constraint = (Constraint(self.mask_worker().tokenizer, request.params)
+                          if request.params.response_format.type != "text" else None)
         except Exception as exc:
             timing.finished_at = time.time()
             future.set_result(GenerationResult(request.request_id, "", FinishReason.ERROR, 0, 0,
@@ -295,7 +310,7 @@ class Engine:
             return
         history = TokenHistory(prompt, request.params) if request.params.penalized else None
         live = _Live(request, future, timing, gen, self.tokenizer.decode_stream(), on_token,
-                     history)
+                     history, constraint)
         seq = SeqState(request.request_id, prompt, request.params.max_tokens, payload=live)
         self._by_id[request.request_id] = seq
         self.scheduler.add(seq)
@@ -311,8 +326,13 @@ class Engine:
                 live.timing.started_at = now
             live.steps += 1
             live.batch_sum += len(active)
-        wanted, logits = self.runner.execute(plan)
+        wanted = sampled_sequences(plan)
+        constraints = [s.payload.constraint for s in wanted]
+        masks = self._masks.start(constraints) if self._masks and any(constraints) else None
+        _, logits = self.runner.execute(plan)
         logits = penalize(logits, [s.payload.history for s in wanted])
+        if masks is not None:
+            logits = apply_masks(logits, masks.result(), constraints)
         params = [s.payload.request.params for s in wanted]
         tokens = sample(logits, params, [s.payload.generator for s in wanted])
         self.scheduler.update(plan, {id(s): t for s, t in zip(wanted, tokens, strict=True)})
@@ -327,58 +347,42 @@ class Engine:
             live.timing.first_token_at = time.time()
         if live.history is not None:
             live.history.add(token)
+        if live.constraint is not None:
+            try:
+                live.constraint.advance(token)
+            except ValueError as exc:
+                self._finish(seq, FinishReason.ERROR, str(exc))
+                return
         if token in self.eos_ids and not params.ignore_eos:
             self._finish(seq, FinishReason.STOP, None)
             return
         piece = self.tokenizer.stream_step(live.stream, token)
         if piece:
             live.text += piece
-            if params.stop and self._apply_stop(live, len(piece)):
+            cut = cut_at_stop(live.text, len(piece), params.stop) if params.stop else None
+            if cut is not None:
+                live.text = live.text[:cut]
                 self._finish(seq, FinishReason.STOP, None)
                 return
             if params.detects_loops and self._cut_loop(seq, live, piece):
                 self._finish(seq, FinishReason.REPETITION, None)
+                return
+            if live.constraint is not None and live.constraint.done:
+                self._finish(seq, FinishReason.STOP, None)
                 return
             if live.on_token is not None:
                 live.on_token(piece, token)
         if len(seq.output) >= seq.max_tokens:
             self._finish(seq, FinishReason.LENGTH, None)
 
-    @staticmethod
-    def _apply_stop(live: _Live, new_chars: int) -> bool:
-        """Cuts the text at the first stop string that the newest piece completed."""
-        stops: Sequence[str] = live.request.params.stop
-        window = new_chars + max(len(s) for s in stops)
-        base = max(0, len(live.text) - window)
-        tail = live.text[base:]
-        hits = [i for i in (tail.find(s) for s in stops if s) if i >= 0]
-        if not hits:
-            return False
-        live.text = live.text[: base + min(hits)]
-        return True
-
-    _LOOP_CHECK_EVERY = 8  # tokens between checks for a repeated block
-
     def _cut_loop(self, seq: SeqState, live: _Live, piece: str) -> bool:
         """True when the output has started to loop; its text is then cut back to before the
         repetition (the token ids stay whole: they were generated and are counted)."""
-        if len(seq.output) % self._LOOP_CHECK_EVERY == 0:
-            keep = repeated_block(seq.output)
-            if keep is not None:
-                live.text = self._trimmed(live, self.tokenizer.decode(seq.output[:keep]))
-                return True
-        if any(c in piece for c in ".!?\n"):
-            cut = repeated_sentence(live.text)
-            if cut is not None:
-                live.text = live.text[:cut].rstrip()
-                return True
-        return False
-
-    @staticmethod
-    def _trimmed(live: _Live, decoded: str) -> str:
-        """``decoded`` (a prefix of the output) as a prefix of the text shown so far, which
-        stop strings may already have shortened."""
-        return decoded if live.text.startswith(decoded) else live.text[:len(decoded)]
+        cut = loop_cut(seq.output, live.text, piece, self.tokenizer.decode)
+        if cut is None:
+            return False
+        live.text = live.text[:cut].rstrip()
+        return True
 
     def _finish(self, seq: SeqState, reason: FinishReason, error: str | None) -> None:
         live: _Live = seq.payload

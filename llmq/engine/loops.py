@@ -1,4 +1,6 @@
-"""Loop detection: a small model decoding greedily over long, repetitive input falls into
+"""Where a generation's text ends early: at a stop string, or where a loop began.
+
+Loop detection: a small model decoding greedily over long, repetitive input falls into
 loops (one sentence again and again until max_tokens). A loop is stopped as soon as it is
 certain, and the text is cut back to before the repetition began, so it costs a few tokens and
 leaves readable text. Torch-free: plain lists of token ids and strings."""
@@ -6,6 +8,7 @@ leaves readable text. Torch-free: plain lists of token ids and strings."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
@@ -74,3 +77,31 @@ def repeated_sentence(text: str, rules: LoopRules = RULES) -> int | None:
     start = text.find(parts[earlier[0]])
     cut = text.find(first_repeat, start + len(parts[earlier[0]]))
     return cut if cut > 0 else None
+
+
+def cut_at_stop(text: str, new_chars: int, stops: Sequence[str]) -> int | None:
+    """Where to cut ``text`` at the first stop string its newest ``new_chars`` completed."""
+    window = new_chars + max(len(s) for s in stops)
+    base = max(0, len(text) - window)
+    tail = text[base:]
+    hits = [i for i in (tail.find(s) for s in stops if s) if i >= 0]
+    return base + min(hits) if hits else None
+
+
+LOOP_CHECK_EVERY = 8  # tokens between checks for a repeated block
+
+
+def loop_cut(output: list[int], text: str, piece: str,
+             decode: Callable[[list[int]], str]) -> int | None:
+    """Where to cut ``text`` (the output so far, ``piece`` its newest part) when the output
+    has started to loop, or None. Blocks are looked for every few tokens, sentences whenever
+    one ends."""
+    if len(output) % LOOP_CHECK_EVERY == 0:
+        keep = repeated_block(output)
+        if keep is not None:
+            decoded = decode(output[:keep])
+            # stop strings may have shortened the text already
+            return len(decoded) if text.startswith(decoded) else min(len(decoded), len(text))
+    if any(c in piece for c in ".!?\n"):
+        return repeated_sentence(text)
+    return None

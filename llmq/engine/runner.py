@@ -9,6 +9,11 @@ from .model import KVCache, LlamaModel, PrefillSegment, StepInputs
 from .scheduler import Sequence, StepPlan
 
 
+def sampled_sequences(plan: StepPlan) -> list[Sequence]:
+    """The sequences that get a token from a step, in the order of its rows of logits."""
+    return [d.seq for d in plan.decode] + [p.seq for p in plan.prefill if p.completes_prompt]
+
+
 class ModelRunner:
     def __init__(self, model: LlamaModel, num_slots: int, slot_length: int) -> None:
         self.model = model
@@ -42,10 +47,8 @@ class ModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         rows: list[int] = []
-        wanted: list[Sequence] = []
         for d in plan.decode:
             rows.append(len(tokens))
-            wanted.append(d.seq)
             tokens.append(d.token)
             positions.append(d.position)
             slots.append(d.seq.slot)
@@ -60,7 +63,6 @@ class ModelRunner:
             segments.append(self._segment(begin, n, p.seq.slot, p.start))
             if p.completes_prompt:
                 rows.append(begin + n - 1)
-                wanted.append(p.seq)
         dev = self.device
 
         def as_tensor(values: list[int]) -> torch.Tensor:
@@ -90,7 +92,7 @@ class ModelRunner:
             decode_contiguous=contiguous, decode_bias=decode_bias, decode_len=decode_len,
             prefill=segments, logits_rows=as_tensor(rows),
         )
-        return step, wanted
+        return step, sampled_sequences(plan)
 
     def _cache_rows(self, slots: list[int], positions: list[int]) -> torch.Tensor:
         """Row of each (token, KV head) in the cache viewed as ``[S * K * L, E]``."""

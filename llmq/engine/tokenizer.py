@@ -74,6 +74,10 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def hf_json(self) -> str:
+        """The tokenizer as Hugging Face's tokenizer.json text (what llguidance reads)."""
+        return self._tok.to_str()
+
     def token_text(self, token_id: int) -> str | None:
         return self._tok.id_to_token(token_id)
 

@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 
 from llmq.db.session import dispose_engines
 from llmq.settings import get_settings
+from tests.conftest import Tiny
 
 PG_ADMIN_URL = os.environ.get("LLMQ_TEST_PG_URL",
                               "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -127,3 +128,11 @@ def llmq_env(monkeypatch: pytest.MonkeyPatch, db_url: str,
     yield env
     get_settings.cache_clear()
     dispose_engines()
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path, tiny: Tiny) -> dict[str, str]:
+    # no broker at all: the embedded default must not need one
+    return {"LLMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'llmq.db'}",
+            "LLMQ_BROKER_URL": "redis://127.0.0.1:1/0", "LLMQ_MODEL": str(tiny.gguf),
+            "LLMQ_THREADS": "1"}

@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import Tiny
 
 from .conftest import free_port
@@ -44,14 +42,6 @@ def test_broker_down_keeps_the_batch_for_retry(tmp_path: Path) -> None:
     assert "is stored but only 0 of 1 requests were enqueued" in proc.stderr
     listed = json.loads(llmq(env, "status", "--json").stdout)
     assert listed[0]["counts"]["queued"] == 1  # accepted work was kept
-
-
-@pytest.fixture
-def embedded_env(tmp_path: Path, tiny: Tiny) -> dict[str, str]:
-    # no broker at all: the embedded default must not need one
-    return {"LLMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'llmq.db'}",
-            "LLMQ_BROKER_URL": "redis://127.0.0.1:1/0", "LLMQ_MODEL": str(tiny.gguf),
-            "LLMQ_THREADS": "1"}
 
 
 def test_embedded_run_writes_every_line(tmp_path: Path, embedded_env: dict[str, str]) -> None:
