@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     pipeline_retry_sampling: dict[str, Any] = Field(
         default_factory=lambda: dict(PIPELINE_RETRY_SAMPLING),
         description="request fields of the one retry of a summary below the quality floor")
+    pipeline_summary_schema: dict[str, Any] | None = Field(
+        None, description="a JSON schema: each document's summary is written as JSON that "
+        "validates against it (e.g. examples/summary-schema.json: title, summary, keywords)")
     # the text first and the instruction last: a 135M model follows an instruction that
     # comes right before its answer (measured in bench/pipeline.py)
     pipeline_map_prompt: str = "{text}\n\nSummarize the text above in three sentences."

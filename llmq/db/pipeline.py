@@ -5,6 +5,7 @@ rerun does only what is new, changed or failed."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -155,13 +156,23 @@ def _run_quality(session: Session, run_id: str) -> dict[str, Any]:
 
 
 def run_summaries(session: Session, run_id: str) -> list[dict[str, Any]]:
+    """Each document's summary; a run with a summary schema adds the parsed JSON."""
+    structured = bool(get_run(session, run_id).params.get("plan", {}).get("final_format"))
     rows = session.execute(
         select(Summary, Document.key).join(Document, Document.id == Summary.document_id)
         .where(Summary.run_id == run_id).order_by(Document.key)).all()
     return [{"document": key, "summary": s.text, "model": s.model, "requests": s.requests,
              "prompt_tokens": s.prompt_tokens, "completion_tokens": s.completion_tokens,
-             "content_hash": s.content_hash, "quality": s.quality, "flagged": s.flagged}
+             "content_hash": s.content_hash, "quality": s.quality, "flagged": s.flagged,
+             **({"parsed": _parsed(s.text)} if structured else {})}
             for s, key in rows]
+
+
+def _parsed(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:  # cut short by max_tokens: the text is delivered, flagged
+        return None
 
 
 def chunk_outputs(session: Session, run_document_id: int, level: int) -> list[tuple[Chunk,

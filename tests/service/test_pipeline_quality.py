@@ -4,9 +4,11 @@ settings: none may loop, repeat a sentence or miss its document's topic."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from llmq.db import pipeline as store
@@ -18,8 +20,10 @@ from llmq.worker.pipeline.advance import advance
 from llmq.worker.pipeline.quality import FLOOR_DISTINCT_TRIGRAMS, measure
 from llmq.worker.pipeline.run import start_run
 from llmq.worker.processing import process_ids
+from tests.conftest import Tiny
 
-LONG_DOCUMENTS = Path(__file__).resolve().parents[2] / "examples" / "long-documents"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "documents"
+LONG_DOCUMENTS = EXAMPLES.parent / "long-documents"
 
 
 @pytest.fixture
@@ -32,10 +36,11 @@ def sqlite_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Non
     dispose_engines()
 
 
-def test_summaries_of_long_documents_are_loop_free_and_on_topic(sqlite_only: None) -> None:
-    run_id = start_run(LONG_DOCUMENTS, name="long")
-    engine, ident = load_engine("smollm2-135m", slots=32)  # as bench/pipeline.py
-    tokenizer = tokenizer_for("smollm2-135m")
+def _summarize(folder: Path, model: str) -> list[dict]:
+    """A pipeline run over ``folder`` in this process, as bench/pipeline.py runs it."""
+    run_id = start_run(folder, name=folder.name, model=model)
+    engine, ident = load_engine(model, slots=32)
+    tokenizer = tokenizer_for(model)
     sessions = session_factory()
     try:
         while True:
@@ -47,7 +52,11 @@ def test_summaries_of_long_documents_are_loop_free_and_on_topic(sqlite_only: Non
     finally:
         engine.close()
     with session_scope() as session:
-        summaries = store.run_summaries(session, run_id)
+        return store.run_summaries(session, run_id)
+
+
+def test_summaries_of_long_documents_are_loop_free_and_on_topic(sqlite_only: None) -> None:
+    summaries = _summarize(LONG_DOCUMENTS, "smollm2-135m")
     assert len(summaries) == len(list(LONG_DOCUMENTS.iterdir())) == 4
     for s in summaries:
         q = measure(s["summary"], (LONG_DOCUMENTS / s["document"]).read_text())
@@ -56,3 +65,25 @@ def test_summaries_of_long_documents_are_loop_free_and_on_topic(sqlite_only: Non
         assert q.salient_hits >= 1, s
         assert q.as_dict() == {**s["quality"]}  # what was stored is what is measured
         assert not s["flagged"]
+
+
+SUMMARY_SCHEMA = {"type": "object", "additionalProperties": False,
+                  "required": ["title", "summary", "keywords"],
+                  "properties": {"title": {"type": "string", "maxLength": 20},
+                                 "summary": {"type": "string", "maxLength": 60},
+                                 "keywords": {"type": "array", "maxItems": 2,
+                                              "items": {"type": "string", "maxLength": 10}}}}
+
+
+def test_structured_summaries_are_exported_parsed(sqlite_only: None, tiny: Tiny,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a summary schema, each final summary is JSON that validates and is exported
+    parsed; the tiny model's nonsense is retried and flagged, but still well-formed."""
+    monkeypatch.setenv("LLMQ_PIPELINE_SUMMARY_SCHEMA", json.dumps(SUMMARY_SCHEMA))
+    get_settings.cache_clear()
+    summaries = _summarize(EXAMPLES / "notes", str(tiny.gguf))
+    assert len(summaries) == 2
+    for s in summaries:
+        jsonschema.validate(s["parsed"], SUMMARY_SCHEMA)
+        assert json.loads(s["summary"]) == s["parsed"]
+        assert s["quality"]["words"] > 0  # measured on the strings inside the JSON

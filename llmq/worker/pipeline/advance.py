@@ -25,7 +25,7 @@ from llmq.db.models import (
 )
 from llmq.engine.tokenizer import TextTokenizer
 
-from .plan import PlanParams, group_by_budget, split_tokens
+from .plan import PlanParams, final_instruction, group_by_budget, split_tokens
 from .quality import Quality, measure
 
 
@@ -119,9 +119,13 @@ def _plan_document(rd: RunDocument, text: str, tok: TextTokenizer,
     ids = tok.encode(text)
     spans = split_tokens(ids, p.chunk_tokens, p.overlap_tokens)
     if len(spans) == 1:
-        return [_Planned(rd, 0, "final", p.final_prompt.format(text=text), len(ids))]
+        return [_Planned(rd, 0, "final", _final(p, text), len(ids))]
     return [_Planned(rd, 0, "map", p.map_prompt.format(text=tok.decode(ids[a:b])), b - a)
             for a, b in spans]
+
+
+def _final(p: PlanParams, text: str) -> str:
+    return p.final_prompt.format(text=text) + final_instruction(p.final_format)
 
 
 def _plan_reduce(rd: RunDocument, outputs: list[str], tok: TextTokenizer,
@@ -130,7 +134,7 @@ def _plan_reduce(rd: RunDocument, outputs: list[str], tok: TextTokenizer,
     level = rd.level + 1
     if sum(lengths) <= p.chunk_tokens:
         joined = "\n\n".join(outputs)
-        return [_Planned(rd, level, "final", p.final_prompt.format(text=joined), sum(lengths))]
+        return [_Planned(rd, level, "final", _final(p, joined), sum(lengths))]
     return [_Planned(rd, level, "combine",
                      p.combine_prompt.format(text="\n\n".join(outputs[i] for i in group)),
                      sum(lengths[i] for i in group))
@@ -142,6 +146,8 @@ def _create_requests(session: Session, run: PipelineRun, planned: list[_Planned]
     p = PlanParams(**run.params["plan"])
     def sampling(item: _Planned) -> dict[str, Any]:
         given = p.sampling if item.sampling is None else item.sampling
+        if p.final_format and item.role in ("final", "retry"):
+            given = {**given, "response_format": p.final_format}
         return SamplingParams(**{"max_tokens": p.summary_tokens, **given}).stored()
 
     counters: dict[int, int] = {}

@@ -23,6 +23,8 @@ class PlanParams:
     # (runs stored before these existed decode greedily and are not retried)
     sampling: dict[str, Any] = field(default_factory=dict)
     retry_sampling: dict[str, Any] | None = None
+    # the response format of a document's final summary (LLMQ_PIPELINE_SUMMARY_SCHEMA)
+    final_format: dict[str, Any] | None = None
 
     @classmethod
     def from_settings(cls, s: Settings, chunk_tokens: int | None = None,
@@ -43,7 +45,8 @@ class PlanParams:
             raise ValueError(f"overlap {overlap} must be under half the chunk ({chunk})")
         return cls(chunk, overlap, s.pipeline_summary_tokens, s.pipeline_map_prompt,
                    s.pipeline_combine_prompt, s.pipeline_final_prompt,
-                   _overrides(s.pipeline_sampling), _overrides(s.pipeline_retry_sampling))
+                   _overrides(s.pipeline_sampling), _overrides(s.pipeline_retry_sampling),
+                   _summary_format(s.pipeline_summary_schema))
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -51,7 +54,28 @@ class PlanParams:
 
 def _overrides(given: dict[str, Any]) -> dict[str, Any]:
     """Only the fields given, checked against the request contract."""
-    return SamplingOverrides.model_validate(given).model_dump(mode="json", exclude_none=True)
+    return SamplingOverrides.model_validate(given).model_dump(mode="json", exclude_none=True,
+                                                              by_alias=True)
+
+
+def _summary_format(schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    if schema is None:
+        return None
+    fmt = {"type": "json_schema",
+           "json_schema": {"name": "summary", "schema": schema, "strict": True}}
+    try:
+        return _overrides({"response_format": fmt})["response_format"]
+    except ValueError as exc:  # pydantic's error names the field
+        raise ValueError(f"LLMQ_PIPELINE_SUMMARY_SCHEMA: {exc}") from None
+
+
+def final_instruction(final_format: dict[str, Any] | None) -> str:
+    """What a final summary's prompt adds when the summary is structured: the grammar forces
+    the shape, and naming the fields tells the model what goes in each."""
+    if not final_format:
+        return ""
+    fields = list(final_format["json_schema"]["schema"].get("properties", {}))
+    return f" Answer with a JSON object with the fields {', '.join(fields)}." if fields else ""
 
 
 def split_tokens(tokens: list[int], size: int, overlap: int) -> list[tuple[int, int]]:

@@ -5,6 +5,7 @@ mentions). Plain text statistics, torch-free."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -80,7 +81,30 @@ def salient_terms(text: str, paragraphs: list[str] | None = None,
     return [shown[t] for t in sorted(score, key=lambda t: (-score[t], t))[:k]]
 
 
+def prose(summary: str) -> str:
+    """The words of a summary: a structured (JSON) summary's strings, joined as sentences."""
+    try:
+        value = json.loads(summary)
+    except ValueError:
+        return summary
+    parts: list[str] = []
+
+    def walk(v: Any) -> None:
+        if isinstance(v, str):
+            parts.append(v.strip().rstrip("."))
+        elif isinstance(v, dict):
+            for item in v.values():
+                walk(item)
+        elif isinstance(v, list):
+            for item in v:
+                walk(item)
+
+    walk(value)
+    return ". ".join(p for p in parts if p) + ("." if parts else "")
+
+
 def measure(summary: str, document: str) -> Quality:
+    summary = prose(summary)
     summary_words = words(summary)
     trigrams = list(zip(summary_words, summary_words[1:], summary_words[2:], strict=False))
     distinct = len(set(trigrams)) / len(trigrams) if trigrams else 1.0
