@@ -21,8 +21,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# The demo builds the recommended CPU variant once (bf16 matmuls where the CPU has them,
-# int8 otherwise) and runs the examples through it.
+# The demo builds the recommended CPU variant once (the precision whose kernels are fastest
+# on this CPU, timed at build time; fp32 where none beats it) and runs the examples through it.
 DEMO_MODEL ?= smollm2-135m-cpu
 DEMO_ENV := LLMQ_DATABASE_URL=sqlite:///out/demo.db LLMQ_MODEL_DIR=out/models
 demo: $(STAMP)

@@ -58,24 +58,9 @@ def commit() -> str:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    flags: list[str] = []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = [f for f in line.split(":", 1)[1].split() if f in SIMD_FLAGS]
-                break
-    except OSError:
-        pass
-    return (f"{cpu} ({' '.join(flags) or 'no AVX'}), {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}")
+    from llmq.engine.cpu import cpu_description
 
-
-# the CPU flags that decide which kernels are fast
-SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
-              "amx_int8", "amx_tile")
+    return f"{cpu_description()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def record(title: str, table: str, notes: str = "") -> None:

@@ -57,8 +57,7 @@ def test_stored_params_round_trip_and_ignore_unknown_keys() -> None:
 def test_a_seed_torch_cannot_take_is_a_line_error(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_text(json.dumps({"prompt": "x", "temperature": 0.7, "seed": 2**64}) + "\n"
-                    + json.dumps({"prompt": "y", "response_format": {"type": "json_object"}})
-                    + "\n")
+                    + json.dumps({"prompt": "y", "response_format": {"type": "xml"}}) + "\n")
     parsed = read_input(path)
     assert parsed.accepted == []
     assert parsed.rejected[0].error.startswith("line 1: seed:")

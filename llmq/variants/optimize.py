@@ -13,10 +13,11 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from llmq.engine import kernel_timing
 from llmq.engine.artifact import save_variant
 from llmq.engine.calibrate import collect_stats
+from llmq.engine.config import ModelConfig
+from llmq.engine.cpu import cpu_description
 from llmq.engine.fidelity import Fidelity
 from llmq.engine.files import is_variant, sha256_file
 from llmq.engine.loader import Checkpoint, load_checkpoint
@@ -37,7 +38,7 @@ from llmq.variants.evaluate import (
     shipped_messages,
 )
 
-QUANTIZATIONS = ("none", "bf16", "int8", "int4")
+QUANTIZATIONS = ("none", "bf16", "int8", "int4", "auto")  # auto: the fastest, measured here
 CALIBRATION_NEW_TOKENS = 48  # continuations add the model's own outputs to what is measured
 
 
@@ -86,14 +87,28 @@ def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
 
 
 def preset(name: str) -> Recipe:
-    """The recommended recipes, chosen by bench/optimize.py's figures (bench/BENCHMARKS.md).
-    ``cpu``: bf16 linears where oneDNN has native bf16 (AVX512-BF16 or AMX): the best
-    fidelity of the fast paths and, with AMX, the fastest; elsewhere int8 with smoothing."""
+    """The recommended recipes. ``cpu``: the precision whose linear kernels are fastest on
+    the machine that builds the variant, timed at the model's shapes when it is built
+    (``auto``; fp32 when no low-precision kernel clearly beats it), with SmoothQuant when
+    that is int8."""
     if name != "cpu":
         raise ValueError(f"unknown preset {name!r}")
-    if bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()):
-        return Recipe(quantize="bf16")
-    return Recipe(quantize="int8", smooth_alpha=0.5)
+    return Recipe(quantize="auto", smooth_alpha=0.5)
+
+
+def resolve_quantization(recipe: Recipe, config: ModelConfig, metrics: dict[str, Any],
+                         log: Callable[[str], None]) -> Recipe:
+    """``auto`` made concrete by timing the candidate kernels here, side by side; the
+    timings and the CPU go into the manifest's metrics."""
+    if recipe.quantize != "auto":
+        return recipe
+    timings = kernel_timing.measure(config)
+    chosen = kernel_timing.fastest(timings)
+    metrics["kernels"] = {"cpu": cpu_description(), "ms_per_layer": timings, "chosen": chosen,
+                          "rows": kernel_timing.DECODE_ROWS}
+    log("linear kernels, ms per layer at 64 rows: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in timings.items()) + f" -> {chosen}")
+    return replace(recipe, quantize=chosen)
 
 
 @dataclass
@@ -155,6 +170,7 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
     metrics.update(params=total_params(config), flops_per_token=flops_per_token(config),
                    base_params=total_params(ckpt.config),
                    base_flops_per_token=flops_per_token(ckpt.config))
+    recipe = resolve_quantization(recipe, config, metrics, log)
     if recipe.quantize == "int8" and recipe.smooth_alpha:
         if not recipe.prune.empty:  # smoothing must fit the activations of the pruned model
             stats = collect_stats(LlamaModel.from_hf_weights(config, weights), sequences)

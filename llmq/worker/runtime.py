@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
+from llmq.engine import kernel_timing
 from llmq.engine.engine import Engine, EngineConfig
 from llmq.engine.setup import configure_process
 from llmq.settings import Settings
 from llmq.variants.registry import resolve
 from llmq.worker.processing import WorkerIdentity
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engine: Engine | None = None
 _identity: WorkerIdentity | None = None
@@ -30,6 +33,9 @@ def load(settings: Settings, model: str, device: str,
         max_step_tokens=settings.step_tokens, threads=settings.threads,
         device=engine_device(device)), name=model, verify=settings.verify_artifacts)
     actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
+    slow = kernel_timing.slow_here(engine.model, engine.model.config)
+    if slow:
+        log.warning("model %s: %s", model, slow)
     return engine, WorkerIdentity.here(actual, model)
 
 

@@ -1,0 +1,46 @@
+"""The CPU preset's precision is chosen by timing kernels here, never by a flag alone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from llmq.engine import kernel_timing
+from llmq.engine.artifact import load_variant
+from llmq.engine.model import LlamaModel
+from llmq.variants.optimize import build, preset
+
+from .conftest import Tiny
+
+
+def test_a_quantized_scheme_must_clearly_beat_fp32() -> None:
+    assert kernel_timing.fastest({"none": 1.0, "bf16": 0.5, "int8": 0.7}) == "bf16"
+    assert kernel_timing.fastest({"none": 1.0, "bf16": 0.95, "int8": 3.0}) == "none"
+    assert kernel_timing.fastest({"none": 1.0, "bf16": 2.0, "int8": 16.0}) == "none"
+
+
+def test_every_cpu_scheme_is_timed_at_the_model_shapes(tiny: Tiny) -> None:
+    timings = kernel_timing.measure(tiny.config, rows=8)
+    assert set(timings) == set(kernel_timing.CPU_SCHEMES)
+    assert all(t > 0 for t in timings.values())
+    h, f = tiny.config.hidden_size, tiny.config.intermediate_size
+    assert (h, f) in kernel_timing.layer_shapes(tiny.config)
+    assert (f, h) in kernel_timing.layer_shapes(tiny.config)
+
+
+def test_the_cpu_preset_builds_what_it_measured(tiny: Tiny, tmp_path: Path) -> None:
+    assert preset("cpu").quantize == "auto"
+    _, variant, _, manifest = build(str(tiny.gguf), preset("cpu"), tmp_path / "v",
+                                    log=lambda _: None)
+    kernels = manifest["metrics"]["kernels"]
+    assert kernels["chosen"] == kernel_timing.fastest(kernels["ms_per_layer"])
+    assert manifest["recipe"]["quantize"] == kernels["chosen"]
+    assert kernel_timing.scheme_of(variant) == kernels["chosen"]
+    assert "(" in kernels["cpu"]  # the model and its flags
+    loaded, _, _ = load_variant(tmp_path / "v")
+    assert kernel_timing.scheme_of(loaded) == kernels["chosen"]
+
+
+def test_a_float_model_never_warns(tiny: Tiny) -> None:
+    model = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
+    assert kernel_timing.scheme_of(model) == "none"
+    assert kernel_timing.slow_here(model, tiny.config) is None

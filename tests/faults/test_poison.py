@@ -1,0 +1,65 @@
+"""A request that crashes its worker every time (fault 7): it fails after LLMQ_MAX_ATTEMPTS,
+and the requests that shared its message, and its engine steps, still succeed. The crash is a
+real one (the process exits at once, as on a segfault), triggered by the fault-injection
+setting LLMQ_FAULT_CRASH_MARKER; a restarted worker plays the part of docker's restart."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from llmq.api import service
+from llmq.db.migrate import upgrade
+from tests.conftest import Tiny
+from tests.service.test_end_to_end import wait_done
+from tests.service.workers import Worker, count_rows, llmq_json
+
+from .invariants import assert_every_request_ended_once
+from .test_worker_loss import FAST_LIVENESS
+
+MARKER = "@@crash-this-worker@@"
+
+
+@pytest.fixture
+def env(llmq_env: dict[str, str], tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> dict:
+    fast = {"LLMQ_MODEL": str(tiny.gguf), **FAST_LIVENESS}
+    for k, v in fast.items():
+        monkeypatch.setenv(k, v)
+    upgrade()
+    return {**llmq_env, **fast}
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_request_that_kills_its_worker_fails_alone(env: dict, tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    with path.open("w") as f:
+        for i in range(12):
+            content = f"Question {i}?" + (f" {MARKER}" if i == 5 else "")
+            f.write(json.dumps({"custom_id": f"q{i:02d}", "max_tokens": 16, "ignore_eos": True,
+                                "messages": [{"role": "user", "content": content}]}) + "\n")
+    batch = llmq_json(env, "submit", str(path), "--json")["batch_id"]  # one message of 12
+    worker_env = {**env, "LLMQ_FAULT_CRASH_MARKER": MARKER}
+    crashes = 0
+    deadline = time.time() + 300
+    while service.status(batch)["state"] != "completed":
+        assert time.time() < deadline, service.status(batch)
+        worker = Worker(worker_env, tmp_path / f"w{crashes}.log", "--slots", "4",
+                        "--concurrency", "2")
+        while worker.proc.poll() is None and service.status(batch)["state"] != "completed":
+            time.sleep(0.2)
+        if worker.proc.poll() is not None:
+            crashes += 1
+            assert crashes <= 3, "the poisonous request ran more than LLMQ_MAX_ATTEMPTS times"
+        else:
+            worker.stop()
+    info = wait_done(batch, timeout=5)
+    assert crashes == 3  # LLMQ_MAX_ATTEMPTS
+    assert info["counts"]["succeeded"] == 11 and info["counts"]["failed"] == 1
+    assert count_rows("SELECT count(*) FROM requests WHERE custom_id = 'q05' AND "
+                      "state = 'failed' AND last_error LIKE 'gave up after 3 attempts%'") == 1
+    # the innocent ones were lost with it at most twice: never a third time
+    assert count_rows("SELECT max(attempts) FROM requests WHERE custom_id <> 'q05'") <= 2
+    assert_every_request_ended_once()
