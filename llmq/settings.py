@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         600.0, gt=0, description="an engine with work but no step for this long exits its "
         "worker, to be replaced")
 
+    fault_crash_marker: str | None = Field(
+        None, description="fault injection for the fault tests only: a worker exits at once, "
+        "as on a segfault, when it starts a request whose prompt contains this text")
+
     # nightly pipeline
     pipeline_cron: str = Field("0 2 * * *", description="when beat runs the pipelines")
     pipelines: list[dict[str, str]] = Field(

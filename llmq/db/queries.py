@@ -169,6 +169,18 @@ def record_failure(session: Session, request_id: int, error: str) -> bool:
     ).rowcount)
 
 
+def ran_before(session: Session, ids: Sequence[int]) -> set[int]:
+    """The queued requests among ``ids`` that were claimed before and never finished: their
+    worker was lost, or a failed step sent them back (a clean hand-back uncounts its
+    attempt, so it is not among them)."""
+    found: set[int] = set()
+    for start in range(0, len(ids), _INSERT_CHUNK):
+        found.update(session.execute(select(Request.id).where(
+            Request.id.in_(ids[start:start + _INSERT_CHUNK]),
+            Request.state == RequestState.QUEUED, Request.attempts > 0)).scalars())
+    return found
+
+
 def release(session: Session, ids: Sequence[int]) -> None:
     """Gives claimed requests back to the queue, the attempt uncounted (a process stopping
     cleanly). They keep the name of the worker that released them and have no message: that

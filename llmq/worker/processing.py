@@ -4,9 +4,12 @@ handled the same way wherever it runs."""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -29,6 +32,7 @@ from llmq.engine.engine import (
     GenerationRequest,
     GenerationResult,
 )
+from llmq.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,17 @@ def to_generation_request(claimed: Claimed) -> GenerationRequest:
         return GenerationRequest(messages=claimed.input["messages"], params=params,
                                  request_id=rid)
     return GenerationRequest(prompt=claimed.input["prompt"], params=params, request_id=rid)
+
+
+def crash_if_marked(request: GenerationRequest) -> None:
+    """Fault injection for the fault tests (LLMQ_FAULT_CRASH_MARKER, unset in production):
+    the process exits at once, as on a segfault, when a request carries the marker."""
+    marker = get_settings().fault_crash_marker
+    if marker and marker in json.dumps([request.prompt, request.messages]):
+        log.critical("fault injection: request %s carries the crash marker; exiting",
+                     request.request_id)
+        logging.shutdown()
+        os._exit(70)
 
 
 def _utc(ts: float) -> datetime:
@@ -152,6 +167,11 @@ def store_result(sessions: sessionmaker[Session], claimed: Claimed, result: Gene
         return RequestState.FAILED
 
 
+# Requests that were running when a worker was lost run one at a time, process-wide: if one
+# of them is what kills workers, it takes no other suspect with it.
+_QUARANTINE = threading.Lock()
+
+
 def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int],
                 ident: WorkerIdentity, *, max_attempts: int, cancel_poll: float = 1.0,
                 deadline: float | None = None, db_patience: float = 0.0,
@@ -160,7 +180,31 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
     Returns how many ended in each state. Requests cancelled in the database meanwhile are
     cancelled in the engine within ``cancel_poll`` seconds. Database outages of up to
     ``db_patience`` seconds are waited out: nothing is claimed meanwhile, and finished
-    results wait in memory (a message's worth per feeder) until they can be written."""
+    results wait in memory (a message's worth per feeder) until they can be written.
+
+    Requests that ran before without finishing (their worker was lost, or a step failed)
+    are suspects: the others run together first, then each suspect alone, claimed only when
+    its turn comes. A request that crashes its worker every time so uses up its own
+    attempts, while what shared its message loses at most one more."""
+    suspects = transact(sessions, "looking for suspects",
+                        lambda s: queries.ran_before(s, ids), db_patience)
+    run = functools.partial(_process, sessions, engine, ident=ident, max_attempts=max_attempts,
+                            cancel_poll=cancel_poll, deadline=deadline,
+                            db_patience=db_patience, on_result=on_result)
+    outcome = run([i for i in ids if i not in suspects])
+    for rid in (i for i in ids if i in suspects):
+        with _QUARANTINE:
+            for state, n in run([rid]).items():
+                outcome[state] = outcome.get(state, 0) + n
+    return outcome
+
+
+def _process(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int], *,
+             ident: WorkerIdentity, max_attempts: int, cancel_poll: float,
+             deadline: float | None, db_patience: float,
+             on_result: Callable[[str, int], None] | None) -> dict[str, int]:
+    if not ids:
+        return {}
     claimed = transact(sessions, "claiming", lambda s: queries.claim(
         s, ids, ident.label, max_attempts), db_patience)
     outcome: dict[str, int] = {}
@@ -178,6 +222,7 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
                      db_patience)
             outcome["failed"] = outcome.get("failed", 0) + 1
             continue
+        crash_if_marked(request)
         futures[engine.submit(request)] = c
     pending = set(futures)
     try:
