@@ -1,9 +1,11 @@
 """Structured output against free generation, side by side in one process with one engine:
 the extraction and classification prompts of examples/structured.jsonl (each with its own
 JSON schema, regex or choice), repeated to keep 64 slots busy, run constrained and then the
-same requests with their formats removed. Generated tokens/s of each, their ratio, and the
-time llguidance spent computing masks per step (on a helper thread that overlaps the
-forward pass).
+same requests with their formats removed, each made to generate exactly as many tokens as
+its constrained twin did (ignore_eos, max_tokens = that count), so that both runs do the
+same model work and the ratio is the cost of the constraints alone. Generated tokens/s of
+each, their ratio, and the time llguidance spent computing masks per step (on a helper
+thread that overlaps the forward pass).
 
     .venv/bin/python -m bench.structured [--runs 3] [--slots 64] [--copies 4]
 """
@@ -18,7 +20,7 @@ from bench.common import ROOT, markdown_table, median, record
 EXAMPLES = ROOT / "examples" / "structured.jsonl"
 
 
-def one_run(engine, requests) -> dict:
+def one_run(engine, requests) -> tuple[dict, list[int]]:
     masks = engine.mask_worker()
     seconds_before, steps_before = masks.seconds, masks.steps
     engine_steps = engine.steps
@@ -30,7 +32,8 @@ def one_run(engine, requests) -> dict:
     return {"seconds": seconds, "tokens": tokens, "tok_s": tokens / seconds,
             "steps": engine.steps - engine_steps,
             "mask_ms": 1000 * (masks.seconds - seconds_before) / max(mask_steps, 1),
-            "ok": sum(r.ok for r in results), "n": len(results)}
+            "ok": sum(r.ok for r in results), "n": len(results)}, [
+                r.completion_tokens for r in results]
 
 
 def main() -> None:
@@ -51,16 +54,21 @@ def main() -> None:
     accepted = read_input(EXAMPLES).accepted * opts.copies
     params = [SamplingParams.from_stored(a.params) for a in accepted]
 
-    def batch(constrained: bool) -> list:
-        return [GenerationRequest(messages=a.input["messages"], params=p if constrained else
-                                  p.model_copy(update={"response_format": TextFormat()}))
+    def constrained() -> list:
+        return [GenerationRequest(messages=a.input["messages"], params=p)
                 for a, p in zip(accepted, params, strict=True)]
 
-    engine.generate(batch(True)[: opts.slots])  # warm-up: threads, caches, the grammar tokenizer
+    def free(lengths: list[int]) -> list:
+        return [GenerationRequest(messages=a.input["messages"], params=p.model_copy(update={
+            "response_format": TextFormat(), "max_tokens": n, "ignore_eos": True}))
+            for a, p, n in zip(accepted, params, lengths, strict=True)]
+
+    engine.generate(constrained()[: opts.slots])  # warm-up: threads, the grammar tokenizer
     runs: dict[str, list[dict]] = {"free": [], "constrained": []}
     for _ in range(opts.runs):  # alternate, so that drift hits both alike
-        runs["free"].append(one_run(engine, batch(False)))
-        runs["constrained"].append(one_run(engine, batch(True)))
+        figures, lengths = one_run(engine, constrained())
+        runs["constrained"].append(figures)
+        runs["free"].append(one_run(engine, free(lengths))[0])
         print({k: v[-1] for k, v in runs.items()}, flush=True)
     engine.close()
     free_tps = median([r["tok_s"] for r in runs["free"]])
@@ -73,7 +81,8 @@ def main() -> None:
                             "engine steps", "mask ms per step"], rows)
     notes = (f"constrained / free = {cons_tps / free_tps:.2f} (target >= 0.85). SmolLM2 fp32, "
              f"{opts.slots} slots, the {len(accepted) // opts.copies} prompts of "
-             f"examples/structured.jsonl x {opts.copies}, greedy, max_tokens 128; median of "
+             f"examples/structured.jsonl x {opts.copies}, greedy, max_tokens 128 (the free twins: "
+             "exactly the constrained lengths); median of "
              f"{opts.runs} alternating runs. Mask time is llguidance's, per step with at least "
              "one constrained row, computed on a helper thread while the forward pass runs.")
     print(table)
