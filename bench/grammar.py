@@ -1,8 +1,10 @@
 """llguidance against xgrammar on our tokenizer, side by side in one process: for each of the
 formats in examples/structured.jsonl, the time to compile it, then the time to compute the
 token masks of a step for all of them at once, replaying the same token streams through both
-libraries (the outputs SmolLM2 wrote under those formats). The library llmq uses was picked
-by these figures. Needs the bench extra: pip install -e '.[bench]' (xgrammar).
+libraries (the outputs SmolLM2 wrote under those formats). Why llmq uses llguidance is
+written under these figures in bench/BENCHMARKS.md. Needs xgrammar beside the test extra
+(its own requirements pull in triton, which it does not use on a CPU):
+pip install --no-deps xgrammar apache-tvm-ffi.
 
     .venv/bin/python -m bench.grammar
 """
@@ -56,8 +58,8 @@ def llguidance_run(formats: list[dict], streams: list[list[int]], tok) -> dict:
         llguidance.torch.fill_next_token_bitmask_par(
             executor, [(matchers[i], i) for i in live], mask)
 
-    def accept(i: int, token: int) -> None:
-        matchers[i].consume_token(token)
+    def accept(i: int, token: int) -> bool:
+        return matchers[i].consume_token(token) and not matchers[i].is_error()
 
     return {"compile_ms": compile_ms, **_replay(streams, fill, accept)}
 
@@ -75,8 +77,9 @@ def xgrammar_run(formats: list[dict], streams: list[list[int]], tok) -> dict:
 
     def compile_one(f: dict):
         if f["type"] == "json_schema":
+            # compact, as llguidance writes it (xgrammar's default puts a space after ":")
             return compiler.compile_json_schema(json.dumps(f["json_schema"]["schema"]),
-                                                any_whitespace=False)
+                                                any_whitespace=False, separators=(",", ":"))
         if f["type"] == "json_object":
             return compiler.compile_builtin_json_grammar()
         if f["type"] == "regex":
@@ -93,8 +96,8 @@ def xgrammar_run(formats: list[dict], streams: list[list[int]], tok) -> dict:
         for i in live:
             matchers[i].fill_next_token_bitmask(mask, i)
 
-    def accept(i: int, token: int) -> None:
-        matchers[i].accept_token(token)
+    def accept(i: int, token: int) -> bool:
+        return matchers[i].accept_token(token)
 
     return {"compile_ms": compile_ms, **_replay(streams, fill, accept)}
 
@@ -103,15 +106,17 @@ def _replay(streams: list[list[int]], fill, accept) -> dict:
     """Steps through the streams together: the masks of every live one, then each accepts
     its next token. Returns the mask time per step."""
     samples = []
+    refused: set[int] = set()  # streams a library would not follow to their end
     for step in range(max(map(len, streams))):
-        live = [i for i, s in enumerate(streams) if step < len(s)]
+        live = [i for i, s in enumerate(streams) if step < len(s) and i not in refused]
         start = time.perf_counter()
         fill(live)
         samples.append((time.perf_counter() - start) * 1000)
         for i in live:
-            accept(i, streams[i][step])
+            if not accept(i, streams[i][step]):
+                refused.add(i)
     return {"mask_ms_median": statistics.median(samples), "mask_ms_mean":
-            statistics.fmean(samples), "steps": len(samples)}
+            statistics.fmean(samples), "steps": len(samples), "refused": len(refused)}
 
 
 def main() -> None:
@@ -121,9 +126,10 @@ def main() -> None:
         res = fn(formats, streams, tok)
         print(name, res, flush=True)
         rows.append([name, f"{res['compile_ms']:.2f}", f"{res['mask_ms_median']:.3f}",
-                     f"{res['mask_ms_mean']:.3f}", res["steps"]])
+                     f"{res['mask_ms_mean']:.3f}", res["steps"], res["refused"]])
     table = markdown_table(["library", "compile ms per format", "mask ms per step (median)",
-                            "mask ms per step (mean)", "steps"], rows)
+                            "mask ms per step (mean)", "steps",
+                            "streams refused before their end"], rows)
     notes = (f"The {len(formats)} formats of examples/structured.jsonl (JSON schemas, regexes, "
              "choices, JSON mode) on the SmolLM2 tokenizer (49,152 tokens), one thread each; a "
              "step computes the masks of every format still generating, replaying the tokens "
