@@ -75,9 +75,11 @@ class Settings(BaseSettings):
         600.0, gt=0, description="an engine with work but no step for this long exits its "
         "worker, to be replaced")
 
-    fault_crash_marker: str | None = Field(
-        None, description="fault injection for the fault tests only: a worker exits at once, "
-        "as on a segfault, when it starts a request whose prompt contains this text")
+    # fault injection, for the fault tests only: a worker that starts a request whose prompt
+    # contains the marker exits at once, as on a segfault (crash), or its engine stops
+    # stepping for good, as on a hung kernel (wedge)
+    fault_crash_marker: str | None = None
+    fault_wedge_marker: str | None = None
 
     # nightly pipeline
     pipeline_cron: str = Field("0 2 * * *", description="when beat runs the pipelines")

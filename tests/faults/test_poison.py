@@ -1,7 +1,10 @@
-"""A request that crashes its worker every time (fault 7): it fails after LLMQ_MAX_ATTEMPTS,
-and the requests that shared its message, and its engine steps, still succeed. The crash is a
-real one (the process exits at once, as on a segfault), triggered by the fault-injection
-setting LLMQ_FAULT_CRASH_MARKER; a restarted worker plays the part of docker's restart."""
+"""A request that crashes its worker every time (fault 7), or wedges its engine every time
+(fault 10): it fails after LLMQ_MAX_ATTEMPTS, and the requests that shared its message, and
+its engine steps, still succeed. The faults are real ones, triggered by the fault-injection
+settings: the process exits at once, as on a segfault (LLMQ_FAULT_CRASH_MARKER), or the
+engine's step never returns, as on a hung kernel, until the liveness thread sees no step for
+LLMQ_ENGINE_STALL_SECONDS and exits the worker (LLMQ_FAULT_WEDGE_MARKER). A restarted worker
+plays the part of docker's restart."""
 
 from __future__ import annotations
 
@@ -32,8 +35,14 @@ def env(llmq_env: dict[str, str], tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -
     return {**llmq_env, **fast}
 
 
+FAULTS = {"crash": {"LLMQ_FAULT_CRASH_MARKER": MARKER},
+          "wedge": {"LLMQ_FAULT_WEDGE_MARKER": MARKER, "LLMQ_ENGINE_STALL_SECONDS": "4"}}
+
+
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
-def test_a_request_that_kills_its_worker_fails_alone(env: dict, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_a_request_that_kills_its_worker_fails_alone(env: dict, tmp_path: Path,
+                                                     fault: str) -> None:
     path = tmp_path / "p.jsonl"
     with path.open("w") as f:
         for i in range(12):
@@ -41,7 +50,7 @@ def test_a_request_that_kills_its_worker_fails_alone(env: dict, tmp_path: Path) 
             f.write(json.dumps({"custom_id": f"q{i:02d}", "max_tokens": 16, "ignore_eos": True,
                                 "messages": [{"role": "user", "content": content}]}) + "\n")
     batch = llmq_json(env, "submit", str(path), "--json")["batch_id"]  # one message of 12
-    worker_env = {**env, "LLMQ_FAULT_CRASH_MARKER": MARKER}
+    worker_env = {**env, **FAULTS[fault]}
     crashes = 0
     deadline = time.time() + 300
     while service.status(batch)["state"] != "completed":
@@ -51,6 +60,7 @@ def test_a_request_that_kills_its_worker_fails_alone(env: dict, tmp_path: Path) 
         while worker.proc.poll() is None and service.status(batch)["state"] != "completed":
             time.sleep(0.2)
         if worker.proc.poll() is not None:
+            assert worker.proc.returncode == 70, (tmp_path / f"w{crashes}.log").read_text()
             crashes += 1
             assert crashes <= 3, "the poisonous request ran more than LLMQ_MAX_ATTEMPTS times"
         else:
