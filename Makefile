@@ -34,7 +34,7 @@ demo: $(STAMP)
 	@head -n 3 out/demo-results.jsonl | $(BIN)/python -c "import json,sys; [print(json.loads(l)['custom_id'], '->', json.loads(l)['text'][:100].replace(chr(10),' ')) for l in sys.stdin]"
 
 # Every test: real Redis, SQLite and PostgreSQL, real workers, the tiny model and the real
-# SmolLM2 where behaviour depends on it (about 11 minutes on 2 cores). Soaks live in bench/.
+# SmolLM2 where behaviour depends on it (about 15 minutes on 2 cores). Soaks live in bench/.
 test: $(STAMP)
 	$(BIN)/ruff check llmq tests bench
 	$(BIN)/python -m pytest -q

@@ -102,6 +102,7 @@ class Outcome:
     kills: int
     redis_restart: bool
     ran_more_than_once: int
+    failure_reasons: dict[str, int]
 
 
 def one_run(chaos: bool, opts: argparse.Namespace, tmp: Path) -> Outcome:
@@ -158,9 +159,12 @@ def one_run(chaos: bool, opts: argparse.Namespace, tmp: Path) -> Outcome:
                                            "results")).scalar_one())
             attempts = int(conn.execute(text("SELECT count(*) FROM requests WHERE "
                                              "attempts > 1")).scalar_one())
+            reasons = dict(conn.execute(text(  # recorded: the scratch database is dropped
+                "SELECT left(coalesce(last_error, ''), 80), count(*) FROM requests "
+                "WHERE state = 'failed' GROUP BY 1")).all())
         engine.dispose()
         return Outcome(seconds, tokens / seconds, counts(pg_url, batch), invariant(pg_url),
-                       kills, restarted, attempts)
+                       kills, restarted, attempts, reasons)
 
 
 def main() -> None:
@@ -192,7 +196,8 @@ def main() -> None:
              f"{KILL_EVERY:.0f} s and started again, Redis restarted (empty) once; liveness "
              f"at {FAST_LIVENESS['LLMQ_HEARTBEAT_SECONDS']} s heartbeats and a "
              f"{FAST_LIVENESS['LLMQ_WORKER_TIMEOUT']} s worker timeout. Throughput with chaos "
-             f"is {ratio:.2f}x the calm run's, measured in the same sitting.")
+             f"is {ratio:.2f}x the calm run's, measured in the same sitting. Why requests "
+             f"failed: {json.dumps(wild.failure_reasons) if wild.failure_reasons else 'none did'}.")
     print(table)
     print(notes)
     record("Chaos soak (bench/chaos.py)", table, notes)
