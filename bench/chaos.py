@@ -167,6 +167,17 @@ def one_run(chaos: bool, opts: argparse.Namespace, tmp: Path) -> Outcome:
                        kills, restarted, attempts, reasons)
 
 
+def verdict(inv: dict[str, int]) -> str:
+    """The invariant's state; requests still queued or running when the time limit cut the
+    run are not a breach (the workers were stopped while working on them)."""
+    broken = {k: v for k, v in inv.items() if v and k != "unfinished"}
+    if broken:
+        return f"BROKEN {broken}"
+    if inv["unfinished"]:
+        return f"holds; cut off at the limit with {inv['unfinished']} unfinished"
+    return "holds"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=3000)
@@ -180,11 +191,10 @@ def main() -> None:
     print(f"with chaos: {wild}", flush=True)
     rows = []
     for name, r in (("no chaos", calm), ("chaos", wild)):
-        ok = all(v == 0 for v in r.invariant.values())  # "unfinished": cut off at the limit
         rows.append([name, f"{r.seconds:.0f}", f"{r.tok_s:.1f}",
                      f"{r.counts.get('succeeded', 0)}/{opts.requests}",
                      r.counts.get("failed", 0), r.kills, "yes" if r.redis_restart else "no",
-                     r.ran_more_than_once, "holds" if ok else f"BROKEN {r.invariant}"])
+                     r.ran_more_than_once, verdict(r.invariant)])
     table = markdown_table(["run", "seconds", "tok/s", "succeeded", "failed", "workers killed",
                             "Redis restarted", "requests run more than once", "invariant"],
                            rows)

@@ -206,6 +206,8 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
     outcome = run([i for i in ids if i not in suspects])
     for rid in (i for i in ids if i in suspects):
         with _QUARANTINE:
+            if deadline is not None and time.time() > deadline:
+                break  # unclaimed, they stay queued: the reconciler sends them again
             for state, n in run([rid]).items():
                 outcome[state] = outcome.get(state, 0) + n
     return outcome
