@@ -83,10 +83,6 @@ class _Constrained(BaseModel):
     def grammar(self) -> str:
         raise NotImplementedError
 
-    @property
-    def is_json(self) -> bool:
-        return False
-
     @model_validator(mode="after")
     def _compiles(self) -> _Constrained:
         try:
@@ -107,10 +103,6 @@ class JsonObjectFormat(_Constrained):
         from llguidance import LLMatcher
 
         return LLMatcher.grammar_from_json_schema({"type": "object"})
-
-    @property
-    def is_json(self) -> bool:
-        return True
 
 
 class JsonSchemaSpec(BaseModel):
@@ -138,10 +130,6 @@ class JsonSchemaFormat(_Constrained):
                    "lenient": not self.json_schema.strict}
         return LLMatcher.grammar_from_json_schema(self.json_schema.json_schema,
                                                   defaults=options)  # type: ignore[arg-type]
-
-    @property
-    def is_json(self) -> bool:
-        return True
 
 
 class RegexFormat(_Constrained):
