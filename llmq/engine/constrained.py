@@ -7,6 +7,7 @@ is then fed to its matcher. Free requests in the same step are untouched."""
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -71,8 +72,6 @@ class MaskWorker:
         rows = [(c.matcher, i) for i, c in enumerate(constraints) if c is not None]
         if not rows:
             return None
-        import time
-
         started = time.perf_counter()
         mask = llguidance.torch.allocate_token_bitmask(len(constraints),
                                                        self.tokenizer.vocab_size)
