@@ -197,6 +197,9 @@ class PipelineRun(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # the driver chain that moves the run (the newest one sent wins) and its last look
+    driver: Mapped[str | None] = mapped_column(String(32))
+    driven_at: Mapped[datetime | None]
 
 
 class RunDocument(Base):

@@ -9,9 +9,10 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -242,6 +243,40 @@ def store_summary(session: Session, run: PipelineRun, rd: RunDocument, final: Re
                         prompt_tokens=int(prompt), completion_tokens=int(completion),
                         quality=quality, flagged=flagged))
     rd.state, rd.finished_at = DocumentState.SUCCEEDED, utcnow()
+
+
+# --- drivers: the chain of tasks that moves a distributed run -------------------------------
+
+LOCAL_DRIVER = "local-"  # a run driven in one process (`--local`), never re-driven
+
+
+def new_driver(session: Session, run_id: str, local: bool = False) -> str:
+    """A token for a new driver chain of ``run_id``; any older chain stops at its next look."""
+    token = (LOCAL_DRIVER + uuid.uuid4().hex)[:32] if local else uuid.uuid4().hex
+    session.execute(update(PipelineRun).where(PipelineRun.id == run_id)
+                    .values(driver=token, driven_at=utcnow()))
+    return token
+
+
+def drive(session: Session, run_id: str, token: str | None) -> bool:
+    """Records a look by the chain ``token``; False when a newer chain has taken the run
+    over (a chain sent before drivers existed has no token and always drives)."""
+    if token is None:
+        return True
+    return bool(session.execute(
+        update(PipelineRun).where(PipelineRun.id == run_id,
+                                  or_(PipelineRun.driver == token,
+                                      PipelineRun.driver.is_(None)))
+        .values(driven_at=utcnow())).rowcount)
+
+
+def undriven_runs(session: Session, before: datetime) -> list[str]:
+    """Running runs whose driver has not looked since ``before``: its chain ended (a send
+    that failed, a lost message)."""
+    return list(session.execute(select(PipelineRun.id).where(
+        PipelineRun.state == RunState.RUNNING,
+        or_(PipelineRun.driver.is_(None), PipelineRun.driver.not_like(f"{LOCAL_DRIVER}%")),
+        func.coalesce(PipelineRun.driven_at, PipelineRun.created_at) < before)).scalars())
 
 
 def complete_run(run: PipelineRun) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from llmq.db import workers as rows
 from llmq.db.session import session_scope
 from llmq.settings import Settings
-from llmq.worker.reaper import reap, reconcile, send
+from llmq.worker.reaper import reap, reconcile, redrive, send
 
 if TYPE_CHECKING:
     from llmq.engine.engine import Engine
@@ -78,6 +78,7 @@ class Liveness:
                     next_sweep = time.monotonic() + self.settings.reaper_seconds
                     reap(self.settings)
                     reconcile(self.settings)
+                    redrive(self.settings)
             except Exception:  # the database or the broker is away: try again next beat
                 log.exception("liveness: heartbeat or sweep failed")
             if self._stop.wait(self.settings.heartbeat_seconds):

@@ -65,6 +65,25 @@ def reconcile(settings: Settings) -> int:
     return sent
 
 
+def redrive(settings: Settings) -> list[str]:
+    """Sends a new driver chain to every running pipeline run that no driver has looked at
+    for LLMQ_RESEND_AFTER seconds (a live chain looks at least twice as often); returns
+    their ids."""
+    from llmq.db import pipeline as runs
+    from llmq.worker.pipeline.run import send_advance
+
+    before = utcnow() - timedelta(seconds=settings.resend_after)
+    with session_scope() as session:
+        stranded = runs.undriven_runs(session, before)
+    for run_id in stranded:
+        try:
+            send_advance(run_id)
+            log.warning("pipeline run %s had no driver: sent a new one", run_id)
+        except Exception:
+            log.exception("could not send a driver for pipeline run %s", run_id)
+    return stranded
+
+
 def send(groups: dict[tuple[str, str, str], list[int]]) -> int:
     """Messages for ``groups`` of ids by (model, device, priority); a group that cannot be
     sent stays unsent, and the next sweep tries again."""

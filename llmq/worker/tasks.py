@@ -40,15 +40,20 @@ def run_requests(request_ids: list[int]) -> dict[str, int]:
 
 
 @app.task(name=TASK_PIPELINE_ADVANCE, acks_late=True, reject_on_worker_lost=True)
-def pipeline_advance(run_id: str, failures: int = 0) -> bool:
+def pipeline_advance(run_id: str, failures: int = 0, driver: str | None = None) -> bool:
     """Moves a pipeline run forward, then looks again later until it is complete. Any error
     (the database away, a failed send, a conflict with another driver) only delays the
-    next look, with backoff: the chain must not end while the run is running."""
+    next look, with backoff: the chain must not end while the run is running. If it ends
+    anyway (the broker away when it reschedules), the sweep sends a new chain
+    (reaper.redrive), and this one stops at its next look."""
     from llmq.db.pipeline import RunNotFound
-    from llmq.worker.pipeline.run import advance_and_enqueue
+    from llmq.worker.pipeline.run import advance_and_enqueue, still_driving
 
-    poll = get_settings().pipeline_poll_seconds
+    settings = get_settings()
     try:
+        if not still_driving(run_id, driver):
+            log.info("pipeline run %s: a newer driver has taken over", run_id)
+            return True
         if advance_and_enqueue(run_id):
             return True
         failures = 0
@@ -58,20 +63,23 @@ def pipeline_advance(run_id: str, failures: int = 0) -> bool:
     except Exception:
         failures += 1
         log.exception("pipeline run %s: advancing failed (%d in a row)", run_id, failures)
-    pipeline_advance.apply_async((run_id, failures), queue=CONTROL_QUEUE,
-                                 countdown=min(300.0, poll * 2 ** min(failures, 8)))
+    # the longest wait stays under the sweep's patience, so a live chain is never replaced
+    longest = min(300.0, settings.resend_after / 2)
+    pipeline_advance.apply_async(
+        (run_id, failures, driver), queue=CONTROL_QUEUE,
+        countdown=min(longest, settings.pipeline_poll_seconds * 2 ** min(failures, 8)))
     return False
 
 
 @app.task(name=TASK_PIPELINE_NIGHTLY)
 def pipeline_nightly() -> list[str]:
     """Beat's entry: starts a run of every configured pipeline."""
-    from llmq.worker.pipeline.run import start_run
+    from llmq.worker.pipeline.run import send_advance, start_run
 
     runs = []
     for cfg in get_settings().pipelines:
         run_id = start_run(cfg["source"], name=cfg.get("name"), model=cfg.get("model"))
-        pipeline_advance.apply_async((run_id,), queue=CONTROL_QUEUE)
+        send_advance(run_id)
         runs.append(run_id)
         log.info("pipeline %s: run %s", cfg.get("name") or cfg["source"], run_id)
     return runs

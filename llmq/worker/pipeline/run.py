@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from llmq.db import pipeline as store
 from llmq.db.migrate import ensure_schema
 from llmq.db.pipeline import create_run, get_run, ingest
 from llmq.db.session import session_factory, session_scope
@@ -42,6 +43,7 @@ def run_local(run_id: str, slots: int | None = None,
 
     with session_scope() as session:
         model = get_run(session, run_id).model
+        store.new_driver(session, run_id, local=True)  # no sweep sends a chain after it
     engine, ident = load_engine(model, slots)
     tokenizer = tokenizer_for(model)
     sessions = session_factory()
@@ -78,7 +80,17 @@ def advance_and_enqueue(run_id: str) -> bool:
 
 
 def send_advance(run_id: str) -> None:
-    """Hands the run to the workers: the driver task advances it until it is complete."""
+    """Hands the run to the workers: a new driver chain advances it until it is complete
+    (any older chain of the run stops at its next look)."""
     from llmq.worker.celery_app import CONTROL_QUEUE, TASK_PIPELINE_ADVANCE, producer_app
 
-    producer_app().send_task(TASK_PIPELINE_ADVANCE, args=[run_id], queue=CONTROL_QUEUE)
+    with session_scope() as session:
+        token = store.new_driver(session, run_id)
+    producer_app().send_task(TASK_PIPELINE_ADVANCE, args=[run_id, 0, token],
+                             queue=CONTROL_QUEUE)
+
+
+def still_driving(run_id: str, token: str | None) -> bool:
+    """Records a look by the chain ``token``; False when a newer chain has the run."""
+    with session_scope() as session:
+        return store.drive(session, run_id, token)
