@@ -61,34 +61,21 @@ def _environment(config: dict[str, Any], workdir: Path) -> None:
 def one_run(config: dict[str, Any], workdir: Path, engine: Any, ident: Any) -> dict[str, Any]:
     _environment(config, workdir)
     from llmq.db import pipeline as store
-    from llmq.db.session import dispose_engines, session_factory, session_scope
+    from llmq.db.session import dispose_engines, session_scope
     from llmq.settings import get_settings
-    from llmq.variants.registry import tokenizer_for
-    from llmq.worker.pipeline.advance import advance
-    from llmq.worker.pipeline.quality import measure
-    from llmq.worker.pipeline.run import start_run
-    from llmq.worker.processing import process_ids
+    from llmq.worker.pipeline.run import drive_here, start_run
 
     get_settings.cache_clear()
     dispose_engines()
     run_id = start_run(DOCUMENTS, name="long")
-    tokenizer = tokenizer_for(get_settings().model)
-    sessions = session_factory()
     start = time.perf_counter()
-    while True:
-        with sessions.begin() as session:
-            step = advance(session, run_id, tokenizer)
-        if step.finished:
-            break
-        process_ids(sessions, engine, step.new_ids, ident, max_attempts=3)
+    drive_here(run_id, engine, ident)
     seconds = time.perf_counter() - start
     with session_scope() as session:
         summaries = store.run_summaries(session, run_id)
-    docs = []
-    for s in summaries:
-        q = measure(s["summary"], (DOCUMENTS / s["document"]).read_text())
-        docs.append({"document": s["document"], "summary": s["summary"],
-                     "flagged": s.get("flagged", False), **q.as_dict()})
+    # the quality the pipeline measured and stored with each summary
+    docs = [{"document": s["document"], "summary": s["summary"], "flagged": s["flagged"],
+             **s["quality"]} for s in summaries]
     return {"seconds": seconds, "docs": docs,
             "tokens": sum(s["completion_tokens"] for s in summaries)}
 

@@ -4,6 +4,7 @@ and the real SmolLM2 tokenizer; tests/engine/test_smollm2.py loads the real Smol
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,3 +38,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     weights = random_weights(cfg)
     path = write_gguf(tmp_path_factory.mktemp("tiny") / "tiny.gguf", cfg, weights)
     return Tiny(tok, cfg, weights, path, hf_model(cfg, weights))
+
+
+@pytest.fixture
+def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The settings of this test point at a SQLite file of its own."""
+    from llmq.db.session import dispose_engines
+    from llmq.settings import get_settings
+
+    monkeypatch.setenv("LLMQ_DATABASE_URL", f"sqlite:///{tmp_path / 'llmq.db'}")
+    get_settings.cache_clear()
+    dispose_engines()
+    yield
+    get_settings.cache_clear()
+    dispose_engines()

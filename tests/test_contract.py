@@ -4,7 +4,6 @@ defaults, from the input line to the stored JSON to what the engine samples with
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from llmq.contract import (
     SamplingParams,
     defaults_from,
 )
-from llmq.db.session import dispose_engines, session_scope
+from llmq.db.session import session_scope
 from llmq.settings import Settings, get_settings
 
 
@@ -62,16 +61,6 @@ def test_a_seed_torch_cannot_take_is_a_line_error(tmp_path: Path) -> None:
     assert parsed.accepted == []
     assert parsed.rejected[0].error.startswith("line 1: seed:")
     assert parsed.rejected[1].error.startswith("line 2: response_format")
-
-
-@pytest.fixture
-def sqlite_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("LLMQ_DATABASE_URL", f"sqlite:///{tmp_path / 'llmq.db'}")
-    get_settings.cache_clear()
-    dispose_engines()
-    yield
-    get_settings.cache_clear()
-    dispose_engines()
 
 
 def test_requests_are_stored_with_complete_params(tmp_path: Path, sqlite_env: None,

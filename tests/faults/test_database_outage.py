@@ -19,9 +19,10 @@ from tests.service.conftest import RedisServer
 from tests.service.test_end_to_end import prompts_file, wait_done
 from tests.service.workers import Worker, llmq_json
 
+from .conftest import FAST_LIVENESS
 from .invariants import assert_every_request_ended_once
 from .postgres import PrivateCluster
-from .test_worker_loss import FAST_LIVENESS, _wait_for
+from .test_worker_loss import _wait_for
 
 OUTAGE_SECONDS = 45
 

@@ -11,24 +11,22 @@ import pytest
 
 from llmq.api import service
 from llmq.db import pipeline as store
-from llmq.db.migrate import upgrade
 from llmq.db.session import session_scope
+from llmq.settings import get_settings
 from llmq.worker.pipeline.run import start_run
-from tests.conftest import Tiny
 from tests.service.test_pipeline import EXAMPLES, SMALL_CONTEXT
 from tests.service.workers import Worker
 
-from .test_worker_loss import FAST_LIVENESS
-
 
 @pytest.fixture
-def env(llmq_env: dict[str, str], tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> dict:
-    fast = {"LLMQ_MODEL": str(tiny.gguf), **FAST_LIVENESS, **SMALL_CONTEXT,
-            "LLMQ_PIPELINE_POLL_SECONDS": "0.2", "LLMQ_PIPELINE_RETRY_SAMPLING": "{}"}
-    for k, v in fast.items():
+def env(env: dict, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """The faults' env with a small context and quick pipeline polling."""
+    extra = {**SMALL_CONTEXT, "LLMQ_PIPELINE_POLL_SECONDS": "0.2",
+             "LLMQ_PIPELINE_RETRY_SAMPLING": "{}"}
+    for k, v in extra.items():
         monkeypatch.setenv(k, v)
-    upgrade()
-    return {**llmq_env, **fast}
+    get_settings.cache_clear()
+    return {**env, **extra}
 
 
 def test_a_newer_driver_takes_over_and_the_older_one_stops(env: dict, tmp_path: Path) -> None:

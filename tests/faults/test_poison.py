@@ -15,24 +15,12 @@ from pathlib import Path
 import pytest
 
 from llmq.api import service
-from llmq.db.migrate import upgrade
-from tests.conftest import Tiny
 from tests.service.test_end_to_end import wait_done
 from tests.service.workers import Worker, count_rows, llmq_json
 
 from .invariants import assert_every_request_ended_once
-from .test_worker_loss import FAST_LIVENESS
 
 MARKER = "@@crash-this-worker@@"
-
-
-@pytest.fixture
-def env(llmq_env: dict[str, str], tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> dict:
-    fast = {"LLMQ_MODEL": str(tiny.gguf), **FAST_LIVENESS}
-    for k, v in fast.items():
-        monkeypatch.setenv(k, v)
-    upgrade()
-    return {**llmq_env, **fast}
 
 
 FAULTS = {"crash": {"LLMQ_FAULT_CRASH_MARKER": MARKER},

@@ -12,25 +12,11 @@ from pathlib import Path
 import pytest
 
 from llmq.api import service
-from llmq.db.migrate import upgrade
-from tests.conftest import Tiny
 from tests.service.conftest import RedisServer
 from tests.service.test_end_to_end import prompts_file, wait_done
 from tests.service.workers import Worker, count_rows, llmq_json
 
 from .invariants import assert_every_request_ended_once
-
-FAST_LIVENESS = {"LLMQ_HEARTBEAT_SECONDS": "1", "LLMQ_WORKER_TIMEOUT": "5",
-                 "LLMQ_REAPER_SECONDS": "2", "LLMQ_RESEND_AFTER": "10"}
-
-
-@pytest.fixture
-def env(llmq_env: dict[str, str], tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> dict:
-    fast = {"LLMQ_MODEL": str(tiny.gguf), **FAST_LIVENESS}
-    for k, v in fast.items():
-        monkeypatch.setenv(k, v)
-    upgrade()
-    return {**llmq_env, **fast}
 
 
 def _wait_for(predicate, timeout: float = 60) -> None:  # noqa: ANN001

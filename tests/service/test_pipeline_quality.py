@@ -5,57 +5,31 @@ settings: none may loop, repeat a sentence or miss its document's topic."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from llmq.db import pipeline as store
-from llmq.db.session import dispose_engines, session_factory, session_scope
+from llmq.db.session import session_scope
 from llmq.settings import get_settings
-from llmq.variants.registry import tokenizer_for
-from llmq.worker.embedded import load_engine
-from llmq.worker.pipeline.advance import advance
 from llmq.worker.pipeline.quality import FLOOR_DISTINCT_TRIGRAMS, measure
-from llmq.worker.pipeline.run import start_run
-from llmq.worker.processing import process_ids
+from llmq.worker.pipeline.run import run_local, start_run
 from tests.conftest import Tiny
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "documents"
 LONG_DOCUMENTS = EXAMPLES.parent / "long-documents"
 
 
-@pytest.fixture
-def sqlite_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("LLMQ_DATABASE_URL", f"sqlite:///{tmp_path / 'llmq.db'}")
-    get_settings.cache_clear()
-    dispose_engines()
-    yield
-    get_settings.cache_clear()
-    dispose_engines()
-
-
 def _summarize(folder: Path, model: str) -> list[dict]:
-    """A pipeline run over ``folder`` in this process, as bench/pipeline.py runs it."""
+    """A pipeline run over ``folder`` in this process (``pipeline summarize --local``)."""
     run_id = start_run(folder, name=folder.name, model=model)
-    engine, ident = load_engine(model, slots=32)
-    tokenizer = tokenizer_for(model)
-    sessions = session_factory()
-    try:
-        while True:
-            with sessions.begin() as session:
-                step = advance(session, run_id, tokenizer)
-            if step.finished:
-                break
-            process_ids(sessions, engine, step.new_ids, ident, max_attempts=1)
-    finally:
-        engine.close()
+    run_local(run_id, slots=32)  # as bench/pipeline.py runs it
     with session_scope() as session:
         return store.run_summaries(session, run_id)
 
 
-def test_summaries_of_long_documents_are_loop_free_and_on_topic(sqlite_only: None) -> None:
+def test_summaries_of_long_documents_are_loop_free_and_on_topic(sqlite_env: None) -> None:
     summaries = _summarize(LONG_DOCUMENTS, "smollm2-135m")
     assert len(summaries) == len(list(LONG_DOCUMENTS.iterdir())) == 4
     for s in summaries:
@@ -75,7 +49,7 @@ SUMMARY_SCHEMA = {"type": "object", "additionalProperties": False,
                                               "items": {"type": "string", "maxLength": 10}}}}
 
 
-def test_structured_summaries_are_exported_parsed(sqlite_only: None, tiny: Tiny,
+def test_structured_summaries_are_exported_parsed(sqlite_env: None, tiny: Tiny,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """With a summary schema, each final summary is JSON that validates and is exported
     parsed; the tiny model's nonsense is retried and flagged, but still well-formed."""

@@ -63,21 +63,20 @@ def _stem(word: str) -> str:
     return word
 
 
-def salient_terms(text: str, paragraphs: list[str] | None = None,
-                  k: int = SALIENT_TERMS) -> list[str]:
+def salient_terms(text: str, k: int = SALIENT_TERMS) -> list[str]:
     """The document's salient terms: content words (stopwords and words under three letters
     left out) by their frequency in the document, weighted up by how many of its paragraphs
     use them, so that a term the whole document is about outranks one a single paragraph
     repeats. (Inverse document frequency needs other documents; one document must do.)"""
-    parts = paragraphs if paragraphs is not None else [p for p in re.split(r"\n\s*\n", text)
-                                                       if p.strip()]
-    tf = Counter(_stem(w) for w in words(text) if len(w) >= 3 and w not in STOPWORDS)
-    df = Counter(t for p in parts for t in {_stem(w) for w in words(p)})
-    score = {t: c * math.log(2 + df.get(t, 0)) for t, c in tf.items()}
+    paragraphs = [p for p in re.split(r"\n\s*\n", text) if p.strip()]
     surface = Counter(w for w in words(text) if len(w) >= 3 and w not in STOPWORDS)
+    tf: Counter[str] = Counter()
     shown: dict[str, str] = {}
-    for word, _ in surface.most_common():  # each stem shown as its most frequent word
+    for word, count in surface.most_common():  # each stem shown as its most frequent word
+        tf[_stem(word)] += count
         shown.setdefault(_stem(word), word)
+    df = Counter(t for p in paragraphs for t in {_stem(w) for w in words(p)})
+    score = {t: c * math.log(2 + df.get(t, 0)) for t, c in tf.items()}
     return [shown[t] for t in sorted(score, key=lambda t: (-score[t], t))[:k]]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmq.db import pipeline as store
 from llmq.db.migrate import ensure_schema
@@ -14,6 +15,10 @@ from llmq.settings import get_settings
 
 from .plan import PlanParams
 from .sources import read_source
+
+if TYPE_CHECKING:
+    from llmq.engine.engine import Engine
+    from llmq.worker.processing import WorkerIdentity
 
 
 def start_run(location: str | Path, name: str | None = None, model: str | None = None,
@@ -35,31 +40,36 @@ def start_run(location: str | Path, name: str | None = None, model: str | None =
 def run_local(run_id: str, slots: int | None = None,
               on_level: Callable[[int], None] | None = None) -> None:
     """Drives the run to the end in this process with the embedded engine."""
-    from llmq.variants.registry import tokenizer_for
     from llmq.worker.embedded import load_engine
-    from llmq.worker.processing import process_ids
-
-    from .advance import advance
 
     with session_scope() as session:
         model = get_run(session, run_id).model
         store.new_driver(session, run_id, local=True)  # no sweep sends a chain after it
     engine, ident = load_engine(model, slots)
-    tokenizer = tokenizer_for(model)
-    sessions = session_factory()
     try:
-        while True:
-            with sessions.begin() as session:
-                step = advance(session, run_id, tokenizer)
-            if step.finished:
-                return
-            ids = step.new_ids + step.unsent_ids
-            if on_level is not None:
-                on_level(len(ids))
-            process_ids(sessions, engine, ids, ident,
-                        max_attempts=get_settings().max_attempts)
+        drive_here(run_id, engine, ident, on_level)
     finally:
         engine.close()
+
+
+def drive_here(run_id: str, engine: Engine, ident: WorkerIdentity,
+               on_level: Callable[[int], None] | None = None) -> None:
+    """Advances the run level by level on ``engine``, in this process, until it is
+    complete (``run_local``, and benchmarks that keep one engine across runs)."""
+    from llmq.worker.processing import process_ids
+
+    from .advance import advance
+
+    sessions = session_factory()
+    while True:
+        with sessions.begin() as session:
+            step = advance(session, run_id, engine.tokenizer)
+        if step.finished:
+            return
+        ids = step.new_ids + step.unsent_ids
+        if on_level is not None:
+            on_level(len(ids))
+        process_ids(sessions, engine, ids, ident, max_attempts=get_settings().max_attempts)
 
 
 def advance_and_enqueue(run_id: str) -> bool:
