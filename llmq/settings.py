@@ -75,6 +75,22 @@ class Settings(BaseSettings):
         600.0, gt=0, description="an engine with work but no step for this long exits its "
         "worker, to be replaced")
 
+    # the HTTP API (llmq serve): file bytes live in a folder, not in the database, so that an
+    # upload streams to disk and a 200 MB file never passes through one SQL value; a shared
+    # folder (a volume) when the API runs on several machines
+    files_dir: str = Field("files", description="where the Files API keeps file contents")
+    api_open: bool = Field(
+        False, description="no keys: every caller is one anonymous owner (loopback only)")
+    api_max_file_bytes: int = Field(200 << 20, ge=1, description="largest upload (413)")
+    api_max_queued: int = Field(
+        1_000_000, ge=1, description="queued and running requests in all, beyond which "
+        "new work over HTTP gets 429")
+    api_max_queued_per_key: int = Field(
+        200_000, ge=1, description="queued and running requests of one key (429 beyond)")
+    api_retry_after: int = Field(30, ge=1, description="Retry-After of a 429, seconds")
+    api_request_timeout: float = Field(
+        600.0, gt=0, description="how long /v1/chat/completions waits for its result (504)")
+
     # fault injection, for the fault tests only: a worker that starts a request whose prompt
     # contains the marker exits at once, as on a segfault (crash), or its engine stops
     # stepping for good, as on a hung kernel (wedge)

@@ -16,6 +16,7 @@ from rich.table import Table
 from llmq.api import service
 from llmq.api.cli_common import emit_json as _emit_json
 from llmq.api.cli_common import err, schema_default
+from llmq.api.cli_http import keys, serve
 from llmq.api.cli_model import model
 from llmq.api.cli_pipeline import pipeline
 from llmq.api.inputs import InputFileError
@@ -327,6 +328,8 @@ def beat(loglevel: str) -> None:
 
 main.add_command(pipeline)
 main.add_command(model)
+main.add_command(serve)
+main.add_command(keys)
 
 if __name__ == "__main__":
     main()

@@ -6,7 +6,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from llmq.api import service
+from llmq.api import variants
 from llmq.api.cli_common import emit_json, err
 
 
@@ -19,7 +19,7 @@ def model() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def model_list(as_json: bool) -> None:
     """Registered variants with size, fidelity against their base and speed."""
-    rows = service.list_models()
+    rows = variants.list_models()
     if as_json:
         emit_json([{k: v for k, v in r.items() if k != "artifact"} for r in rows])
         return
@@ -39,7 +39,7 @@ def model_list(as_json: bool) -> None:
 def model_import(path: str, name: str) -> None:
     """Register a GGUF file or a Hugging Face safetensors folder as NAME."""
     try:
-        row = service.import_model(path, name)
+        row = variants.import_model(path, name)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     err.print(f"registered {name}: {row['artifact']} ({row['size_bytes'] / 1e6:.1f} MB)")
@@ -55,7 +55,7 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
     """Measure NAME against its base on the held-out prompts that ship with llmq:
     mean KL of next-token distributions, top-1 agreement, greedy agreement."""
     try:
-        result = service.evaluate_model(name, base, new_tokens)
+        result = variants.evaluate_model(name, base, new_tokens)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
@@ -102,12 +102,12 @@ def model_optimize(base: str, name: str, preset_name: str, quantize: str | None,
                    as_json: bool) -> None:
     """Build a pruned and/or quantized variant of a model, measure it against its base and
     register it as NAME."""
-    if exist_ok and service.model_exists(name):
+    if exist_ok and variants.model_exists(name):
         err.print(f"{name} is already registered")
         click.echo(name)
         return
     try:
-        row, outcome = service.optimize_model(
+        row, outcome = variants.optimize_model(
             base, name, preset=preset_name, quantize=quantize, smooth_alpha=smooth_alpha,
             keep_float=keep_float, prune_ffn=prune_ffn, prune_kv_groups=prune_kv_groups,
             prune_layers=prune_layers, calibration=calibration, output=output,

@@ -9,7 +9,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from llmq.api import service
+from llmq.api import pipelines
 from llmq.api.cli_common import emit_json as _emit_json
 from llmq.api.cli_common import err
 
@@ -36,7 +36,7 @@ def pipeline_summarize(source: str, name: str | None, model: str | None, local: 
     """Summarize every new, changed or failed document of SOURCE (a folder of .txt/.md
     files, a JSONL of {"id", "text"}, or a CSV with id and text columns)."""
     try:
-        info = service.start_pipeline(
+        info = pipelines.start_pipeline(
             source, name=name, model=model, chunk_tokens=chunk_tokens, overlap=overlap,
             local=local, slots=slots, wait=wait,
             on_level=lambda n: err.print(f"  running {n} requests"))
@@ -56,7 +56,7 @@ def pipeline_summarize(source: str, name: str | None, model: str | None, local: 
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True)
 def pipeline_runs(as_json: bool, limit: int) -> None:
     """List pipeline runs, newest first."""
-    runs = service.pipeline_runs(limit)
+    runs = pipelines.pipeline_runs(limit)
     if as_json:
         _emit_json(runs)
         return
@@ -74,7 +74,7 @@ def pipeline_runs(as_json: bool, limit: int) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pipeline_status(run_id: str, as_json: bool) -> None:
     """A run's state, with each document's state, map-reduce level and requests."""
-    info = service.pipeline_status(run_id, documents=True)
+    info = pipelines.pipeline_status(run_id, documents=True)
     if as_json:
         _emit_json(info)
         return
@@ -94,7 +94,7 @@ def pipeline_status(run_id: str, as_json: bool) -> None:
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True))
 def pipeline_export(run_id: str, fmt: str, output: str | None) -> None:
     """Write the summaries a run produced."""
-    rows = service.pipeline_summaries(run_id)
+    rows = pipelines.pipeline_summaries(run_id)
     if fmt == "jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     else:
@@ -112,7 +112,7 @@ def pipeline_export(run_id: str, fmt: str, output: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def pipeline_schedule(as_json: bool) -> None:
     """The pipelines `llmq beat` runs, and when."""
-    info = service.pipeline_schedule()
+    info = pipelines.pipeline_schedule()
     if as_json:
         _emit_json({k: info[k] for k in ("cron", "next_in_seconds", "pipelines")})
         return

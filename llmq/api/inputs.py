@@ -36,6 +36,11 @@ class ChatLine(SamplingOverrides):
     messages: list[Message] = Field(min_length=1)
 
 
+# what each OpenAI endpoint takes; a batch created for one endpoint rejects other lines
+ENDPOINT_KINDS = {"/v1/chat/completions": RequestKind.CHAT,
+                  "/v1/completions": RequestKind.COMPLETION}
+
+
 class OpenAIBatchLine(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -175,10 +180,12 @@ class InputFileError(ValueError):
 
 
 def iter_input(path: str | Path, column: str | None = None,
-               limits: InputLimits | None = None) -> Iterator[Accepted | Rejected]:
+               limits: InputLimits | None = None,
+               endpoint: str | None = None) -> Iterator[Accepted | Rejected]:
     """Judges a JSONL or CSV file line by line, in order, holding only the custom ids seen
     so far: a file of any length streams through. Every record gets a custom id unique in
-    the file (a rejected line keeps its own where it can, for the failed row's key)."""
+    the file (a rejected line keeps its own where it can, for the failed row's key). With
+    ``endpoint``, a line of another kind than the endpoint's is rejected."""
     path = Path(path)
     limits = limits or InputLimits()
     if not path.is_file():
@@ -193,7 +200,7 @@ def iter_input(path: str | Path, column: str | None = None,
     seen: set[str] = set()
     try:
         for number, obj, error in records:
-            yield _judge(seen, limits, number, obj, error)
+            yield _judge(seen, limits, number, obj, error, ENDPOINT_KINDS.get(endpoint or ""))
     except UnicodeDecodeError as exc:  # CSV: the reader decodes whole blocks
         raise InputFileError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"
                              ) from None
@@ -215,12 +222,15 @@ def read_input(path: str | Path, column: str | None = None,
 
 
 def _judge(seen: set[str], limits: InputLimits, number: int, obj: Any,
-           error: str | None) -> Accepted | Rejected:
+           error: str | None, kind: RequestKind | None = None) -> Accepted | Rejected:
     """Accepts or rejects one record; ``seen`` holds every custom id given out so far."""
     if error is None:
         try:
             item = parse_record(obj, number)
             limits.check_prompt(item)
+            if kind is not None and item.kind != kind:
+                wanted = next(e for e, k in ENDPOINT_KINDS.items() if k == kind)
+                raise ValueError(f"url: the batch's endpoint is {wanted}")
             if "\x00" in item.custom_id:
                 raise ValueError("custom_id: contains a NUL character")
         except ValueError as exc:

@@ -7,8 +7,8 @@ import statistics
 import time
 from typing import Any
 
-from llmq.contract import FinishReason
-from llmq.db.models import Request, Result
+from llmq.contract import FinishReason, RequestKind
+from llmq.db.models import Request, RequestState, Result
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -65,11 +65,28 @@ def openai_finish_reason(reason: str) -> str:
     return FinishReason.STOP if reason == FinishReason.REPETITION else reason
 
 
+def openai_error_line(req: Request) -> dict[str, Any]:
+    """A request that has no result, as OpenAI's error files write one: a line that was
+    never a valid request answers 400, a failure 500 (both with an error body); a cancelled
+    or expired request has no response, only an error code."""
+    if req.state == RequestState.FAILED:
+        invalid = req.kind == RequestKind.INVALID
+        error = {"message": req.last_error or "failed", "param": None, "code": None,
+                 "type": "invalid_request_error" if invalid else "server_error"}
+        response = {"status_code": 400 if invalid else 500, "request_id": str(req.id),
+                    "body": {"error": error}}
+        return {"id": f"batch_req_{req.id}", "custom_id": req.custom_id,
+                "response": response, "error": None}
+    code = "batch_expired" if (req.last_error or "").startswith("batch_expired") else (
+        f"batch_{req.state}")
+    return {"id": f"batch_req_{req.id}", "custom_id": req.custom_id, "response": None,
+            "error": {"code": code, "message": req.last_error or f"the request was {req.state}"}}
+
+
 def openai_line(req: Request, res: Result | None) -> dict[str, Any]:
-    """One line of an OpenAI batch output file."""
+    """One line of an OpenAI batch output file (or, without a result, of its error file)."""
     if res is None:
-        return {"id": f"batch_req_{req.id}", "custom_id": req.custom_id, "response": None,
-                "error": {"code": req.state, "message": req.last_error or req.state}}
+        return openai_error_line(req)
     usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
              "total_tokens": res.prompt_tokens + res.completion_tokens}
     created = int(res.created_at.timestamp()) if res.created_at else int(time.time())

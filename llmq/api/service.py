@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from llmq.api.inputs import (
 )
 from llmq.api.output import openai_line, percentiles, result_line
 from llmq.contract import RequestKind, SamplingParams, defaults_from
-from llmq.db import pipeline as pipeline_store
 from llmq.db import queries
 from llmq.db.migrate import ensure_schema, upgrade
 from llmq.db.models import Batch
@@ -72,18 +70,11 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
                 column: str | None = None, strict: bool = False,
                 extra_defaults: dict[str, Any] | None = None,
                 on_stored: Callable[[list[int]], None] | None = None) -> SubmitReport:
-    """Parses the file and writes the batch, ``STORE_CHUNK`` lines per transaction, so a
-    file of any length needs memory for one chunk only (and for its rejected lines'
-    reasons). ``on_stored`` gets the ids of each stored chunk's runnable requests."""
+    """Parses the file and writes the batch (``store_requests``)."""
     settings = get_settings()
     limits = InputLimits(settings.max_file_bytes, settings.max_line_bytes,
                          settings.max_prompt_chars)
-    defaults = {**defaults_from(settings, max_tokens=max_tokens, temperature=temperature),
-                **(extra_defaults or {})}
-    try:  # each line's fields are checked already; the defaults, once here
-        SamplingParams.from_stored(defaults)
-    except ValueError as exc:
-        raise InputFileError(f"request defaults: {exc}") from None
+    defaults = request_defaults(max_tokens, temperature, extra_defaults)
     if strict:  # a first pass: nothing is stored unless every line is good
         bad = [r for r in iter_input(path, column, limits) if isinstance(r, Rejected)]
         if bad:
@@ -99,8 +90,30 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
         batch_id = queries.add_batch(session, model=model, device=device, priority=priority,
                                      name=name or Path(path).name,
                                      source_file=str(Path(path).resolve()))
+    return store_requests(batch_id, model, itertools.chain([first], records), defaults,
+                          on_stored)
+
+
+def request_defaults(max_tokens: int | None = None, temperature: float | None = None,
+                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sampling fields a line that sets none gets: the settings' and the command's."""
+    defaults = {**defaults_from(get_settings(), max_tokens=max_tokens, temperature=temperature),
+                **(extra or {})}
+    try:  # each line's fields are checked already; the defaults, once here
+        SamplingParams.from_stored(defaults)
+    except ValueError as exc:
+        raise InputFileError(f"request defaults: {exc}") from None
+    return defaults
+
+
+def store_requests(batch_id: str, model: str, records: Iterator[Accepted | Rejected],
+                   defaults: dict[str, Any],
+                   on_stored: Callable[[list[int]], None] | None = None) -> SubmitReport:
+    """Writes judged lines into an existing batch, ``STORE_CHUNK`` per transaction, so a
+    file of any length needs memory for one chunk only (and for its rejected lines'
+    reasons). ``on_stored`` gets the ids of each stored chunk's runnable requests."""
     report = SubmitReport(batch_id, 0, model)
-    for chunk in chunked(itertools.chain([first], records), STORE_CHUNK):
+    for chunk in chunked(records, STORE_CHUNK):
         with session_scope() as session:
             ids = queries.add_requests(session, batch_id, model,
                                        [to_new_request(r, defaults) for r in chunk])
@@ -132,26 +145,36 @@ def _not_all_sent(batch_id: str, ids: Sequence[int], exc: Exception) -> EnqueueE
         f"({exc}); run `llmq retry {batch_id}` once the broker is reachable")
 
 
+class Sender:
+    """Sends each stored chunk's messages as soon as it is stored, so workers start while
+    the rest is still being read. A broker failure stops the sending, not the storing:
+    ``check`` then says how much went out (``llmq retry`` sends the rest)."""
+
+    def __init__(self, model: str, device: str, priority: str) -> None:
+        self.model, self.device, self.priority = model, device, priority
+        self.failure: Exception | None = None
+
+    def __call__(self, ids: list[int]) -> None:
+        from llmq.worker.celery_app import enqueue_requests
+
+        if ids and self.failure is None:
+            try:
+                enqueue_requests(ids, self.model, self.device, self.priority)
+            except Exception as exc:  # stop sending; keep storing
+                self.failure = exc
+
+    def check(self, report: SubmitReport) -> None:
+        if self.failure is not None:
+            raise _not_all_sent(report.batch_id, report.request_ids,
+                                self.failure) from self.failure
+
+
 def submit(path: str | Path, *, device: str = "any", priority: str = "normal",
            **kwargs: Any) -> SubmitReport:
-    """Stores the file and sends each stored chunk's messages at once, so workers start
-    while the rest is still being read. If the broker fails, the rest is still stored, and
-    EnqueueError says how much went out (``llmq retry`` sends the rest)."""
-    from llmq.worker.celery_app import enqueue_requests
-
-    model = kwargs.get("model") or get_settings().model
-    failure: list[Exception] = []
-
-    def send(ids: list[int]) -> None:
-        if ids and not failure:
-            try:
-                enqueue_requests(ids, model, device, priority)
-            except Exception as exc:  # stop sending; keep storing
-                failure.append(exc)
-
-    report = store_batch(path, device=device, priority=priority, on_stored=send, **kwargs)
-    if failure:
-        raise _not_all_sent(report.batch_id, report.request_ids, failure[0]) from failure[0]
+    """Stores the file and sends its messages as it goes (``Sender``)."""
+    sender = Sender(kwargs.get("model") or get_settings().model, device, priority)
+    report = store_batch(path, device=device, priority=priority, on_stored=sender, **kwargs)
+    sender.check(report)
     return report
 
 
@@ -272,107 +295,6 @@ def stats(batch_id: str | None = None) -> dict[str, Any]:
         "time_to_first_token_ms": percentiles(sorted(ms(r[0], r[2]) for r in rows)),
         "total_ms": percentiles(sorted(ms(r[0], r[3]) for r in rows)),
     }
-
-
-# --- pipeline runs ------------------------------------------------------------------------
-
-def start_pipeline(source: str, *, name: str | None = None, model: str | None = None,
-                   chunk_tokens: int | None = None, overlap: int | None = None,
-                   local: bool = False, slots: int | None = None, wait: bool = False,
-                   on_level: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Opens a run over SOURCE's new, changed or failed documents and drives it: here on the
-    embedded engine (``local``), or by handing it to the workers (and, with ``wait``, polling
-    until it completes). Returns the run's status."""
-    from llmq.worker.pipeline.run import run_local, send_advance, start_run
-
-    run_id = start_run(source, name=name, model=model, chunk_tokens=chunk_tokens,
-                       overlap_tokens=overlap)
-    info = pipeline_status(run_id)
-    if info["state"] != "running":
-        return info
-    if local:
-        run_local(run_id, slots, on_level=on_level)
-    else:
-        send_advance(run_id)
-        while wait and pipeline_status(run_id)["state"] == "running":
-            time.sleep(1.0)
-    return pipeline_status(run_id)
-
-
-def pipeline_status(run_id: str, documents: bool = False) -> dict[str, Any]:
-    with session_scope() as session:
-        info = pipeline_store.run_summary(session, pipeline_store.get_run(session, run_id))
-        if documents:
-            info["document_states"] = pipeline_store.run_documents(session, run_id)
-        return info
-
-
-def pipeline_runs(limit: int = 20) -> list[dict[str, Any]]:
-    ensure_schema()
-    with session_scope() as session:
-        return [pipeline_store.run_summary(session, r)
-                for r in pipeline_store.list_runs(session, limit)]
-
-
-def pipeline_summaries(run_id: str) -> list[dict[str, Any]]:
-    with session_scope() as session:
-        pipeline_store.get_run(session, run_id)
-        return pipeline_store.run_summaries(session, run_id)
-
-
-def pipeline_schedule() -> dict[str, Any]:
-    """What ``llmq beat`` runs, and when (the cron expression's timezone is UTC)."""
-    from llmq.worker.celery_app import cron_schedule
-
-    settings = get_settings()
-    schedule = cron_schedule(settings.pipeline_cron)
-    due = schedule.remaining_estimate(schedule.now())
-    return {"cron": settings.pipeline_cron, "next_in_seconds": int(due.total_seconds()),
-            "timezone": str(schedule.tz or "UTC"), "default_model": settings.model,
-            "pipelines": settings.pipelines}
-
-
-# --- model variants -------------------------------------------------------------------------
-
-def list_models() -> list[dict[str, Any]]:
-    from llmq.variants.registry import list_models as rows
-
-    return rows()
-
-
-def model_exists(name: str) -> bool:
-    from llmq.variants.registry import is_registered
-
-    return is_registered(name)
-
-
-def import_model(path: str, name: str) -> dict[str, Any]:
-    from llmq.variants.registry import import_model as register
-
-    return register(path, name)
-
-
-def evaluate_model(name: str, base: str | None = None, new_tokens: int = 64) -> dict[str, Any]:
-    """Fidelity of NAME against its base, measured here and stored (loads torch)."""
-    from llmq.variants.evaluate import evaluate_and_record
-
-    return evaluate_and_record(name, base, new_tokens)
-
-
-def optimize_model(base: str, name: str, *, preset: str = "cpu", quantize: str | None = None,
-                   smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
-                   prune_ffn: float = 0.0, prune_kv_groups: int = 0, prune_layers: int = 0,
-                   calibration: str | None = None, output: str | None = None,
-                   measure: bool = True, log: Callable[[str], None] = print
-                   ) -> tuple[dict[str, Any], Any]:
-    """Builds, measures and registers a variant (loads torch); returns its registry row and
-    the measurements (``llmq.variants.optimize.Outcome``)."""
-    from llmq.variants.optimize import create_variant, recipe_with
-
-    recipe = recipe_with(preset, quantize=quantize, smooth_alpha=smooth_alpha,
-                         keep_float=keep_float, prune_ffn=prune_ffn,
-                         prune_kv_groups=prune_kv_groups, prune_layers=prune_layers)
-    return create_variant(base, name, recipe, output, calibration, measure, log)
 
 
 # --- operators ------------------------------------------------------------------------------

@@ -69,8 +69,55 @@ class Batch(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     cancelled_at: Mapped[datetime | None]
+    # a batch created over HTTP (llmq.api.openai_batches): whose key, from which file, and
+    # the OpenAI Batch object's own fields; all empty for batches of the CLI
+    owner: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    # "<owner>:<key>": one batch per key (NULLs would never collide in a unique index)
+    idempotency_key: Mapped[str | None] = mapped_column(String(300), unique=True)
+    input_file_id: Mapped[str | None] = mapped_column(String(64))
+    endpoint: Mapped[str | None] = mapped_column(String(40))
+    completion_window: Mapped[str | None] = mapped_column(String(10))
+    validated_at: Mapped[datetime | None]  # every line stored (in_progress from then on)
+    failed_at: Mapped[datetime | None]  # no line could be accepted
+    expires_at: Mapped[datetime | None]
+    expired_at: Mapped[datetime | None]
+    finalized_at: Mapped[datetime | None]  # output and error files written
+    output_file_id: Mapped[str | None] = mapped_column(String(64))
+    error_file_id: Mapped[str | None] = mapped_column(String(64))
 
     requests: Mapped[list[Request]] = relationship(back_populates="batch", lazy="raise")
+
+
+Index("ix_batches_owner_created", Batch.owner, Batch.created_at)
+
+
+class ApiKey(Base):
+    """A key of the HTTP API. Only its SHA-256 is kept: a key is 256 random bits, so a fast
+    hash is as safe as a slow one, and a lookup is one indexed equality."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class StoredFile(Base):
+    """A file of the Files API: its bytes lie in LLMQ_FILES_DIR under ``path``."""
+
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_owner_created", "owner", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    filename: Mapped[str] = mapped_column(String(300))
+    purpose: Mapped[str] = mapped_column(String(30))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    lines: Mapped[int] = mapped_column(Integer, default=0)  # non-blank lines
+    path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Request(Base):
@@ -141,6 +188,8 @@ class Worker(Base):
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_step_at: Mapped[datetime | None]  # when its engine last finished a step
+    # its engine's occupancy and prefix-cache counters at the last heartbeat (for /metrics)
+    stats: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     stopped_at: Mapped[datetime | None]  # stopped cleanly, or reaped
 
 

@@ -69,4 +69,5 @@ def all_variants(session: Session) -> list[ModelVariant]:
 def as_json(v: ModelVariant) -> dict[str, Any]:
     return {"name": v.name, "base": v.base, "recipe": v.recipe, "size_bytes": v.size_bytes,
             "fidelity": {"kl": v.kl, "top1": v.top1}, "tokens_per_s": v.tokens_per_s,
-            "metrics": v.metrics or {}, "artifact": v.artifact_path}
+            "metrics": v.metrics or {}, "artifact": v.artifact_path,
+            "created_at": v.created_at.isoformat() + "Z" if v.created_at else None}

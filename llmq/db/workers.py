@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -18,14 +19,16 @@ _CHUNK = 2000
 
 
 def heartbeat(session: Session, *, name: str, host: str, pid: int, model: str, device: str,
-              last_step_at: datetime | None) -> None:
-    """Records that ``name`` is alive (and when its engine last stepped)."""
+              last_step_at: datetime | None, stats: dict[str, Any] | None = None) -> None:
+    """Records that ``name`` is alive (and when its engine last stepped, and its engine's
+    counters)."""
     now = utcnow()
     moved = session.execute(update(Worker).where(Worker.name == name).values(
-        heartbeat_at=now, last_step_at=last_step_at, stopped_at=None)).rowcount
+        heartbeat_at=now, last_step_at=last_step_at, stopped_at=None, stats=stats)).rowcount
     if not moved:
         session.add(Worker(name=name, host=host, pid=pid, model=model, device=device,
-                           started_at=now, heartbeat_at=now, last_step_at=last_step_at))
+                           started_at=now, heartbeat_at=now, last_step_at=last_step_at,
+                           stats=stats))
         session.flush()
 
 

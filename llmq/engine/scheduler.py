@@ -147,6 +147,16 @@ class Scheduler:
         self.running: list[Sequence] = []
         self._free_slots = list(range(config.num_slots))
         self.prefixes = PrefixIndex(config.prefix_cache_entries)
+        # prompt tokens admitted, and how many of them came from kept prefixes (as vLLM's
+        # prefix_cache_queries / prefix_cache_hits count them), for the workers' metrics
+        self.prompt_tokens_admitted = 0
+        self.prefix_hit_tokens = 0
+
+    def stats(self) -> dict[str, int]:
+        """Occupancy and prefix-cache counters (plain ints: read from any thread)."""
+        return {"slots": self.config.num_slots, "running": len(self.running),
+                "waiting": len(self.waiting), "prompt_tokens": self.prompt_tokens_admitted,
+                "prefix_hit_tokens": self.prefix_hit_tokens}
 
     def forget_prefixes(self) -> None:
         """Drops every kept prefix (the runner drops its copies at the same time)."""
@@ -214,12 +224,14 @@ class Scheduler:
         seq.slot = self._free_slots.pop(0)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
+        self.prompt_tokens_admitted += len(seq.prompt)
         if not self.config.prefix_cache_entries:
             return len(seq.prompt)
         hit = self.prefixes.longest_match(seq.prompt)
         if hit is not None:
             plan.prefix_copies.append(PrefixCopy(seq.slot, hit))
             seq.computed = len(hit)
+            self.prefix_hit_tokens += len(hit)
         shared = self._shared_prefix_length(seq)
         if seq.computed + self.config.min_prefix_tokens <= shared <= seq.computed + budget:
             key = tuple(seq.prompt[:shared])

@@ -27,3 +27,20 @@ def queue_depth(url: str, queues: list[str], priorities: list[int], sep: str = "
     """Messages waiting in ``queues`` at every priority (kombu keeps one list per step)."""
     names = [q if not p else f"{q}{sep}{p}" for q in queues for p in priorities]
     return sum(int(client(url).llen(n)) for n in names)
+
+
+def ping(url: str) -> bool:
+    return bool(client(url).ping())
+
+
+def queue_depths(url: str, sep: str = ":") -> dict[str, int]:
+    """Messages waiting in every queue the broker holds (kombu's queues are Redis lists; a
+    priority step's list is ``<queue><sep><step>``), by queue."""
+    depths: dict[str, int] = {}
+    redis_client = client(url)
+    for key in redis_client.scan_iter(count=1000, _type="list"):
+        name = key.decode("utf-8", "replace")
+        base, _, step = name.rpartition(sep)
+        queue = base if base and step.isdigit() else name
+        depths[queue] = depths.get(queue, 0) + int(redis_client.llen(key))
+    return depths

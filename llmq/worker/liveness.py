@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from llmq.db import workers as rows
 from llmq.db.session import session_scope
 from llmq.settings import Settings
-from llmq.worker.reaper import reap, reconcile, redrive, send
+from llmq.worker.reaper import expire, reap, reconcile, redrive, send
 
 if TYPE_CHECKING:
     from llmq.engine.engine import Engine
@@ -63,7 +63,8 @@ class Liveness:
         with session_scope() as session:
             rows.heartbeat(session, name=self.ident.label, host=self.ident.host,
                            pid=self.ident.pid, model=self.ident.model,
-                           device=self.ident.device, last_step_at=self.engine.last_step_at)
+                           device=self.ident.device, last_step_at=self.engine.last_step_at,
+                           stats=self.engine.scheduler.stats())
 
     def _run(self) -> None:
         next_sweep = 0.0  # a worker that starts sweeps at once: it may be the replacement
@@ -79,6 +80,7 @@ class Liveness:
                     reap(self.settings)
                     reconcile(self.settings)
                     redrive(self.settings)
+                    expire()
             except Exception:  # the database or the broker is away: try again next beat
                 log.exception("liveness: heartbeat or sweep failed")
             if self._stop.wait(self.settings.heartbeat_seconds):

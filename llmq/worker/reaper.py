@@ -84,6 +84,18 @@ def redrive(settings: Settings) -> list[str]:
     return stranded
 
 
+def expire() -> list[str]:
+    """Ends the unfinished requests of HTTP batches whose completion window has passed
+    (their running requests leave their engines at the next step, as on a cancel)."""
+    from llmq.db.openai_batches import expire_due
+
+    with session_scope() as session:
+        expired = expire_due(session)
+    for batch_id in expired:
+        log.warning("batch %s expired: its completion window passed", batch_id)
+    return expired
+
+
 def send(groups: dict[tuple[str, str, str], list[int]]) -> int:
     """Messages for ``groups`` of ids by (model, device, priority); a group that cannot be
     sent stays unsent, and the next sweep tries again."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llmq.api import service
+from llmq.api import pipelines
 from llmq.db import pipeline as store
 from llmq.db.session import session_scope
 from llmq.settings import get_settings
@@ -48,12 +48,12 @@ def test_a_run_without_a_driver_is_driven_again(env: dict, tmp_path: Path) -> No
     try:
         worker.wait_ready()
         deadline = time.time() + 120
-        while service.pipeline_status(run_id)["state"] == "running":
+        while pipelines.pipeline_status(run_id)["state"] == "running":
             assert time.time() < deadline, (tmp_path / "w.log").read_text()[-3000:]
             time.sleep(0.5)
     finally:
         worker.stop()
-    info = service.pipeline_status(run_id)
+    info = pipelines.pipeline_status(run_id)
     assert info["state"] == "completed" and info["counts"]["succeeded"] == 2
     assert f"pipeline run {run_id} had no driver: sent a new one" in (
         tmp_path / "w.log").read_text()

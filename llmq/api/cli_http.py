@@ -1,0 +1,72 @@
+"""`llmq serve` and `llmq keys ...`: the HTTP API and the keys that open it."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from llmq.api import keys as api_keys
+from llmq.api.cli_common import emit_json, err
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--workers", "processes", default=1, show_default=True,
+              type=click.IntRange(min=1), help="server processes")
+@click.option("--log-level", default="info", show_default=True)
+def serve(host: str, port: int, processes: int, log_level: str) -> None:
+    """Serve the OpenAI Files and Batches API (and completions, /metrics, /healthz) under
+    /v1. Every /v1 call needs `Authorization: Bearer KEY` (see `llmq keys create`)."""
+    import uvicorn
+
+    from llmq.api.http.app import OpenModeRefused, check_binding
+
+    try:
+        check_binding(host)
+    except OpenModeRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    err.print(f"llmq API on http://{host}:{port}/v1 (schema: /openapi.json)")
+    uvicorn.run("llmq.api.http.app:create_app", factory=True, host=host, port=port,
+                workers=processes, log_level=log_level)
+
+
+@click.group()
+def keys() -> None:
+    """API keys of `llmq serve`: only a hash is stored, the key is shown once."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="who or what the key is for")
+@click.option("--json", "as_json", is_flag=True)
+def keys_create(name: str, as_json: bool) -> None:
+    """Create a key and print it (it cannot be shown again)."""
+    key = api_keys.create_key(name)
+    if as_json:
+        emit_json(key)
+        return
+    click.echo(key["key"])
+    err.print(f"key {key['id']} ({name}): store it now, it is not shown again")
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def keys_list(as_json: bool) -> None:
+    """Keys by id and name (never the keys themselves)."""
+    rows = api_keys.list_keys()
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("id", "name", "created", "revoked")
+    for r in rows:
+        table.add_row(r["id"], r["name"], r["created_at"], r["revoked_at"] or "")
+    Console().print(table)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key: calls with it are refused from now on (401)."""
+    api_keys.revoke_key(key_id)
+    err.print(f"revoked {key_id}")

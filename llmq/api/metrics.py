@@ -1,0 +1,66 @@
+"""What /metrics and /readyz report, as service functions: one snapshot of the database's
+aggregates, the broker's queue depths and the workers' engine counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import text
+
+from llmq.db import metrics as aggregates
+from llmq.db.models import utcnow
+from llmq.db.session import get_engine, session_scope
+from llmq.settings import get_settings, redact_url
+
+
+@dataclass
+class Snapshot:
+    requests: dict[str, int]
+    prompt_tokens: int
+    generation_tokens: int
+    finish_reasons: dict[str, int]
+    histograms: dict[str, tuple[list[int], int, float]]
+    buckets: tuple[float, ...]
+    workers: list[dict[str, Any]]
+    queues: dict[str, int] | None = field(default=None)  # None: the broker did not answer
+
+
+def snapshot() -> Snapshot:
+    settings = get_settings()
+    heard_after = utcnow() - timedelta(seconds=settings.worker_timeout)
+    with session_scope() as session:
+        prompt, completion = aggregates.token_totals(session)
+        workers = [{"name": w.name, "model": w.model, "device": w.device, **(w.stats or {})}
+                   for w in aggregates.live_workers(session, heard_after)]
+        snap = Snapshot(aggregates.requests_by_state(session), prompt, completion,
+                        aggregates.finish_reasons(session), aggregates.histograms(session),
+                        aggregates.BUCKETS, workers)
+    try:
+        from llmq.worker.broker import queue_depths
+
+        snap.queues = queue_depths(settings.broker_url)
+    except Exception:  # metrics still report what the database knows
+        snap.queues = None
+    return snap
+
+
+def readiness() -> dict[str, str]:
+    """"ok" or the error of each service llmq needs (the database, the broker)."""
+    from llmq.worker.broker import ping
+
+    settings = get_settings()
+    checks: dict[str, str] = {}
+    try:
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:
+        checks["database"] = redact_url(f"{type(exc).__name__}: {exc}".splitlines()[0])
+    try:
+        ping(settings.broker_url)
+        checks["broker"] = "ok"
+    except Exception as exc:
+        checks["broker"] = redact_url(f"{type(exc).__name__}: {exc}".splitlines()[0])
+    return checks

@@ -1,0 +1,211 @@
+"""The official `openai` package, unmodified, against a real `llmq serve`, a real worker,
+Redis, and SQLite and PostgreSQL: files, batches (output and error files, a bad line, cancel,
+expiry, idempotent create), keys (401, another key's 404), caps (413, 429), completions."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import Tiny
+
+from .conftest import RedisServer
+from .http_stack import Stack, database, run_stack
+from .workers import llmq_json
+
+QUEUE_CAP = 60  # LLMQ_API_MAX_QUEUED_PER_KEY of this module's server
+FILE_CAP = 100_000  # LLMQ_API_MAX_FILE_BYTES
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+          redis_server: RedisServer, tiny: Tiny) -> Iterator[Stack]:
+    folder = tmp_path_factory.mktemp(f"http-{request.param}")
+    for url in database(request.param, folder):
+        yield from run_stack(url, redis_server, folder, str(tiny.gguf),
+                             LLMQ_API_MAX_QUEUED_PER_KEY=str(QUEUE_CAP),
+                             LLMQ_API_MAX_FILE_BYTES=str(FILE_CAP))
+
+
+def client(stack: Stack, key: str | None = None, retries: int = 2) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.base_url + "/v1", api_key=key or stack.key,
+                         max_retries=retries)
+
+
+def chat_line(i: int, **body: Any) -> dict[str, Any]:
+    return {"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": "gpt-4o-mini",
+                     "messages": [{"role": "user", "content": f"Say {i}."}], **body}}
+
+
+def upload(api: openai.OpenAI, path: Path, lines: list[Any]) -> str:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n"
+                            for x in lines))
+    with path.open("rb") as f:
+        return api.files.create(file=f, purpose="batch").id
+
+
+def wait_status(api: openai.OpenAI, batch_id: str, done: tuple[str, ...],
+                timeout: float = 120) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        batch = api.batches.retrieve(batch_id)
+        if batch.status in done:
+            return batch
+        time.sleep(0.3)
+    raise TimeoutError(f"{batch_id}: {batch.status}")
+
+
+def lines_of(api: openai.OpenAI, file_id: str | None) -> dict[str, dict[str, Any]]:
+    if file_id is None:
+        return {}
+    text = api.files.content(file_id).text
+    return {r["custom_id"]: r for r in map(json.loads, text.splitlines())}
+
+
+def test_batch_round_trip_with_a_bad_line(stack: Stack, tmp_path: Path) -> None:
+    api = client(stack)
+    lines: list[Any] = [chat_line(i) for i in range(6)]
+    lines.insert(3, chat_line(99, temperature=-1))  # line 4: refused by the contract
+    lines.insert(5, "{not json")  # line 6
+    file_id = upload(api, tmp_path / "in.jsonl", lines)
+    assert api.files.retrieve(file_id).purpose == "batch"
+    assert file_id in [f.id for f in api.files.list()]
+
+    batch = api.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                               completion_window="24h", metadata={"job": "round-trip"})
+    assert batch.status in ("in_progress", "finalizing", "completed")
+    again = api.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                               completion_window="24h", metadata={"job": "round-trip"})
+    assert again.id == batch.id  # an SDK retry makes no second batch
+    assert sorted(e.line for e in batch.errors.data) == [4, 6]
+
+    done = wait_status(api, batch.id, ("completed",))
+    assert done.request_counts.total == 8
+    assert (done.request_counts.completed, done.request_counts.failed) == (6, 2)
+    assert done.metadata == {"job": "round-trip"} and done.completed_at >= done.created_at
+    output = lines_of(api, done.output_file_id)
+    assert sorted(output) == [f"req-{i}" for i in range(6)]
+    body = output["req-0"]["response"]["body"]
+    assert output["req-0"]["response"]["status_code"] == 200
+    assert body["object"] == "chat.completion"
+    assert body["usage"]["completion_tokens"] == 8
+    errors = lines_of(api, done.error_file_id)
+    assert errors["req-99"]["response"]["status_code"] == 400
+    assert "line 4" in errors["req-99"]["response"]["body"]["error"]["message"]
+    assert any("line 6" in r["response"]["body"]["error"]["message"] for r in errors.values())
+
+    # an ordinary llmq batch: the CLI sees it
+    status = llmq_json(stack.env, "status", batch.id, "--json")
+    assert status["state"] == "completed" and status["counts"]["succeeded"] == 6
+    assert batch.id in [b.id for b in api.batches.list(limit=100)]
+
+
+def test_cancel_mid_batch(stack: Stack, tmp_path: Path) -> None:
+    api = client(stack)
+    long = [chat_line(i, max_tokens=400, ignore_eos=True) for i in range(12)]
+    batch = api.batches.create(input_file_id=upload(api, tmp_path / "long.jsonl", long),
+                               endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.time() + 60
+    while llmq_json(stack.env, "status", batch.id, "--json")["counts"]["running"] == 0:
+        assert time.time() < deadline, "nothing started"
+        time.sleep(0.1)
+    cancelled = api.batches.cancel(batch.id)
+    assert cancelled.status in ("cancelling", "cancelled")
+    done = wait_status(api, batch.id, ("cancelled",))
+    errors = lines_of(api, done.error_file_id)
+    assert errors and {r["error"]["code"] for r in errors.values()} == {"batch_cancelled"}
+    assert len(errors) + len(lines_of(api, done.output_file_id)) == 12
+
+
+def test_expiry_keeps_what_finished(stack: Stack, tmp_path: Path) -> None:
+    api = client(stack)
+    long = [chat_line(i, max_tokens=400, ignore_eos=True) for i in range(12)]
+    batch = api.batches.create(input_file_id=upload(api, tmp_path / "long.jsonl", long),
+                               endpoint="/v1/chat/completions", completion_window="2s")
+    done = wait_status(api, batch.id, ("expired",))
+    assert done.expired_at is not None
+    errors = lines_of(api, done.error_file_id)
+    assert errors and {r["error"]["code"] for r in errors.values()} == {"batch_expired"}
+    finished = lines_of(api, done.output_file_id)
+    assert len(errors) + len(finished) == 12
+    assert done.request_counts.failed == len(errors)
+
+
+def test_keys_and_caps(stack: Stack, tmp_path: Path) -> None:
+    api = client(stack, retries=0)
+    file_id = upload(api, tmp_path / "one.jsonl", [chat_line(1)])
+    with pytest.raises(openai.AuthenticationError):
+        client(stack, key="llmq-wrong", retries=0).files.list()
+    other = client(stack, key=stack.other_key, retries=0)
+    with pytest.raises(openai.NotFoundError):
+        other.files.retrieve(file_id)
+    batch = api.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                               completion_window="24h")
+    with pytest.raises(openai.NotFoundError):
+        other.batches.retrieve(batch.id)
+    assert batch.id not in [b.id for b in other.batches.list()]
+
+    big = tmp_path / "big.jsonl"
+    big.write_text(json.dumps(chat_line(0)) * (FILE_CAP // 100))
+    with pytest.raises(openai.APIStatusError) as too_big, big.open("rb") as f:
+        api.files.create(file=f, purpose="batch")
+    assert too_big.value.status_code == 413
+
+    many = [chat_line(i, max_tokens=400, ignore_eos=True) for i in range(QUEUE_CAP - 5)]
+    first = api.batches.create(input_file_id=upload(api, tmp_path / "many.jsonl", many),
+                               endpoint="/v1/chat/completions", completion_window="24h")
+    try:
+        with pytest.raises(openai.RateLimitError) as full:
+            api.batches.create(input_file_id=upload(api, tmp_path / "more.jsonl",
+                                                    [chat_line(i) for i in range(10)]),
+                               endpoint="/v1/chat/completions", completion_window="24h")
+        assert int(full.value.response.headers["retry-after"]) > 0
+        # another key has a cap of its own
+        other_file = upload(other, tmp_path / "other.jsonl", [chat_line(1)])
+        other.batches.create(input_file_id=other_file, endpoint="/v1/chat/completions",
+                             completion_window="24h")
+    finally:
+        api.batches.cancel(first.id)
+
+
+def test_completions_plain_and_streamed(stack: Stack) -> None:
+    api = client(stack)
+    messages = [{"role": "user", "content": "Name a colour."}]
+    plain = api.chat.completions.create(model="gpt-4o-mini", messages=messages, max_tokens=6)
+    assert plain.object == "chat.completion" and plain.usage.completion_tokens > 0
+    chunks = list(api.chat.completions.create(model="gpt-4o-mini", messages=messages,
+                                              max_tokens=6, stream=True,
+                                              stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content  # greedy: the same text
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+    completion = api.completions.create(model="x", prompt="Once upon a time", max_tokens=4)
+    assert completion.object == "text_completion" and completion.choices[0].text is not None
+    with pytest.raises(openai.BadRequestError) as bad:
+        api.chat.completions.create(model="x", messages=messages, temperature=-3)
+    assert bad.value.body["param"] or "temperature" in bad.value.message
+    assert {m.id for m in api.models.list()}
+
+
+def test_metrics_and_health(stack: Stack) -> None:
+    assert httpx.get(stack.base_url + "/healthz").json() == {"status": "ok"}
+    ready = httpx.get(stack.base_url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok"
+    text = httpx.get(stack.base_url + "/metrics").text
+    for name in ("llmq:num_requests_running", "llmq:num_requests_waiting",
+                 "llmq:generation_tokens_total", "llmq:time_to_first_token_seconds_bucket",
+                 "llmq:request_queue_time_seconds_count", "llmq:engine_occupancy",
+                 "llmq:prefix_cache_hits_total"):
+        assert name in text, name
+    tokens = next(line for line in text.splitlines()
+                  if line.startswith("llmq:generation_tokens_total"))
+    assert float(tokens.split()[-1]) > 0
