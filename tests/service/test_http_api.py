@@ -18,7 +18,7 @@ from tests.conftest import Tiny
 
 from .conftest import RedisServer
 from .http_stack import Stack, database, run_stack
-from .workers import llmq_json
+from .workers import llmq, llmq_json
 
 QUEUE_CAP = 60  # LLMQ_API_MAX_QUEUED_PER_KEY of this module's server
 FILE_CAP = 100_000  # LLMQ_API_MAX_FILE_BYTES
@@ -127,16 +127,20 @@ def test_cancel_mid_batch(stack: Stack, tmp_path: Path) -> None:
 
 def test_expiry_keeps_what_finished(stack: Stack, tmp_path: Path) -> None:
     api = client(stack)
-    long = [chat_line(i, max_tokens=400, ignore_eos=True) for i in range(12)]
-    batch = api.batches.create(input_file_id=upload(api, tmp_path / "long.jsonl", long),
+    # a few short requests that finish at once, then more long ones than the worker's 8
+    # slots can finish within the window
+    lines = [chat_line(i, max_tokens=2) for i in range(4)]
+    lines += [chat_line(i, max_tokens=400, ignore_eos=True) for i in range(4, 48)]
+    batch = api.batches.create(input_file_id=upload(api, tmp_path / "long.jsonl", lines),
                                endpoint="/v1/chat/completions", completion_window="2s")
     done = wait_status(api, batch.id, ("expired",))
-    assert done.expired_at is not None
+    assert done.expired_at is not None and done.expired_at >= done.expires_at
     errors = lines_of(api, done.error_file_id)
     assert errors and {r["error"]["code"] for r in errors.values()} == {"batch_expired"}
     finished = lines_of(api, done.output_file_id)
-    assert len(errors) + len(finished) == 12
-    assert done.request_counts.failed == len(errors)
+    assert finished and len(errors) + len(finished) == 48
+    assert (done.request_counts.completed, done.request_counts.failed) == (
+        len(finished), len(errors))
 
 
 def test_keys_and_caps(stack: Stack, tmp_path: Path) -> None:
@@ -175,6 +179,13 @@ def test_keys_and_caps(stack: Stack, tmp_path: Path) -> None:
     finally:
         api.batches.cancel(first.id)
 
+    other_id = next(k["id"] for k in llmq_json(stack.env, "keys", "list", "--json")
+                    if k["name"] == "someone else")
+    llmq(stack.env, "keys", "revoke", other_id)
+    with pytest.raises(openai.AuthenticationError):
+        other.files.list()
+    assert all("key" not in k for k in llmq_json(stack.env, "keys", "list", "--json"))
+
 
 def test_completions_plain_and_streamed(stack: Stack) -> None:
     api = client(stack)
@@ -209,3 +220,10 @@ def test_metrics_and_health(stack: Stack) -> None:
     tokens = next(line for line in text.splitlines()
                   if line.startswith("llmq:generation_tokens_total"))
     assert float(tokens.split()[-1]) > 0
+
+
+def test_open_mode_serves_loopback_only(tmp_path: Path) -> None:
+    env = {"LLMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'llmq.db'}", "LLMQ_API_OPEN": "true"}
+    refused = llmq(env, "serve", "--host", "0.0.0.0", check=False)
+    assert refused.returncode != 0 and "loopback" in refused.stderr
+    assert "Traceback" not in refused.stderr
