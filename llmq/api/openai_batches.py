@@ -9,6 +9,8 @@ import hashlib
 import json
 import logging
 import re
+import threading
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -61,21 +63,61 @@ def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
     return metadata
 
 
+class _BusyCounts:
+    """Queued and running requests, per owner and in all, counted at most every
+    ``TTL`` seconds per process: a count scans every queued request (and, on PostgreSQL,
+    the dead index entries of those recently finished), too dear for every call; work
+    accepted meanwhile is added, so a burst cannot pass a cap by more than other
+    processes' share of one period; a refusal is always counted afresh."""
+
+    TTL = 2.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str | None, tuple[float, int]] = {}
+        self._everyone: tuple[float, int] = (-1e9, 0)
+
+    def get(self, owner: str | None, fresh: bool = False) -> tuple[int, int]:
+        now = time.monotonic()
+        with self._lock:
+            mine, everyone = self._counts.get(owner), self._everyone
+        if fresh or mine is None or now - mine[0] > self.TTL or now - everyone[0] > self.TTL:
+            with session_scope() as session:
+                mine = (now, rows.busy_requests(session, owner))
+                everyone = (now, rows.busy_requests(session, everyone=True))
+            with self._lock:
+                self._counts[owner], self._everyone = mine, everyone
+        return mine[1], everyone[1]
+
+    def add(self, owner: str | None, new: int) -> None:
+        with self._lock:
+            if owner in self._counts:
+                stamp, n = self._counts[owner]
+                self._counts[owner] = (stamp, n + new)
+            self._everyone = (self._everyone[0], self._everyone[1] + new)
+
+
+busy_counts = _BusyCounts()
+
+
 def check_capacity(owner: str | None, new: int) -> None:
-    """Refuses work beyond the caps on queued requests (this key's, everyone's)."""
+    """Refuses work beyond the caps on queued requests (this key's, everyone's); the work
+    let through is counted at once."""
     s = get_settings()
     for cap, name in ((s.api_max_queued_per_key, "LLMQ_API_MAX_QUEUED_PER_KEY"),
                       (s.api_max_queued, "LLMQ_API_MAX_QUEUED")):
         if new > cap:
             raise InvalidRequest(f"{new:,} requests at once are over {name} ({cap:,})")
-    with session_scope() as session:
-        mine = rows.busy_requests(session, owner)
-        everyone = rows.busy_requests(session, everyone=True)
-    for busy, cap, name in ((mine, s.api_max_queued_per_key, "LLMQ_API_MAX_QUEUED_PER_KEY"),
-                            (everyone, s.api_max_queued, "LLMQ_API_MAX_QUEUED")):
+    caps = ((s.api_max_queued_per_key, "LLMQ_API_MAX_QUEUED_PER_KEY"),
+            (s.api_max_queued, "LLMQ_API_MAX_QUEUED"))
+    counts = busy_counts.get(owner)
+    if any(busy + new > cap for busy, (cap, _) in zip(counts, caps, strict=True)):
+        counts = busy_counts.get(owner, fresh=True)
+    for busy, (cap, name) in zip(counts, caps, strict=True):
         if busy + new > cap:
             raise Backpressure(f"{busy:,} requests are queued or running; {new:,} more would "
                                f"pass {name} ({cap:,}): try again later", s.api_retry_after)
+    busy_counts.add(owner, new)
 
 
 def model_named(name: Any) -> str:

@@ -46,11 +46,16 @@ def reclaim(session: Session, heard_before: datetime, max_attempts: int) -> list
     """Hands the running requests of every worker that stopped, or that was not heard from
     since ``heard_before``, back to the queue, and marks those workers stopped; a request
     that has used all its attempts fails instead. Returns the ids to send again.
-    Conditional, so two reapers never both take a request."""
+    Conditional, so two reapers never both take a request. A request running since before
+    ``heard_before`` for a process with no row at all (one that claimed it before workers
+    heartbeated, migration 0004) is handed back too."""
     now = utcnow()
     gone = select(Worker.name).where(or_(Worker.heartbeat_at < heard_before,
                                          Worker.stopped_at.is_not(None)))
-    held = and_(Request.state == RequestState.RUNNING, Request.worker.in_(gone))
+    orphan = and_(or_(Request.worker.is_(None), Request.worker.not_in(select(Worker.name))),
+                  Request.started_at < heard_before)
+    held = and_(Request.state == RequestState.RUNNING,
+                or_(Request.worker.in_(gone), orphan))
     session.execute(update(Request).where(held, Request.attempts >= max_attempts).values(
         state=RequestState.FAILED, finished_at=now,
         last_error=f"gave up after {max_attempts} attempts: the worker running this request "

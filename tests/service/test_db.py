@@ -99,6 +99,26 @@ def test_a_request_that_keeps_killing_workers_ends_failed(llmq_env: dict[str, st
         assert queries.claim(s, ids, "w3", max_attempts=2) == []
 
 
+def test_requests_of_a_process_with_no_worker_row_are_reaped(llmq_env: dict[str, str]) -> None:
+    """Claimed before workers heartbeated (migration 0004): no row says who holds them."""
+    upgrade()
+    _, ids = _batch(3)
+    with session_scope() as s:
+        workers.heartbeat(s, name="alive", host="h", pid=1, model="m", device="cpu",
+                          last_step_at=None)
+        queries.claim(s, ids[:1], "alive", 3)
+        queries.claim(s, ids[1:], "before-0004:42", 3)
+    with session_scope() as s:  # too recent to call lost
+        assert workers.reclaim(s, utcnow() - timedelta(seconds=60), max_attempts=3) == []
+    later = utcnow()  # after the claims; the live worker beats again after it
+    with session_scope() as s:
+        workers.heartbeat(s, name="alive", host="h", pid=1, model="m", device="cpu",
+                          last_step_at=None)
+    with session_scope() as s:
+        assert sorted(workers.reclaim(s, later, max_attempts=3)) == ids[1:]
+        assert s.get(Request, ids[0]).state == "running"
+
+
 def test_cancel_then_retry(llmq_env: dict[str, str]) -> None:
     upgrade()
     batch_id, ids = _batch(3)
