@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from llmq.contract import RequestKind
@@ -53,7 +53,7 @@ def reclaim(session: Session, heard_before: datetime, max_attempts: int) -> list
     gone = select(Worker.name).where(or_(Worker.heartbeat_at < heard_before,
                                          Worker.stopped_at.is_not(None)))
     orphan = and_(or_(Request.worker.is_(None), Request.worker.not_in(select(Worker.name))),
-                  Request.started_at < heard_before)
+                  func.coalesce(Request.started_at, Request.created_at) < heard_before)
     held = and_(Request.state == RequestState.RUNNING,
                 or_(Request.worker.in_(gone), orphan))
     session.execute(update(Request).where(held, Request.attempts >= max_attempts).values(
