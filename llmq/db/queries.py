@@ -169,15 +169,16 @@ def record_failure(session: Session, request_id: int, error: str) -> bool:
     ).rowcount)
 
 
-def ran_before(session: Session, ids: Sequence[int]) -> set[int]:
-    """The queued requests among ``ids`` that were claimed before and never finished: their
-    worker was lost, or a failed step sent them back (a clean hand-back uncounts its
-    attempt, so it is not among them)."""
-    found: set[int] = set()
+def ran_before(session: Session, ids: Sequence[int]) -> dict[int, int]:
+    """The queued requests among ``ids`` that were claimed before and never finished, with
+    how many times: their worker was lost, or a failed step sent them back (a clean
+    hand-back uncounts its attempt, so it is not among them)."""
+    found: dict[int, int] = {}
     for start in range(0, len(ids), _INSERT_CHUNK):
-        found.update(session.execute(select(Request.id).where(
-            Request.id.in_(ids[start:start + _INSERT_CHUNK]),
-            Request.state == RequestState.QUEUED, Request.attempts > 0)).scalars())
+        found.update((rid, attempts) for rid, attempts in session.execute(
+            select(Request.id, Request.attempts).where(
+                Request.id.in_(ids[start:start + _INSERT_CHUNK]),
+                Request.state == RequestState.QUEUED, Request.attempts > 0)))
     return found
 
 

@@ -179,8 +179,8 @@ def store_result(sessions: sessionmaker[Session], claimed: Claimed, result: Gene
         return RequestState.FAILED
 
 
-# Requests that were running when a worker was lost run one at a time, process-wide: if one
-# of them is what kills workers, it takes no other suspect with it.
+# Requests lost twice run one at a time, process-wide: if one of them is what kills
+# workers, it takes no other suspect with it.
 _QUARANTINE = threading.Lock()
 
 
@@ -195,16 +195,21 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
     results wait in memory (a message's worth per feeder) until they can be written.
 
     Requests that ran before without finishing (their worker was lost, or a step failed)
-    are suspects: the others run together first, then each suspect alone, claimed only when
-    its turn comes. A request that crashes its worker every time so uses up its own
-    attempts, while what shared its message loses at most one more."""
-    suspects = transact(sessions, "looking for suspects",
-                        lambda s: queries.ran_before(s, ids), db_patience)
+    are suspects. Fresh ones run together first; then those lost once, together again
+    (most were lost to whatever killed their worker, not by their own fault, and running
+    them one by one would stall a worker after every crash); then each one lost twice
+    alone, claimed only when its turn comes. A request that crashes its worker every time
+    so fails alone on its last attempt, and what shared its message still gets one run
+    without it."""
+    lost = transact(sessions, "looking for suspects",
+                    lambda s: queries.ran_before(s, ids), db_patience)
     run = functools.partial(_process, sessions, engine, ident=ident, max_attempts=max_attempts,
                             cancel_poll=cancel_poll, deadline=deadline,
                             db_patience=db_patience, on_result=on_result)
-    outcome = run([i for i in ids if i not in suspects])
-    for rid in (i for i in ids if i in suspects):
+    outcome = run([i for i in ids if i not in lost])
+    for state, n in run([i for i in ids if lost.get(i) == 1]).items():
+        outcome[state] = outcome.get(state, 0) + n
+    for rid in (i for i in ids if lost.get(i, 0) >= 2):
         with _QUARANTINE:
             if deadline is not None and time.time() > deadline:
                 break  # unclaimed, they stay queued: the reconciler sends them again
