@@ -88,6 +88,9 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
               help="KV head groups (with their query heads) removed in every layer")
 @click.option("--prune-layers", type=click.IntRange(min=0), default=0,
               help="whole layers removed (the least influential on calibration prompts)")
+@click.option("--prune-vocab", type=click.IntRange(min=0), default=0,
+              help="rows the output head keeps: the tokens calibration text needs, then the "
+                   "most frequent (0 = the whole vocabulary)")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help="JSONL of calibration prompts (default: the set shipped with llmq)")
 @click.option("--output", type=click.Path(file_okay=False),
@@ -97,7 +100,8 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
 @click.option("--json", "as_json", is_flag=True)
 def model_optimize(base: str, name: str, preset_name: str, quantize: str | None,
                    smooth_alpha: float | None, keep_float: tuple[str, ...], prune_ffn: float,
-                   prune_kv_groups: int, prune_layers: int, calibration: str | None,
+                   prune_kv_groups: int, prune_layers: int, prune_vocab: int,
+                   calibration: str | None,
                    output: str | None, no_measure: bool, exist_ok: bool,
                    as_json: bool) -> None:
     """Build a pruned and/or quantized variant of a model, measure it against its base and
@@ -110,7 +114,8 @@ def model_optimize(base: str, name: str, preset_name: str, quantize: str | None,
         row, outcome = variants.optimize_model(
             base, name, preset=preset_name, quantize=quantize, smooth_alpha=smooth_alpha,
             keep_float=keep_float, prune_ffn=prune_ffn, prune_kv_groups=prune_kv_groups,
-            prune_layers=prune_layers, calibration=calibration, output=output,
+            prune_layers=prune_layers, prune_vocab=prune_vocab, calibration=calibration,
+            output=output,
             measure=not no_measure, log=err.print)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None

@@ -22,6 +22,11 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    head_tokens: int = 0  # rows of a vocabulary-pruned output head (0: the whole vocabulary)
+
+    @property
+    def head_rows(self) -> int:
+        return self.head_tokens or self.vocab_size
 
     @property
     def group_size(self) -> int:
@@ -56,11 +61,14 @@ class ModelConfig:
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
+            head_tokens=int(cfg.get("llmq_head_tokens") or 0),
         )
 
     def to_hf(self) -> dict[str, Any]:
-        """The equivalent Hugging Face ``LlamaConfig`` fields (for artifacts and parity tests)."""
-        return {
+        """The equivalent Hugging Face ``LlamaConfig`` fields (for artifacts and parity tests;
+        a pruned head is llmq's own field, which other readers ignore)."""
+        extra = {"llmq_head_tokens": self.head_tokens} if self.head_tokens else {}
+        return {**extra,
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
             "vocab_size": self.vocab_size,

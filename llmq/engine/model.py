@@ -20,6 +20,7 @@ from .config import ModelConfig
 from .kernels import Linear, pack_linears
 from .memory import zeros_lazily
 from .rope import apply_rope, rope_inv_freq
+from .vocab import PrunedHead
 
 FusedHalves = tuple[Callable[..., Any], Callable[..., Any]]
 _compiled: FusedHalves | None = None
@@ -196,7 +197,9 @@ class LlamaModel(nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = nn.Parameter(torch.ones(config.hidden_size), requires_grad=False)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size)
+        self.lm_head: nn.Module = (
+            PrunedHead(config.hidden_size, config.vocab_size, config.head_tokens)
+            if config.head_tokens else Linear(config.hidden_size, config.vocab_size))
         self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property

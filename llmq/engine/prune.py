@@ -64,7 +64,9 @@ def linear_params(config: ModelConfig) -> int:
 
 def total_params(config: ModelConfig) -> int:
     c = config
-    embed = c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
+    embed = c.vocab_size * c.hidden_size
+    if c.head_tokens or not c.tie_word_embeddings:  # a head of its own
+        embed += c.head_rows * c.hidden_size
     norms = c.hidden_size * (2 * c.num_layers + 1)
     return linear_params(config) + embed + norms
 
@@ -74,7 +76,7 @@ def flops_per_token(config: ModelConfig, context: int = 256) -> int:
     positions, and the output head."""
     c = config
     attention = 2 * 2 * c.num_heads * c.head_dim * context * c.num_layers
-    return 2 * linear_params(config) + attention + 2 * c.hidden_size * c.vocab_size
+    return 2 * linear_params(config) + attention + 2 * c.hidden_size * c.head_rows
 
 
 def prune(config: ModelConfig, weights: dict[str, torch.Tensor], stats: CalibrationStats,

@@ -74,6 +74,17 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
+    def base_token_ids(self) -> list[int]:
+        """The tokens any text can be spelled with (a byte-level vocabulary's one-character
+        tokens) and the special ones: what a pruned output head must always keep."""
+        ids = {i for text, i in self._tok.get_vocab(with_added_tokens=False).items()
+               if len(text) == 1}
+        ids.update(self._tok.get_added_tokens_decoder())
+        ids.update(self.eos_token_ids)
+        if self.bos_token_id is not None:
+            ids.add(self.bos_token_id)
+        return sorted(ids)
+
     def hf_json(self) -> str:
         """The tokenizer as Hugging Face's tokenizer.json text (what llguidance reads)."""
         return self._tok.to_str()

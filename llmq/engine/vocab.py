@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .kernels import Linear
-from .model import LlamaModel
+
+if TYPE_CHECKING:
+    from .model import LlamaModel
 
 ROW_MULTIPLE = 64  # kept rows stay a multiple of this (GEMM blocking)
 

@@ -28,6 +28,7 @@ from llmq.engine.setup import configure_process
 from llmq.engine.smooth import smooth
 from llmq.engine.threads import on_compute_thread
 from llmq.engine.tokenizer import TextTokenizer
+from llmq.engine.vocab import choose_tokens, prune_vocab
 from llmq.settings import get_settings
 from llmq.variants import registry
 from llmq.variants.evaluate import (
@@ -48,6 +49,7 @@ class Recipe:
     quantize: str = "int8"
     smooth_alpha: float | None = 0.5  # SmoothQuant migration strength (int8 only)
     keep_float: tuple[str, ...] = ()  # linears left unquantized: "w_down" or "3.w_down"
+    vocab: int = 0  # rows the output head keeps (0: the whole vocabulary; llmq.engine.vocab)
 
     def validate(self) -> None:
         if self.quantize not in QUANTIZATIONS:
@@ -70,7 +72,7 @@ class Recipe:
 def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
                 smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
                 prune_ffn: float = 0.0, prune_kv_groups: int = 0,
-                prune_layers: int = 0) -> Recipe:
+                prune_layers: int = 0, prune_vocab: int = 0) -> Recipe:
     """A preset with the parts a caller overrides (None, zero and empty leave the
     preset's); ``smooth_alpha=0`` turns smoothing off."""
     prune_recipe = PruneRecipe(prune_ffn, prune_kv_groups, prune_layers)
@@ -83,6 +85,8 @@ def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
         updates["keep_float"] = tuple(keep_float)
     if not prune_recipe.empty:
         updates["prune"] = prune_recipe
+    if prune_vocab:
+        updates["vocab"] = prune_vocab
     return replace(preset(preset_name), **updates)
 
 
@@ -167,9 +171,6 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
         log(f"pruned: {report.params_before / 1e6:.1f}M -> {report.params_after / 1e6:.1f}M "
             f"parameters, {report.flops_per_token_before / 1e6:.0f} -> "
             f"{report.flops_per_token_after / 1e6:.0f} MFLOP per token")
-    metrics.update(params=total_params(config), flops_per_token=flops_per_token(config),
-                   base_params=total_params(ckpt.config),
-                   base_flops_per_token=flops_per_token(ckpt.config))
     recipe = resolve_quantization(recipe, config, metrics, log)
     if recipe.quantize == "int8" and recipe.smooth_alpha:
         if not recipe.prune.empty:  # smoothing must fit the activations of the pruned model
@@ -178,6 +179,14 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
     variant = LlamaModel.from_hf_weights(config, weights)
     if recipe.quantize != "none":
         quantize_layers(variant, recipe.quantize, frozenset(recipe.keep_float))
+    if recipe.vocab:
+        kept = choose_tokens(base_model, sequences, recipe.vocab, always=tok.base_token_ids())
+        prune_vocab(variant, kept)
+        config = variant.config
+        log(f"output head: {ckpt.config.vocab_size} -> {config.head_tokens} rows")
+    metrics.update(params=total_params(config), flops_per_token=flops_per_token(config),
+                   base_params=total_params(ckpt.config),
+                   base_flops_per_token=flops_per_token(ckpt.config))
     # written beside the target and renamed into place, so a crash leaves no half artifact
     partial = output.with_name(output.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

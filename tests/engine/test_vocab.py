@@ -1,0 +1,48 @@
+"""A vocabulary-pruned head: the kept rows' logits exactly as the full head's, a dropped token
+never preferred, the choice of rows made on calibration text, and an artifact that loads back
+to the same logits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from llmq.engine.artifact import load_variant, save_variant
+from llmq.engine.fidelity import sequence_logits
+from llmq.engine.model import LlamaModel
+from llmq.engine.prune import flops_per_token
+from llmq.engine.vocab import ROW_MULTIPLE, choose_tokens, prune_vocab
+from tests.conftest import Tiny
+
+
+def base_model(tiny: Tiny) -> LlamaModel:
+    return LlamaModel.from_hf_weights(tiny.config, tiny.weights)
+
+
+def test_kept_rows_are_exact_and_dropped_ones_never_win(tiny: Tiny) -> None:
+    tokens = tiny.tokenizer.encode("The quick brown fox jumps over the lazy dog.")
+    full = sequence_logits(base_model(tiny), tokens)
+    kept = choose_tokens(base_model(tiny), [tokens], rows=100, always=[0, 1, 2])
+    assert kept.numel() % ROW_MULTIPLE == 0 and kept.numel() >= 100
+    assert torch.equal(kept, kept.unique())  # sorted, no repeats
+    assert set(tokens) | {0, 1, 2} <= set(kept.tolist())
+    pruned = sequence_logits(prune_vocab(base_model(tiny), kept), tokens)
+    assert pruned.shape == full.shape
+    torch.testing.assert_close(pruned[:, kept], full[:, kept], rtol=1e-5, atol=1e-5)
+    dropped = torch.ones(full.shape[1], dtype=torch.bool)
+    dropped[kept] = False
+    assert (pruned[:, dropped] <= pruned[:, kept].amin(-1, keepdim=True)).all()
+    # the base's top choices on the calibration text are kept, so its greedy picks agree
+    assert torch.equal(pruned.argmax(-1), full.argmax(-1))
+
+
+def test_pruned_head_costs_less_and_round_trips(tiny: Tiny, tmp_path: Path) -> None:
+    tokens = tiny.tokenizer.encode("1, 2, 3, 4, 5,")
+    model = prune_vocab(base_model(tiny), choose_tokens(base_model(tiny), [tokens], rows=256))
+    assert model.config.head_tokens == 256 < tiny.config.vocab_size
+    assert flops_per_token(model.config) < flops_per_token(tiny.config)
+    save_variant(tmp_path / "v", model, tiny.tokenizer, {"recipe": {}})
+    loaded, _, _ = load_variant(tmp_path / "v", check=True)
+    assert loaded.config.head_tokens == 256
+    torch.testing.assert_close(sequence_logits(loaded, tokens), sequence_logits(model, tokens))
