@@ -37,7 +37,7 @@ demo: $(STAMP)
 # SmolLM2 where behaviour depends on it (about 15 minutes on 2 cores). Soaks live in bench/.
 test: $(STAMP)
 	$(BIN)/ruff check llmq tests bench
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check llmq tests bench
