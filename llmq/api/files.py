@@ -134,12 +134,26 @@ def get_file(file_id: str, owner: str | None) -> dict[str, Any]:
         return file_object(_owned(session, file_id, owner))
 
 
-def file_path(file_id: str, owner: str | None) -> Path:
-    with session_scope() as session:
-        path = storage() / _owned(session, file_id, owner).path
+def _contents(file_id: str, row: StoredFile) -> Path:
+    path = storage() / row.path
     if not path.is_file():
         raise NotFound(f"the contents of {file_id} are gone from LLMQ_FILES_DIR")
     return path
+
+
+def file_path(file_id: str, owner: str | None) -> Path:
+    with session_scope() as session:
+        return _contents(file_id, _owned(session, file_id, owner))
+
+
+def batch_input(file_id: str, owner: str | None) -> tuple[Path, int]:
+    """The contents of an input file for a batch, and its line count."""
+    with session_scope() as session:
+        row = _owned(session, file_id, owner)
+        if row.purpose != "batch":
+            raise InvalidRequest(f"{file_id} has purpose {row.purpose!r}, not 'batch'",
+                                 "input_file_id")
+        return _contents(file_id, row), row.lines
 
 
 def delete_file(file_id: str, owner: str | None) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from llmq.api.files import InvalidRequest, file_path, page, unix, write_generated
+from llmq.api.files import InvalidRequest, batch_input, page, unix, write_generated
 from llmq.api.inputs import ENDPOINT_KINDS, InputLimits, iter_input
 from llmq.api.output import openai_line
 from llmq.api.service import NotFound, Sender, request_defaults, store_requests
@@ -158,7 +158,6 @@ def create_batch(owner: str | None, *, input_file_id: str, endpoint: str,
                              "endpoint")
     seconds = window_seconds(completion_window)
     metadata = check_metadata(metadata)
-    path = file_path(input_file_id, owner)
     key = idempotency(owner, idempotency_key, {
         "input_file_id": input_file_id, "endpoint": endpoint,
         "completion_window": completion_window, "metadata": metadata})
@@ -166,7 +165,7 @@ def create_batch(owner: str | None, *, input_file_id: str, endpoint: str,
         twin = rows.find_by_idempotency(session, key)
         if twin is not None:
             return batch_object(session, twin)
-        lines = _file_lines(session, input_file_id, owner)
+    path, lines = batch_input(input_file_id, owner)
     check_capacity(owner, lines)
     model = _first_model(path)
     try:
@@ -182,18 +181,6 @@ def create_batch(owner: str | None, *, input_file_id: str, endpoint: str,
         return get_batch(owner, _twin_id(key))
     _store(batch_id, model, path, endpoint)
     return get_batch(owner, batch_id)
-
-
-def _file_lines(session: Session, file_id: str, owner: str | None) -> int:
-    from llmq.db.files import get_file
-
-    row = get_file(session, file_id, owner)
-    if row is None:
-        raise NotFound(f"No such File object: {file_id}")
-    if row.purpose != "batch":
-        raise InvalidRequest(f"{file_id} has purpose {row.purpose!r}, not 'batch'",
-                             "input_file_id")
-    return row.lines
 
 
 def _twin_id(key: str) -> str:
@@ -297,12 +284,12 @@ def _owned(session: Session, batch_id: str, owner: str | None) -> Batch:
 def get_batch(owner: str | None, batch_id: str) -> dict[str, Any]:
     with session_scope() as session:
         batch = _owned(session, batch_id, owner)
-        if batch.expires_at is not None and batch.expires_at < utcnow():
-            rows.expire_due(session, batch_id=batch_id)
-    with session_scope() as session:
-        batch = _owned(session, batch_id, owner)
-        if not _needs_files(batch, queries.batch_counts(session, batch_id)):
-            return batch_object(session, batch)
+        if (batch.expires_at is not None and batch.expires_at < utcnow()
+                and rows.expire_due(session, batch_id=batch_id)):
+            session.refresh(batch)
+        counts = queries.batch_counts(session, batch_id)
+        if not _needs_files(batch, counts):
+            return batch_object(session, batch, counts)
     finalize(batch_id, owner)
     with session_scope() as session:
         return batch_object(session, _owned(session, batch_id, owner))
@@ -316,6 +303,8 @@ def list_batches(owner: str | None, after: str | None = None, limit: int = 20
         batches = rows.list_owned(session, owner, after, limit + 1)
         counts = rows.counts_of(session, [b.id for b in batches])
         due = [b.id for b in batches if _needs_files(b, counts[b.id])]
+        if not due:
+            return page([batch_object(session, b, counts[b.id]) for b in batches], limit)
     for batch_id in due:
         finalize(batch_id, owner)
     with session_scope() as session:
