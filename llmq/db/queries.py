@@ -203,6 +203,19 @@ def requeue(session: Session, request_id: int) -> bool:
                 first_token_at=None)).rowcount)
 
 
+def give_back(session: Session, ids: Sequence[int], error: str, max_attempts: int) -> None:
+    """Hands back requests whose feeder broke (a bug, not a stop) with the attempt counted
+    and the error kept, so an error that repeats on every delivery ends in ``failed`` after
+    ``max_attempts`` instead of looping for ever; no message (the reconciler sends them)."""
+    running = (Request.id.in_(ids), Request.state == RequestState.RUNNING)
+    session.execute(update(Request).where(*running, Request.attempts >= max_attempts).values(
+        state=RequestState.FAILED, finished_at=utcnow(),
+        last_error=f"gave up after {max_attempts} attempts: {error}"[:2000]))
+    session.execute(update(Request).where(*running).values(
+        state=RequestState.QUEUED, enqueued_at=None, started_at=None, first_token_at=None,
+        last_error=error[:2000]))
+
+
 def cancelled_among(session: Session, ids: Iterable[int]) -> set[int]:
     ids = list(ids)
     if not ids:

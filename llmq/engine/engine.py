@@ -8,17 +8,16 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llmq.contract import FinishReason, SamplingParams
+from llmq.contract import FinishReason
 
 from .artifact import load_variant
 from .constrained import Constraint, GrammarTokenizer, MaskWorker, apply_masks
@@ -28,6 +27,15 @@ from .loader import load_checkpoint
 from .loops import cut_at_stop, loop_cut
 from .model import LlamaModel
 from .penalties import TokenHistory, penalize
+from .requests import (  # re-exported: the engine's public types
+    ENGINE_CLOSED,
+    STEP_FAILED,
+    EngineConfig,
+    ErrorCause,
+    GenerationRequest,
+    GenerationResult,
+    Timing,
+)
 from .runner import ModelRunner, sampled_sequences
 from .sampling import make_generator, sample
 from .scheduler import Scheduler, SchedulerConfig
@@ -38,55 +46,8 @@ from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
-ENGINE_CLOSED = "engine closed"  # the error of requests still in flight at close
-# the error of requests in flight when a step failed: not theirs, so worth another try
-STEP_FAILED = "engine step failed"
-
-
-@dataclass
-class GenerationRequest:
-    prompt: str | None = None
-    messages: list[dict[str, Any]] | None = None
-    params: SamplingParams = field(default_factory=SamplingParams)
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-
-
-@dataclass
-class Timing:
-    submitted_at: float  # epoch seconds
-    started_at: float | None = None  # admitted into a slot (first prefill step)
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    batch_size: float = 0.0  # mean number of sequences in the steps this request ran in
-
-
-@dataclass
-class GenerationResult:
-    request_id: str
-    text: str
-    finish_reason: FinishReason
-    prompt_tokens: int
-    completion_tokens: int
-    timing: Timing
-    error: str | None = None
-    token_ids: list[int] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.finish_reason in (FinishReason.STOP, FinishReason.LENGTH,
-                                      FinishReason.REPETITION)
-
-
-@dataclass
-class EngineConfig:
-    num_slots: int = 32
-    slot_length: int = 2048
-    max_step_tokens: int = 4096
-    prefix_cache_entries: int = 16
-    threads: int | None = None  # None: what configure_process set
-    device: str = "cpu"  # cpu | cuda | auto
-    dtype: str = "auto"  # auto (cpu: float32, cuda: bfloat16) | float32 | bfloat16 | float16
-
+__all__ = ["ENGINE_CLOSED", "STEP_FAILED", "Engine", "EngineConfig", "ErrorCause",
+           "GenerationRequest", "GenerationResult", "Timing"]
 
 @dataclass(eq=False)
 class _Live:
@@ -263,11 +224,12 @@ class Engine:
                 self.scheduler.forget_prefixes()
                 self.runner.forget_prefixes()
                 for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-                    self._finish(seq, FinishReason.ERROR, f"{STEP_FAILED}: {exc}")
+                    self._finish(seq, FinishReason.ERROR, f"{STEP_FAILED}: {exc}",
+                                 ErrorCause.STEP)
             self._progress = time.monotonic()
             self._last_step_wall = datetime.now(UTC).replace(tzinfo=None)
         for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
-            self._finish(seq, FinishReason.CANCELLED, ENGINE_CLOSED)
+            self._finish(seq, FinishReason.CANCELLED, ENGINE_CLOSED, ErrorCause.CLOSED)
 
     def _drain_inbox(self) -> None:
         while True:
@@ -285,7 +247,8 @@ class Engine:
                         future.set_result(GenerationResult(
                             request.request_id, "", FinishReason.ERROR, 0, 0,
                             Timing(submitted_at=item[3], finished_at=time.time()),
-                            error=f"could not start this request: {exc}"))
+                            error=f"could not start this request: {exc}",
+                            cause=ErrorCause.REQUEST))
             elif kind == "cancel":
                 seq = self._by_id.get(item)
                 if seq is not None:
@@ -306,7 +269,8 @@ class Engine:
         except Exception as exc:
             timing.finished_at = time.time()
             future.set_result(GenerationResult(request.request_id, "", FinishReason.ERROR, 0, 0,
-                                               timing, error=str(exc)))
+                                               timing, error=str(exc),
+                                               cause=ErrorCause.REQUEST))
             return
         history = TokenHistory(prompt, request.params) if request.params.penalized else None
         live = _Live(request, future, timing, gen, self.tokenizer.decode_stream(), on_token,
@@ -351,7 +315,7 @@ class Engine:
             try:
                 live.constraint.advance(token)
             except ValueError as exc:
-                self._finish(seq, FinishReason.ERROR, str(exc))
+                self._finish(seq, FinishReason.ERROR, str(exc), ErrorCause.REQUEST)
                 return
         if token in self.eos_ids and not params.ignore_eos:
             self._finish(seq, FinishReason.STOP, None)
@@ -384,7 +348,8 @@ class Engine:
         live.text = live.text[:cut].rstrip()
         return True
 
-    def _finish(self, seq: SeqState, reason: FinishReason, error: str | None) -> None:
+    def _finish(self, seq: SeqState, reason: FinishReason, error: str | None,
+                cause: ErrorCause | None = None) -> None:
         live: _Live = seq.payload
         self.scheduler.finish(seq)
         self._by_id.pop(seq.request_id, None)
@@ -395,5 +360,5 @@ class Engine:
         live.future.set_result(GenerationResult(
             request_id=seq.request_id, text=live.text, finish_reason=reason,
             prompt_tokens=len(seq.prompt), completion_tokens=len(seq.output), timing=timing,
-            error=error, token_ids=list(seq.output),
+            error=error, token_ids=list(seq.output), cause=cause,
         ))

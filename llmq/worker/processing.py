@@ -25,13 +25,7 @@ from llmq.contract import FinishReason, RequestKind, SamplingParams
 from llmq.db import queries
 from llmq.db.models import RequestState
 from llmq.db.queries import Claimed
-from llmq.engine.engine import (
-    ENGINE_CLOSED,
-    STEP_FAILED,
-    Engine,
-    GenerationRequest,
-    GenerationResult,
-)
+from llmq.engine.engine import Engine, ErrorCause, GenerationRequest, GenerationResult
 from llmq.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -106,13 +100,13 @@ def write_result(session: Session, claimed: Claimed, result: GenerationResult,
     caught in a failed engine step goes back to the queue while it has attempts left."""
     t = result.timing
     if result.finish_reason == FinishReason.CANCELLED:
-        if result.error == ENGINE_CLOSED:  # this process is stopping: another will run it
+        if result.cause == ErrorCause.CLOSED:  # this process is stopping: another will run it
             queries.release(session, [claimed.id])
             return RequestState.QUEUED
         return RequestState.CANCELLED
     if not result.ok:
         error = result.error or result.finish_reason
-        if error.startswith(STEP_FAILED) and claimed.attempts < max_attempts:
+        if result.cause == ErrorCause.STEP and claimed.attempts < max_attempts:
             queries.requeue(session, claimed.id)
             return RequestState.QUEUED
         queries.record_failure(session, claimed.id, error)
@@ -243,7 +237,7 @@ def _process(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int]
             continue
         inject_faults(engine, request)
         futures[engine.submit(request)] = c
-    pending = set(futures)
+    pending, unstored = set(futures), set(futures)
     try:
         while pending:
             done, pending = wait(pending, timeout=cancel_poll, return_when=FIRST_COMPLETED)
@@ -251,6 +245,7 @@ def _process(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int]
                 c = futures[fut]
                 state = str(store_result(sessions, c, fut.result(), ident, db_patience,
                                          max_attempts))
+                unstored.discard(fut)
                 outcome[state] = outcome.get(state, 0) + 1
                 if on_result is not None:
                     on_result(state, fut.result().completion_tokens)
@@ -260,13 +255,19 @@ def _process(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int]
                 # a wedged engine would never answer, so stop waiting for it
                 outcome["failed"] = outcome.get("failed", 0) + len(pending)
                 return outcome
-    except BaseException:
-        # interrupted (Ctrl-C, shutdown): what did not finish goes back to the queue
-        unfinished = [futures[f].id for f in pending]
+    except BaseException as exc:
+        # what did not finish goes back to the queue: uncounted when interrupted (Ctrl-C,
+        # shutdown), counted when this code broke, so a break that repeats ends in failed
+        unfinished = [futures[f].id for f in unstored]
         for rid in unfinished:
             engine.cancel(str(rid))
-        transact(sessions, "handing back unfinished requests",
-                 lambda s: queries.release(s, unfinished), db_patience)
+        if isinstance(exc, Exception) and not isinstance(exc, OperationalError):
+            error = f"the worker broke while running this request: {_first_line(exc)}"
+            transact(sessions, "handing back unfinished requests", lambda s: queries.give_back(
+                s, unfinished, error, max_attempts), db_patience)
+        else:
+            transact(sessions, "handing back unfinished requests",
+                     lambda s: queries.release(s, unfinished), db_patience)
         raise
     return outcome
 

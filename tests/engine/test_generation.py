@@ -6,7 +6,7 @@ import threading
 import time
 
 from llmq.contract import SamplingParams
-from llmq.engine.engine import STEP_FAILED, Engine, GenerationRequest
+from llmq.engine.engine import STEP_FAILED, Engine, ErrorCause, GenerationRequest
 
 from .conftest import Tiny, hf_greedy
 
@@ -92,6 +92,7 @@ def test_a_request_that_breaks_the_add_path_fails_alone(tiny_engine: Engine) -> 
                                                                    ignore_eos=True))
     bad, good = tiny_engine.generate([poison, fine])
     assert bad.finish_reason == "error" and "long" in (bad.error or "")
+    assert bad.cause == ErrorCause.REQUEST and good.cause is None
     assert good.ok and good.completion_tokens == 3
     assert tiny_engine.generate([fine])[0].ok  # still serving
     assert not tiny_engine.stalled(0.0)  # idle: nothing waits
@@ -153,6 +154,7 @@ def test_a_failed_step_fails_what_was_in_flight_and_forgets_kept_prefixes(
     caught = tiny_engine.generate([GenerationRequest(messages=chat, params=params)] * 2)
     assert [r.finish_reason for r in caught] == ["error", "error"]
     assert all((r.error or "").startswith(STEP_FAILED) for r in caught)
+    assert all(r.cause == ErrorCause.STEP for r in caught)
     assert len(tiny_engine.scheduler.prefixes) == 0 and not tiny_engine.runner._prefixes
     again = tiny_engine.generate([GenerationRequest(messages=chat, params=params)] * 3)
     assert all(r.ok and r.completion_tokens == 3 for r in again)

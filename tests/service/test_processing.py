@@ -6,12 +6,21 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from llmq.contract import FinishReason
 from llmq.db import queries
 from llmq.db.migrate import upgrade
 from llmq.db.models import Request, Result
 from llmq.db.session import get_engine, session_factory, session_scope
-from llmq.engine.engine import STEP_FAILED, Engine, EngineConfig, GenerationResult, Timing
+from llmq.engine.engine import (
+    STEP_FAILED,
+    Engine,
+    EngineConfig,
+    ErrorCause,
+    GenerationResult,
+    Timing,
+)
 from llmq.worker.processing import WorkerIdentity, process_ids, store_result
 from tests.conftest import Tiny
 
@@ -55,7 +64,7 @@ def test_a_request_caught_in_a_failed_step_is_tried_again_while_it_has_attempts(
     ident = WorkerIdentity("h", 1, "cpu", "m")
     sessions = session_factory()
     failed = GenerationResult(str(ids[0]), "", FinishReason.ERROR, 0, 0, Timing(time.time()),
-                              error=f"{STEP_FAILED}: out of memory")
+                              error=f"{STEP_FAILED}: out of memory", cause=ErrorCause.STEP)
     for attempt, state in ((1, "queued"), (2, "failed")):
         with session_scope() as s:
             claimed = queries.claim(s, ids, "w", max_attempts=2)
@@ -96,3 +105,35 @@ def test_a_wedged_engine_cannot_hold_a_feeder_past_its_deadline(
     assert outcome == {"failed": 3}
     with session_scope() as s:
         assert {s.get(Request, i).last_error for i in ids} == {"time limit exceeded"}
+
+
+def test_a_feeder_that_breaks_on_every_delivery_ends_its_requests(
+        llmq_env: dict[str, str], tiny: Tiny) -> None:
+    """A break in the feeder (here its result callback raises once the first request is
+    stored) hands the rest back with the attempt counted, so a break that repeats on every
+    delivery fails them after LLMQ_MAX_ATTEMPTS; an uncounted hand-back looped for ever."""
+    upgrade()
+    with session_scope() as s:
+        _, ids = queries.create_batch(s, requests=[queries.NewRequest(
+            f"c{i}", "completion", {"prompt": "hello"}, {"max_tokens": 2}) for i in range(3)],
+            model="tiny")
+
+    def broken(state: str, tokens: int) -> None:
+        raise RuntimeError("a bug in the feeder")
+
+    with Engine.load(tiny.gguf, EngineConfig(num_slots=1, slot_length=64)) as engine:
+        for delivery in (1, 2):
+            with session_scope() as s:
+                todo = [i for i in ids if s.get(Request, i).state == "queued"]
+            with pytest.raises(RuntimeError, match="a bug in the feeder"):
+                process_ids(session_factory(), engine, todo,
+                            WorkerIdentity("h", 1, "cpu", "tiny"), max_attempts=2,
+                            on_result=broken)
+    with session_scope() as s:
+        reqs = [s.get(Request, i) for i in ids]
+        states = sorted(r.state for r in reqs)
+        assert states == ["failed", "succeeded", "succeeded"], states
+        failed = next(r for r in reqs if r.state == "failed")
+        assert failed.attempts == 2
+        assert failed.last_error == ("gave up after 2 attempts: the worker broke while "
+                                     "running this request: a bug in the feeder")
