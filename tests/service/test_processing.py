@@ -122,7 +122,7 @@ def test_a_feeder_that_breaks_on_every_delivery_ends_its_requests(
         raise RuntimeError("a bug in the feeder")
 
     with Engine.load(tiny.gguf, EngineConfig(num_slots=1, slot_length=64)) as engine:
-        for delivery in (1, 2):
+        for _delivery in (1, 2):
             with session_scope() as s:
                 todo = [i for i in ids if s.get(Request, i).state == "queued"]
             with pytest.raises(RuntimeError, match="a bug in the feeder"):
