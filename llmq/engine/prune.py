@@ -8,6 +8,11 @@ Importance is activation-aware and measured on calibration prompts (``calibrate.
 - a layer scores its block influence, ``1 - cos(input, output)``: a layer that barely turns
   the residual stream is the cheapest to drop (ShortGPT).
 
+With ``Grams`` from ``reconstruct.py`` (the recipe's ``reconstruct``, on by default), channels
+and groups are ranked on per-token-normalised statistics instead, and each layer's output
+projection is re-fitted to the channels it keeps, so the layer's output stays close to the
+base's.
+
 Every layer keeps the same number of channels and groups (each layer keeps its own best
 ones), so a pruned model is still a plain Llama checkpoint with smaller sizes."""
 
@@ -19,6 +24,7 @@ import torch
 
 from .calibrate import CalibrationStats
 from .config import ModelConfig
+from .reconstruct import Grams, refit
 
 CHANNEL_MULTIPLE = 32  # FFN widths stay multiples of this (GEMM blocking, int4 groups)
 
@@ -28,6 +34,7 @@ class PruneRecipe:
     ffn: float = 0.0  # share of FFN channels removed per layer
     kv_groups: int = 0  # KV groups (with their query heads) removed per layer
     layers: int = 0  # whole layers removed
+    reconstruct: bool = True  # re-fit output projections to what is kept (reconstruct.py)
 
     @property
     def empty(self) -> bool:
@@ -80,9 +87,10 @@ def flops_per_token(config: ModelConfig, context: int = 256) -> int:
 
 
 def prune(config: ModelConfig, weights: dict[str, torch.Tensor], stats: CalibrationStats,
-          recipe: PruneRecipe) -> tuple[ModelConfig, dict[str, torch.Tensor], PruneReport]:
-    """Returns the pruned config and Hugging Face-named weights; ``stats`` come from the base
-    model with the same config."""
+          recipe: PruneRecipe, grams: Grams | None = None,
+          ) -> tuple[ModelConfig, dict[str, torch.Tensor], PruneReport]:
+    """Returns the pruned config and Hugging Face-named weights; ``stats`` (and ``grams``,
+    which rank and re-fit when given) come from the base model with the same config."""
     recipe.validate(config)
     w = dict(weights)
     c = config
@@ -96,13 +104,18 @@ def prune(config: ModelConfig, weights: dict[str, torch.Tensor], stats: Calibrat
         p = f"model.layers.{i}."
         if keep_ffn < c.intermediate_size:
             down = w[p + "mlp.down_proj.weight"]  # [D, F]
-            score = stats.mean_square(i, "w_down").sqrt() * down.float().norm(dim=0)
+            square = (grams.importance(i, "w_down") if grams is not None else
+                      stats.mean_square(i, "w_down"))
+            score = square.sqrt() * down.float().norm(dim=0)
             idx = torch.topk(score, keep_ffn).indices.sort().values
             w[p + "mlp.gate_proj.weight"] = w[p + "mlp.gate_proj.weight"][idx]
             w[p + "mlp.up_proj.weight"] = w[p + "mlp.up_proj.weight"][idx]
-            w[p + "mlp.down_proj.weight"] = down[:, idx]
+            w[p + "mlp.down_proj.weight"] = (refit(down, grams.weighted(i, "w_down"), idx)
+                                             if grams is not None else down[:, idx])
         if keep_groups < c.num_kv_heads:
-            _prune_groups(c, w, p, stats.mean_square(i, "wo"), keep_groups)
+            _prune_groups(c, w, p, keep_groups,
+                          grams.weighted(i, "wo") if grams is not None else None,
+                          stats.mean_square(i, "wo"))
     removed: list[int] = []
     if recipe.layers:
         influence = torch.tensor([stats.influence(i) for i in range(c.num_layers)])
@@ -116,11 +129,12 @@ def prune(config: ModelConfig, weights: dict[str, torch.Tensor], stats: Calibrat
     return pruned, w, report
 
 
-def _prune_groups(c: ModelConfig, w: dict[str, torch.Tensor], p: str, o_input_sq: torch.Tensor,
-                  keep: int) -> None:
+def _prune_groups(c: ModelConfig, w: dict[str, torch.Tensor], p: str, keep: int,
+                  gram: torch.Tensor | None, o_input_sq: torch.Tensor) -> None:
     dim, group = c.head_dim, c.group_size
     o_proj = w[p + "self_attn.o_proj.weight"]  # [D, H * E]
-    contrib = o_input_sq.sqrt() * o_proj.float().norm(dim=0)  # [H * E]
+    square = gram.diagonal().float() if gram is not None else o_input_sq
+    contrib = square.sqrt() * o_proj.float().norm(dim=0)  # [H * E]
     score = contrib.view(c.num_kv_heads, group * dim).sum(-1)
     kept = torch.topk(score, keep).indices.sort().values  # KV groups kept
     q_heads = (kept[:, None] * group + torch.arange(group)).reshape(-1)
@@ -131,7 +145,8 @@ def _prune_groups(c: ModelConfig, w: dict[str, torch.Tensor], p: str, o_input_sq
     w[p + "self_attn.q_proj.weight"] = w[p + "self_attn.q_proj.weight"][rows(q_heads)]
     w[p + "self_attn.k_proj.weight"] = w[p + "self_attn.k_proj.weight"][rows(kept)]
     w[p + "self_attn.v_proj.weight"] = w[p + "self_attn.v_proj.weight"][rows(kept)]
-    w[p + "self_attn.o_proj.weight"] = o_proj[:, rows(q_heads)]
+    w[p + "self_attn.o_proj.weight"] = (refit(o_proj, gram, rows(q_heads)) if gram is not None
+                                        else o_proj[:, rows(q_heads)])
 
 
 def _drop_layers(w: dict[str, torch.Tensor], num_layers: int,

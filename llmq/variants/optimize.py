@@ -13,17 +13,20 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from llmq.contract import SamplingParams
 from llmq.engine import kernel_timing
 from llmq.engine.artifact import save_variant
 from llmq.engine.calibrate import collect_stats
 from llmq.engine.config import ModelConfig
 from llmq.engine.cpu import cpu_description
+from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
 from llmq.engine.fidelity import Fidelity
 from llmq.engine.files import is_variant, sha256_file
 from llmq.engine.loader import Checkpoint, load_checkpoint
 from llmq.engine.model import LlamaModel
 from llmq.engine.prune import PruneRecipe, flops_per_token, prune, total_params
 from llmq.engine.quant import LAYER_LINEARS, quantize_layers
+from llmq.engine.reconstruct import Grams, collect_grams
 from llmq.engine.setup import configure_process
 from llmq.engine.smooth import smooth
 from llmq.engine.threads import on_compute_thread
@@ -41,6 +44,9 @@ from llmq.variants.evaluate import (
 
 QUANTIZATIONS = ("none", "bf16", "int8", "int4", "auto")  # auto: the fastest, measured here
 CALIBRATION_NEW_TOKENS = 48  # continuations add the model's own outputs to what is measured
+# reconstruction fits thousands of weights per layer: it gets more text, the base's own
+# sampled continuations of the calibration prompts (several seeds each)
+RECOVERY_SAMPLES, RECOVERY_NEW_TOKENS = 4, 128
 
 
 @dataclass(frozen=True)
@@ -72,10 +78,10 @@ class Recipe:
 def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
                 smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
                 prune_ffn: float = 0.0, prune_kv_groups: int = 0,
-                prune_layers: int = 0, prune_vocab: int = 0) -> Recipe:
+                prune_layers: int = 0, prune_vocab: int = 0, reconstruct: bool = True) -> Recipe:
     """A preset with the parts a caller overrides (None, zero and empty leave the
     preset's); ``smooth_alpha=0`` turns smoothing off."""
-    prune_recipe = PruneRecipe(prune_ffn, prune_kv_groups, prune_layers)
+    prune_recipe = PruneRecipe(prune_ffn, prune_kv_groups, prune_layers, reconstruct)
     updates: dict[str, Any] = {}
     if quantize is not None:
         updates["quantize"] = quantize
@@ -145,6 +151,21 @@ def read_calibration(path: str | None) -> list[list[dict[str, Any]]]:
     return chats
 
 
+def recovery_grams(model: LlamaModel, tok: TextTokenizer, chats: list[list[dict[str, Any]]],
+                   log: Callable[[str], None]) -> Grams:
+    """What reconstruction fits on: the base's sampled continuations of the calibration
+    prompts (never the held-out ones)."""
+    params = [SamplingParams(max_tokens=RECOVERY_NEW_TOKENS, temperature=0.8,
+                             seed=seed, ignore_eos=True) for seed in range(RECOVERY_SAMPLES)]
+    requests = [GenerationRequest(messages=m, params=p) for p in params for m in chats]
+    log(f"generating {len(requests)} x {RECOVERY_NEW_TOKENS} tokens of recovery text")
+    engine = Engine(model, tok, EngineConfig(num_slots=min(64, len(requests)),
+                                             slot_length=1024))
+    outputs = engine.generate_here(requests)
+    return collect_grams(model, [tok.encode_chat(r.messages or []) + o.token_ids
+                                 for r, o in zip(requests, outputs, strict=True)])
+
+
 def build(base: str, recipe: Recipe, output: Path, calibration: str | None = None,
           log: Callable[[str], None] = print) -> tuple[LlamaModel, LlamaModel, TextTokenizer,
                                                        dict[str, Any]]:
@@ -166,8 +187,11 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
     config, weights = ckpt.config, ckpt.weights
     metrics: dict[str, Any] = {"calibration_tokens": stats.tokens}
     if not recipe.prune.empty:
-        config, weights, report = prune(config, weights, stats, recipe.prune)
+        grams = recovery_grams(base_model, tok, chats, log) if recipe.prune.reconstruct else None
+        config, weights, report = prune(config, weights, stats, recipe.prune, grams)
         metrics["removed_layers"] = report.removed_layers
+        if grams is not None:
+            metrics["reconstruction_tokens"] = grams.positions
         log(f"pruned: {report.params_before / 1e6:.1f}M -> {report.params_after / 1e6:.1f}M "
             f"parameters, {report.flops_per_token_before / 1e6:.0f} -> "
             f"{report.flops_per_token_after / 1e6:.0f} MFLOP per token")

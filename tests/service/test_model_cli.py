@@ -49,9 +49,11 @@ def test_optimize_registers_a_measured_variant_and_workers_serve_it_by_name(
     upgrade()  # a server database is migrated by its operator, not by the CLI
     llmq(env, "model", "import", str(tiny.gguf), "--name", "tiny")
     made = json.loads(llmq(env, "model", "optimize", "--from", "tiny", "--name", "tiny-q",
-                           "--quantize", "int8", "--prune-ffn", "0.3", "--json").stdout)
+                           "--quantize", "int8", "--prune-ffn", "0.3", "--no-reconstruct",
+                           "--json").stdout)
     assert made["name"] == "tiny-q" and made["base"] == "tiny"
     assert made["recipe"]["quantize"] == "int8" and made["recipe"]["prune"]["ffn"] == 0.3
+    assert made["recipe"]["prune"]["reconstruct"] is False  # tested in tests/engine: slower
     assert 0 < made["fidelity"]["kl"] and 0 < made["fidelity"]["top1"] <= 1
     assert made["tokens_per_s"] > 0 and made["metrics"]["params"] < made["metrics"][
         "base_params"]
