@@ -3,8 +3,10 @@ nothing of ours, so every layer may import it."""
 
 from __future__ import annotations
 
+import os
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -26,6 +28,11 @@ class Settings(BaseSettings):
     model: str = Field("smollm2-135m", description="model variant used when a request names none")
     model_dir: str = Field("models", description="where `llmq model optimize` writes artifacts "
                            "(workers read them from the path registered, so share it)")
+    cache_dir: str = Field(
+        default_factory=lambda: str(Path(os.environ.get("XDG_CACHE_HOME") or
+                                         Path.home() / ".cache") / "llmq"),
+        description="where GGUF checkpoints are kept unpacked (fp32) so that workers start "
+                    "in a fraction of the time; empty: never")
 
     # request defaults (a line of the input file overrides them; unset: the contract's own,
     # 256 tokens and greedy; llmq.contract.defaults_from reads them)

@@ -3,7 +3,10 @@ and the real SmolLM2 tokenizer; tests/engine/test_smollm2.py loads the real Smol
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,9 @@ from llmq.engine.tokenizer import TextTokenizer
 from .engine.tiny import hf_model, random_weights, smollm2_tokenizer, tiny_config, write_gguf
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# unpacked checkpoints go to a folder of this run (workers inherit it), never the user's cache
+os.environ["LLMQ_CACHE_DIR"] = tempfile.mkdtemp(prefix="llmq-test-cache-")
+atexit.register(shutil.rmtree, os.environ["LLMQ_CACHE_DIR"], True)
 # as every entry point does; the eager int8 path unless a test fuses layers itself
 configure_process(compile=False)
 

@@ -11,7 +11,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import llguidance
-import llguidance.torch
 import torch
 
 from llmq.contract import SamplingParams
@@ -70,6 +69,8 @@ class MaskWorker:
         rows = [(c.matcher, i) for i, c in enumerate(constraints) if c is not None]
         if not rows:
             return None
+        import llguidance.torch  # here: it imports torch._dynamo, a second off every start
+
         started = time.perf_counter()
         mask = llguidance.torch.allocate_token_bitmask(len(constraints),
                                                        self.tokenizer.vocab_size)

@@ -98,17 +98,18 @@ class Engine:
 
     @classmethod
     def load(cls, path: str | Path, config: EngineConfig | None = None,
-             name: str | None = None, verify: bool = False) -> Engine:
+             name: str | None = None, verify: bool = False,
+             cache_dir: str | Path | None = None) -> Engine:
         """An engine for the checkpoint or variant artifact at ``path`` (names are resolved
         by llmq.variants.registry, not here); ``verify`` checks an artifact's files against
-        its manifest's hashes first."""
+        its manifest's hashes first; ``cache_dir`` keeps GGUF files unpacked (loader.py)."""
         config = config or EngineConfig()
         device = pick_device(config.device)
         path = Path(path)
         if is_variant(path):  # an optimized artifact: built exactly as saved
             net, tokenizer, _ = load_variant(path, device, check=verify)
         else:
-            ckpt = load_checkpoint(path)
+            ckpt = load_checkpoint(path, cache_dir)
             net = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights,
                                              dtype=pick_dtype(config.dtype, device),
                                              device=device)

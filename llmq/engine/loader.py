@@ -4,7 +4,11 @@ and one RoPE form serve every source. Nothing is unpickled."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,8 @@ import torch
 from .config import ModelConfig
 from .tokenizer import TextTokenizer, gguf_fields
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Checkpoint:
@@ -24,13 +30,57 @@ class Checkpoint:
     source: str
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
+def load_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Checkpoint:
+    """The checkpoint at ``path``. A GGUF file is unpacked into ``cache_dir`` the first time
+    (an fp32 Hugging Face folder, keyed by the file's path, size and modification time) and
+    read from there afterwards: parsing GGUF metadata and dequantizing take seconds that
+    every worker start (and every restart after a crash) would otherwise pay again."""
     path = Path(path)
     if path.is_dir():
         return _load_hf_folder(path)
-    if path.suffix == ".gguf":
+    if path.suffix != ".gguf":
+        raise ValueError(f"{path}: expected a .gguf file or a folder with config.json")
+    if not cache_dir:
         return _load_gguf(path)
-    raise ValueError(f"{path}: expected a .gguf file or a folder with config.json")
+    folder = _cache_folder(path, Path(cache_dir))
+    if (folder / "config.json").is_file():
+        try:
+            ckpt = _load_hf_folder(folder)
+            return Checkpoint(ckpt.config, ckpt.weights, ckpt.tokenizer, str(path))
+        except Exception as exc:  # a damaged cache costs a slow start, never a failed one
+            log.warning("unpacked copy of %s unreadable (%s): reading the GGUF file and "
+                        "unpacking it again", path, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    ckpt = _load_gguf(path)
+    _write_cache(ckpt, folder)
+    return ckpt
+
+
+def _cache_folder(path: Path, cache_dir: Path) -> Path:
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_dir / f"{path.stem}-{key.hexdigest()[:16]}"
+
+
+def _write_cache(ckpt: Checkpoint, folder: Path) -> None:
+    """Written beside its place and renamed into it, so that workers starting together
+    never read half a copy; best effort (a read-only or full disk only costs speed)."""
+    from safetensors.torch import save_file
+
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in ckpt.weights.items()},
+                  str(partial / "model.safetensors"))
+        ckpt.tokenizer.save_hf_files(partial)
+        (partial / "config.json").write_text(json.dumps(ckpt.config.to_hf(), indent=1))
+        partial.rename(folder)
+    except OSError as exc:
+        if not (folder / "config.json").is_file():  # another process did not win the race
+            log.warning("could not keep an unpacked copy of %s in %s: %s", ckpt.source,
+                        folder.parent, exc)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 # --- GGUF -------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
     if is_variant(base_path):
         raise ValueError(f"{base} is already an optimized variant: optimize from its float "
                          "base instead")
-    ckpt: Checkpoint = load_checkpoint(base_path)
+    ckpt: Checkpoint = load_checkpoint(base_path, get_settings().cache_dir or None)
     recipe.prune.validate(ckpt.config)
     base_model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)
     tok = ckpt.tokenizer

@@ -31,7 +31,8 @@ def load(settings: Settings, model: str, device: str,
     engine = Engine.load(resolve(model), EngineConfig(
         num_slots=slots or settings.slots, slot_length=settings.slot_length,
         max_step_tokens=settings.step_tokens, threads=settings.threads,
-        device=engine_device(device)), name=model, verify=settings.verify_artifacts)
+        device=engine_device(device)), name=model, verify=settings.verify_artifacts,
+        cache_dir=settings.cache_dir or None)
     actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
     slow = kernel_timing.slow_here(engine.model, engine.model.config)
     if slow:
