@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ENGINE_CLOSED", "STEP_FAILED", "Engine", "EngineConfig", "ErrorCause",
            "GenerationRequest", "GenerationResult", "Timing"]
 
+
 @dataclass(eq=False)
 class _Live:
     """The engine's state for one request in flight."""
