@@ -187,7 +187,8 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
     config, weights = ckpt.config, ckpt.weights
     metrics: dict[str, Any] = {"calibration_tokens": stats.tokens}
     if not recipe.prune.empty:
-        grams = recovery_grams(base_model, tok, chats, log) if recipe.prune.reconstruct else None
+        refits = recipe.prune.reconstruct and bool(recipe.prune.ffn or recipe.prune.kv_groups)
+        grams = recovery_grams(base_model, tok, chats, log) if refits else None  # not layers
         config, weights, report = prune(config, weights, stats, recipe.prune, grams)
         metrics["removed_layers"] = report.removed_layers
         if grams is not None:
