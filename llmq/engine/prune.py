@@ -104,14 +104,15 @@ def prune(config: ModelConfig, weights: dict[str, torch.Tensor], stats: Calibrat
         p = f"model.layers.{i}."
         if keep_ffn < c.intermediate_size:
             down = w[p + "mlp.down_proj.weight"]  # [D, F]
-            square = (grams.importance(i, "w_down") if grams is not None else
+            gram = grams.weighted(i, "w_down") if grams is not None else None
+            square = (gram.diagonal().float() if gram is not None else
                       stats.mean_square(i, "w_down"))
             score = square.sqrt() * down.float().norm(dim=0)
             idx = torch.topk(score, keep_ffn).indices.sort().values
             w[p + "mlp.gate_proj.weight"] = w[p + "mlp.gate_proj.weight"][idx]
             w[p + "mlp.up_proj.weight"] = w[p + "mlp.up_proj.weight"][idx]
-            w[p + "mlp.down_proj.weight"] = (refit(down, grams.weighted(i, "w_down"), idx)
-                                             if grams is not None else down[:, idx])
+            w[p + "mlp.down_proj.weight"] = (refit(down, gram, idx) if gram is not None
+                                             else down[:, idx])
         if keep_groups < c.num_kv_heads:
             _prune_groups(c, w, p, keep_groups,
                           grams.weighted(i, "wo") if grams is not None else None,

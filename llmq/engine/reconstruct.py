@@ -44,13 +44,10 @@ class Grams:
     positions: int = 0
 
     def weighted(self, layer: int, name: str) -> torch.Tensor:
-        """The Gram matrix the fit minimises over (float64)."""
+        """The Gram matrix the fit minimises over (float64); its diagonal, each input
+        channel's mean square under the same weighting, is what pruning ranks by."""
         key = (layer, name)
         return self.body[key] / max(1, self.positions) + self.sink[key]
-
-    def importance(self, layer: int, name: str) -> torch.Tensor:
-        """Mean square of each input channel under the same weighting, ``[in]``."""
-        return self.weighted(layer, name).diagonal().float()
 
 
 @torch.inference_mode()
