@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+KV_CACHE_DTYPES = ("", "float32", "float16", "bfloat16")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -23,6 +25,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     head_tokens: int = 0  # rows of a vocabulary-pruned output head (0: the whole vocabulary)
+    kv_cache_dtype: str = ""  # "float16" etc.: the KV cache's storage ("": the model's dtype)
 
     @property
     def head_rows(self) -> int:
@@ -34,6 +37,9 @@ class ModelConfig:
         return self.num_heads // self.num_kv_heads
 
     def validate(self) -> None:
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"KV cache dtype must be one of {', '.join(KV_CACHE_DTYPES[1:])}, "
+                             f"not {self.kv_cache_dtype!r}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
@@ -62,12 +68,16 @@ class ModelConfig:
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
             head_tokens=int(cfg.get("llmq_head_tokens") or 0),
+            kv_cache_dtype=str(cfg.get("llmq_kv_cache_dtype") or ""),
         )
 
     def to_hf(self) -> dict[str, Any]:
         """The equivalent Hugging Face ``LlamaConfig`` fields (for artifacts and parity tests;
-        a pruned head is llmq's own field, which other readers ignore)."""
-        extra = {"llmq_head_tokens": self.head_tokens} if self.head_tokens else {}
+        a pruned head and the KV cache's storage are llmq's own fields, which other readers
+        ignore)."""
+        extra: dict[str, Any] = {"llmq_head_tokens": self.head_tokens} if self.head_tokens else {}
+        if self.kv_cache_dtype:
+            extra["llmq_kv_cache_dtype"] = self.kv_cache_dtype
         return {**extra,
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",

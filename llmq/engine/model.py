@@ -24,6 +24,8 @@ from .vocab import PrunedHead
 
 FusedHalves = tuple[Callable[..., Any], Callable[..., Any]]
 _compiled: FusedHalves | None = None
+_compiled_decode: Callable[..., torch.Tensor] | None = None
+_FLOAT16_MAX = 65504.0
 
 
 def compiled_halves() -> FusedHalves:
@@ -34,6 +36,44 @@ def compiled_halves() -> FusedHalves:
         _compiled = (torch.compile(attention_input, dynamic=True),
                      torch.compile(attention_output_and_ffn, dynamic=True))
     return _compiled
+
+
+def compiled_decode_attention() -> Callable[..., torch.Tensor]:
+    global _compiled_decode
+    if _compiled_decode is None:
+        _compiled_decode = torch.compile(decode_attention_reduced, dynamic=True)
+    return _compiled_decode
+
+
+def to_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in the cache's dtype. float16 saturates rather than overflows: one infinite key
+    would turn the masked products of decode attention (0 x inf) into NaN."""
+    if dtype == torch.float16 and x.dtype != dtype:
+        x = x.clamp(-_FLOAT16_MAX, _FLOAT16_MAX)
+    return x.to(dtype)
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     bias: torch.Tensor) -> torch.Tensor:
+    """Attention for one query position per slot. q ``[S, K, G, E]`` (scaled), keys and
+    values ``[S, K, L, E]`` in the cache's dtype, bias ``[S, 1, 1, L]`` (0 or -inf); returns
+    ``[S, K, G, E]`` in q's dtype. The eager form: two batched matmuls in q's dtype."""
+    scores = torch.matmul(q, keys.to(q.dtype).transpose(-1, -2))  # [S, K, G, L]
+    scores += bias
+    probs = torch.softmax(scores, dim=-1)
+    return torch.matmul(probs, values.to(q.dtype))
+
+
+def decode_attention_reduced(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                             bias: torch.Tensor) -> torch.Tensor:
+    """``decode_attention`` as products and sums, for inductor, which makes of each a loop
+    over the cache that converts as it reads: a half-precision cache is read once at half
+    the bytes and summed in float32, and the G query rows of a KV head share every read.
+    At 64 slots it runs at 1.2x the eager matmuls on a float32 cache, and 1.4x on a float16
+    one (bench/kernels.py)."""
+    scores = (q.unsqueeze(3) * keys.to(q.dtype).unsqueeze(2)).sum(-1) + bias  # [S, K, G, L]
+    probs = torch.softmax(scores, dim=-1)
+    return (probs.unsqueeze(-1) * values.to(q.dtype).unsqueeze(2)).sum(3)
 
 
 @dataclass
@@ -115,7 +155,8 @@ class DecoderLayer(nn.Module):
     """One block, written once for every precision: the linears are ``kernels.Linear`` or one
     of ``quant``'s low-precision layers, swapped in at build or load time. Where those layers
     want fusing (int8), ``fused`` holds inductor-compiled forms of the two halves around
-    attention; attention itself (the KV cache writes and variable-length reads) stays eager."""
+    attention. Attention's cache writes and prompt attention stay eager; decode attention is
+    ``decode_attention`` or, on CPU, its compiled form (``LlamaModel.fuse_layers``)."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -132,6 +173,7 @@ class DecoderLayer(nn.Module):
         self.w_up = Linear(c.hidden_size, c.intermediate_size)
         self.w_down = Linear(c.intermediate_size, c.hidden_size)
         self.fused: FusedHalves | None = None
+        self.decode_attention: Callable[..., torch.Tensor] = decode_attention
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
@@ -148,40 +190,42 @@ class DecoderLayer(nn.Module):
         """Writes the step's keys and values into the cache, then attends over it."""
         k_cache, v_cache = cache  # [S, K, L, E] each
         dim = self.config.head_dim
-        k_cache.view(-1, dim).index_copy_(0, step.cache_rows, k.to(k_cache.dtype))
-        v_cache.view(-1, dim).index_copy_(0, step.cache_rows, v.to(v_cache.dtype))
-        return self._attention(q, k_cache, v_cache, step)
+        k_cache.view(-1, dim).index_copy_(0, step.cache_rows, to_cache(k, k_cache.dtype))
+        v_cache.view(-1, dim).index_copy_(0, step.cache_rows, to_cache(v, v_cache.dtype))
+        return self._attention(q, k, v, k_cache, v_cache, step)
 
-    def _attention(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   step: StepInputs) -> torch.Tensor:
+    def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   k_cache: torch.Tensor, v_cache: torch.Tensor, step: StepInputs
+                   ) -> torch.Tensor:
         c = self.config
         kv_heads, group, dim = c.num_kv_heads, c.group_size, c.head_dim
         out = torch.empty_like(q)
         nd = step.num_decode
         if nd:
             # The G query heads that share a KV head act as G query rows, so keys and values
-            # are read once per KV head and never expanded. Explicit matmuls beat the fused
-            # kernel at one query position (bench/kernels.py: 1.4x at 64 slots).
+            # are read once per KV head and never expanded.
             qd = q[:nd].reshape(nd, kv_heads, group, dim) * (dim ** -0.5)  # [B, K, G, E]
             span, length = step.decode_span, step.decode_len
             if not step.decode_contiguous:
                 full = qd.new_zeros(span, kv_heads, group, dim)
                 full[step.decode_slots] = qd
                 qd = full
-            keys = k_cache[:span, :, :length]  # [span, K, Ld, E]
-            scores = torch.matmul(qd, keys.transpose(-1, -2))  # [span, K, G, Ld]
-            scores += step.decode_bias
-            probs = torch.softmax(scores, dim=-1)
-            od = torch.matmul(probs, v_cache[:span, :, :length])  # [span, K, G, E]
+            od = self.decode_attention(qd, k_cache[:span, :, :length],
+                                       v_cache[:span, :, :length], step.decode_bias)
             if not step.decode_contiguous:
                 od = od[step.decode_slots]
             out[:nd] = od.reshape(nd, c.num_heads, dim)
         for seg in step.prefill:
             n = seg.end - seg.begin
             qs = q[seg.begin:seg.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, E]
-            end = seg.start + n
-            ks = k_cache[seg.slot:seg.slot + 1, :, :end]  # [1, K, start + n, E]
-            vs = v_cache[seg.slot:seg.slot + 1, :, :end]
+            if seg.mask is None:  # nothing cached before it: this step's own keys, unrounded
+                rows = slice(seg.begin * kv_heads, seg.end * kv_heads)
+                ks = k[rows].view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0)
+                vs = v[rows].view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0)
+            else:
+                end = seg.start + n
+                ks = k_cache[seg.slot:seg.slot + 1, :, :end].to(q.dtype)  # [1, K, end, E]
+                vs = v_cache[seg.slot:seg.slot + 1, :, :end].to(q.dtype)
             os_ = F.scaled_dot_product_attention(
                 qs, ks, vs, attn_mask=seg.mask, is_causal=seg.mask is None, enable_gqa=True
             )  # [1, H, n, E]
@@ -207,18 +251,26 @@ class LlamaModel(nn.Module):
         return self.embed.weight.device
 
     def fuse_layers(self) -> bool:
-        """Runs the layers' halves through inductor where their linears ask for it (int8 on
-        CPU; CUDA runs its int8 GEMMs eagerly). Chosen once, after the linears are in place;
-        returns whether the layers are fused now."""
-        wanted = self.device.type == "cpu" and any(
-            getattr(m, "fuse_with_neighbours", False) for m in self.modules())
+        """On CPU, runs decode attention through inductor, and the layers' halves too where
+        their linears ask for it (int8; CUDA runs its int8 GEMMs eagerly). Chosen once, after
+        the linears are in place; returns whether the halves are fused now."""
+        cpu = self.device.type == "cpu"
+        wanted = cpu and any(getattr(m, "fuse_with_neighbours", False) for m in self.modules())
         for layer in self.layers:
             layer.fused = compiled_halves() if wanted else None  # type: ignore[union-attr]
+            layer.decode_attention = (  # type: ignore[union-attr]
+                compiled_decode_attention() if cpu else decode_attention)
         return wanted
 
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The KV cache's storage: the config's choice, else the model's own dtype."""
+        name = self.config.kv_cache_dtype
+        return getattr(torch, name) if name else self.dtype
 
     def rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and signed sin ``[length, E]``, computed in float32, kept in the model's dtype."""

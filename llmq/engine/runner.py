@@ -18,7 +18,8 @@ class ModelRunner:
     def __init__(self, model: LlamaModel, num_slots: int, slot_length: int) -> None:
         self.model = model
         self.device = model.device
-        self.cache = KVCache(model.config, num_slots, slot_length, model.dtype, self.device)
+        self.cache = KVCache(model.config, num_slots, slot_length, model.kv_dtype,
+                             self.device)
         # kept prefixes: key -> [layers, 2, K, n, E]
         self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}
 

@@ -17,7 +17,7 @@ from llmq.contract import SamplingParams
 from llmq.engine import kernel_timing
 from llmq.engine.artifact import save_variant
 from llmq.engine.calibrate import collect_stats
-from llmq.engine.config import ModelConfig
+from llmq.engine.config import KV_CACHE_DTYPES, ModelConfig
 from llmq.engine.cpu import cpu_description
 from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
 from llmq.engine.fidelity import Fidelity
@@ -56,12 +56,18 @@ class Recipe:
     smooth_alpha: float | None = 0.5  # SmoothQuant migration strength (int8 only)
     keep_float: tuple[str, ...] = ()  # linears left unquantized: "w_down" or "3.w_down"
     vocab: int = 0  # rows the output head keeps (0: the whole vocabulary; llmq.engine.vocab)
+    # the KV cache's storage: decode attention reads all of it every step, so half the bytes
+    # is most of its time; attention still sums in float32 (llmq.engine.model)
+    kv_cache: str = "float16"
 
     def validate(self) -> None:
         if self.quantize not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}")
         if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
             raise ValueError(f"smoothing strength must be in [0, 1], not {self.smooth_alpha}")
+        if self.kv_cache not in KV_CACHE_DTYPES[1:]:
+            raise ValueError(f"KV cache must be one of {', '.join(KV_CACHE_DTYPES[1:])}, "
+                             f"not {self.kv_cache!r}")
         for name in self.keep_float:
             if name.rpartition(".")[2] not in LAYER_LINEARS:
                 raise ValueError(f"--keep-float {name!r}: expected one of "
@@ -78,7 +84,8 @@ class Recipe:
 def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
                 smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
                 prune_ffn: float = 0.0, prune_kv_groups: int = 0,
-                prune_layers: int = 0, prune_vocab: int = 0, reconstruct: bool = True) -> Recipe:
+                prune_layers: int = 0, prune_vocab: int = 0, reconstruct: bool = True,
+                kv_cache: str | None = None) -> Recipe:
     """A preset with the parts a caller overrides (None, zero and empty leave the
     preset's); ``smooth_alpha=0`` turns smoothing off."""
     prune_recipe = PruneRecipe(prune_ffn, prune_kv_groups, prune_layers, reconstruct)
@@ -93,6 +100,8 @@ def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
         updates["prune"] = prune_recipe
     if prune_vocab:
         updates["vocab"] = prune_vocab
+    if kv_cache is not None:
+        updates["kv_cache"] = kv_cache
     return replace(preset(preset_name), **updates)
 
 
@@ -201,6 +210,7 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
         if not recipe.prune.empty:  # smoothing must fit the activations of the pruned model
             stats = collect_stats(LlamaModel.from_hf_weights(config, weights), sequences)
         weights = smooth(config, weights, stats, recipe.smooth_alpha)
+    config = replace(config, kv_cache_dtype=recipe.kv_cache)
     variant = LlamaModel.from_hf_weights(config, weights)
     if recipe.quantize != "none":
         quantize_layers(variant, recipe.quantize, frozenset(recipe.keep_float))

@@ -182,6 +182,7 @@ def test_pruned_quantized_artifact_round_trips(tiny: Tiny, tmp_path: Path,
     out = tmp_path / "variant"
     _, variant, tok, manifest = build(str(tiny.gguf), recipe, out, log=lambda _: None)
     assert manifest["recipe"]["quantize"] == quantize
+    assert manifest["recipe"]["kv_cache"] == "float16"
     assert manifest["recipe"]["prune"]["reconstruct"] == (quantize == "int8")
     assert ("reconstruction_tokens" in manifest["metrics"]) == (quantize == "int8")
     assert set(manifest["linears"].values()) == {quantize}
@@ -192,6 +193,7 @@ def test_pruned_quantized_artifact_round_trips(tiny: Tiny, tmp_path: Path,
     with Engine.load(out, config) as loaded:
         assert loaded.model.config.intermediate_size == 64
         assert loaded.model.config.num_kv_heads == 1
+        assert loaded.runner.cache.kv.dtype == torch.float16
         assert generate(loaded) == before
     reloaded, _, _ = load_variant(out)
     assert torch.equal(reloaded.layers[0].w_up.state_dict()[

@@ -1,0 +1,89 @@
+"""Attention over a KV cache stored in half precision: decode attention in its eager and its
+inductor form against a float64 reference, with stale and huge values in the positions a
+slot must not see, and a model whose cache is float16 against the same model in float32."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import pytest
+import torch
+
+from llmq.engine.model import (
+    LlamaModel,
+    compiled_decode_attention,
+    decode_attention,
+    to_cache,
+)
+from llmq.engine.runner import ModelRunner
+from llmq.engine.scheduler import PrefillWork, Sequence, StepPlan
+from tests.conftest import Tiny
+
+HAS_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
+
+
+def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+              lengths: torch.Tensor) -> torch.Tensor:
+    """Slot by slot, over its own positions only, in float64."""
+    out = torch.empty(q.shape, dtype=torch.float64)
+    for s, n in enumerate(lengths.tolist()):
+        k, v = keys[s, :, :n].double(), values[s, :, :n].double()  # [K, n, E]
+        probs = torch.softmax(q[s].double() @ k.transpose(-1, -2), dim=-1)  # [K, G, n]
+        out[s] = probs @ v
+    return out
+
+
+def test_a_float16_cache_saturates_rather_than_overflows() -> None:
+    stored = to_cache(torch.tensor([1e6, -1e6, 3.0]), torch.float16)
+    assert stored.tolist() == [65504.0, -65504.0, 3.0]
+    assert to_cache(torch.tensor([1e6]), torch.bfloat16).item() == pytest.approx(1e6, rel=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_decode_attention_reads_only_each_slots_own_positions(dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(0)
+    slots, kv_heads, group, dim, length = 5, 2, 3, 16, 24
+    q = torch.randn(slots, kv_heads, group, dim, generator=g) * dim ** -0.5
+    keys = torch.randn(slots, kv_heads, length, dim, generator=g)
+    values = torch.randn(slots, kv_heads, length, dim, generator=g)
+    lengths = torch.tensor([1, 7, 24, 13, 2])
+    hidden = torch.arange(length)[None, :] >= lengths[:, None]  # [S, L]: what earlier
+    keys[hidden[:, None, :, None].expand_as(keys)] = 1e6  # sequences left in the slots
+    values[hidden[:, None, :, None].expand_as(values)] = -1e6
+    k_cache, v_cache = to_cache(keys, dtype), to_cache(values, dtype)
+    bias = torch.zeros(slots, 1, 1, length).masked_fill_(
+        hidden.view(slots, 1, 1, length), float("-inf"))
+    want = reference(q, k_cache, v_cache, lengths)  # the cache's rounding, exact sums
+    forms = [decode_attention] + ([compiled_decode_attention()] if HAS_COMPILER else [])
+    for form in forms:
+        got = form(q, k_cache, v_cache, bias)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+def chunked_logits(model: LlamaModel, tokens: list[int], chunk: int) -> torch.Tensor:
+    """Every position's logits, prefilled in chunks: later chunks read the cache."""
+    runner = ModelRunner(model, 1, 128)
+    seq = Sequence("x", tokens, 1, slot=0)
+    rows = []
+    for start in range(0, len(tokens), chunk):
+        part = tokens[start:start + chunk]
+        step, _ = runner.build_inputs(StepPlan(prefill=[PrefillWork(seq, start, part, False)]))
+        step.logits_rows = torch.arange(len(part))
+        rows.append(model(step, runner.cache))
+    return torch.cat(rows)
+
+
+def test_a_float16_cache_keeps_the_models_logits(tiny: Tiny) -> None:
+    exact = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
+    half = LlamaModel.from_hf_weights(replace(tiny.config, kv_cache_dtype="float16"),
+                                      tiny.weights)
+    assert ModelRunner(half, 1, 8).cache.kv.dtype == torch.float16
+    tokens = tiny.tokenizer.encode("Summarize in two sentences: the mountain is tall and "
+                                   "the valley below it is deep and green.")
+    want = chunked_logits(exact, tokens, len(tokens))  # one prefill: no cache read at all
+    got = chunked_logits(half, tokens, 3)  # every later chunk reads float16 keys and values
+    assert not torch.equal(got, want)  # the cache really was read, in float16
+    torch.testing.assert_close(got, want, rtol=0, atol=2e-3 * float(want.abs().max()))
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
