@@ -36,9 +36,9 @@ def optimize_model(base: str, name: str, *, preset: str = "cpu", quantize: str |
                    smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
                    prune_ffn: float = 0.0, prune_kv_groups: int = 0, prune_layers: int = 0,
                    prune_vocab: int = 0, reconstruct: bool = True, kv_cache: str | None = None,
-                   calibration: str | None = None, output: str | None = None,
-                   measure: bool = True, log: Callable[[str], None] = print
-                   ) -> tuple[dict[str, Any], Any]:
+                   distill_steps: int = 0, calibration: str | None = None,
+                   output: str | None = None, measure: bool = True,
+                   log: Callable[[str], None] = print) -> tuple[dict[str, Any], Any]:
     """Builds, measures and registers a variant (loads torch); returns its registry row and
     the measurements (``llmq.variants.optimize.Outcome``)."""
     from llmq.variants.optimize import create_variant, recipe_with
@@ -46,5 +46,6 @@ def optimize_model(base: str, name: str, *, preset: str = "cpu", quantize: str |
     recipe = recipe_with(preset, quantize=quantize, smooth_alpha=smooth_alpha,
                          keep_float=keep_float, prune_ffn=prune_ffn,
                          prune_kv_groups=prune_kv_groups, prune_layers=prune_layers,
-                         prune_vocab=prune_vocab, reconstruct=reconstruct, kv_cache=kv_cache)
+                         prune_vocab=prune_vocab, reconstruct=reconstruct, kv_cache=kv_cache,
+                         distill_steps=distill_steps)
     return create_variant(base, name, recipe, output, calibration, measure, log)

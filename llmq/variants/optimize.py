@@ -13,20 +13,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llmq.contract import SamplingParams
 from llmq.engine import kernel_timing
 from llmq.engine.artifact import save_variant
-from llmq.engine.calibrate import collect_stats
+from llmq.engine.calibrate import CalibrationStats, collect_stats
 from llmq.engine.config import KV_CACHE_DTYPES, ModelConfig
 from llmq.engine.cpu import cpu_description
-from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+from llmq.engine.distill import DistillSettings, Weights
 from llmq.engine.fidelity import Fidelity
 from llmq.engine.files import is_variant, sha256_file
 from llmq.engine.loader import Checkpoint, load_checkpoint
 from llmq.engine.model import LlamaModel
 from llmq.engine.prune import PruneRecipe, flops_per_token, prune, total_params
 from llmq.engine.quant import LAYER_LINEARS, quantize_layers
-from llmq.engine.reconstruct import Grams, collect_grams
+from llmq.engine.reconstruct import collect_grams
 from llmq.engine.setup import configure_process
 from llmq.engine.smooth import smooth
 from llmq.engine.threads import on_compute_thread
@@ -41,12 +40,10 @@ from llmq.variants.evaluate import (
     measure_speed,
     shipped_messages,
 )
+from llmq.variants.recovery import distill_student, fingerprint, recovery_text
 
 QUANTIZATIONS = ("none", "bf16", "int8", "int4", "auto")  # auto: the fastest, measured here
 CALIBRATION_NEW_TOKENS = 48  # continuations add the model's own outputs to what is measured
-# reconstruction fits thousands of weights per layer: it gets more text, the base's own
-# sampled continuations of the calibration prompts (several seeds each)
-RECOVERY_SAMPLES, RECOVERY_NEW_TOKENS = 4, 128
 
 
 @dataclass(frozen=True)
@@ -59,12 +56,18 @@ class Recipe:
     # the KV cache's storage: decode attention reads all of it every step, so half the bytes
     # is most of its time; attention still sums in float32 (llmq.engine.model)
     kv_cache: str = "float16"
+    distill_steps: int = 0  # after pruning: steps of distillation from the base (distill.py)
 
     def validate(self) -> None:
         if self.quantize not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}")
         if self.smooth_alpha is not None and not 0 <= self.smooth_alpha <= 1:
             raise ValueError(f"smoothing strength must be in [0, 1], not {self.smooth_alpha}")
+        if self.distill_steps < 0:
+            raise ValueError(f"distillation steps must be 0 or more, not {self.distill_steps}")
+        if self.distill_steps and self.prune.empty:
+            raise ValueError("distillation recovers what pruning removed: prune something "
+                             "(--prune-ffn, --prune-kv-groups, --prune-layers) or drop it")
         if self.kv_cache not in KV_CACHE_DTYPES[1:]:
             raise ValueError(f"KV cache must be one of {', '.join(KV_CACHE_DTYPES[1:])}, "
                              f"not {self.kv_cache!r}")
@@ -85,7 +88,7 @@ def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
                 smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
                 prune_ffn: float = 0.0, prune_kv_groups: int = 0,
                 prune_layers: int = 0, prune_vocab: int = 0, reconstruct: bool = True,
-                kv_cache: str | None = None) -> Recipe:
+                kv_cache: str | None = None, distill_steps: int = 0) -> Recipe:
     """A preset with the parts a caller overrides (None, zero and empty leave the
     preset's); ``smooth_alpha=0`` turns smoothing off."""
     prune_recipe = PruneRecipe(prune_ffn, prune_kv_groups, prune_layers, reconstruct)
@@ -102,6 +105,8 @@ def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
         updates["vocab"] = prune_vocab
     if kv_cache is not None:
         updates["kv_cache"] = kv_cache
+    if distill_steps:
+        updates["distill_steps"] = distill_steps
     return replace(preset(preset_name), **updates)
 
 
@@ -160,19 +165,33 @@ def read_calibration(path: str | None) -> list[list[dict[str, Any]]]:
     return chats
 
 
-def recovery_grams(model: LlamaModel, tok: TextTokenizer, chats: list[list[dict[str, Any]]],
-                   log: Callable[[str], None]) -> Grams:
-    """What reconstruction fits on: the base's sampled continuations of the calibration
-    prompts (never the held-out ones)."""
-    params = [SamplingParams(max_tokens=RECOVERY_NEW_TOKENS, temperature=0.8,
-                             seed=seed, ignore_eos=True) for seed in range(RECOVERY_SAMPLES)]
-    requests = [GenerationRequest(messages=m, params=p) for p in params for m in chats]
-    log(f"generating {len(requests)} x {RECOVERY_NEW_TOKENS} tokens of recovery text")
-    engine = Engine(model, tok, EngineConfig(num_slots=min(64, len(requests)),
-                                             slot_length=1024))
-    outputs = engine.generate_here(requests)
-    return collect_grams(model, [tok.encode_chat(r.messages or []) + o.token_ids
-                                 for r, o in zip(requests, outputs, strict=True)])
+def prune_and_recover(ckpt: Checkpoint, base_model: LlamaModel,
+                      chats: list[list[dict[str, Any]]], stats: CalibrationStats,
+                      recipe: Recipe, metrics: dict[str, Any], log: Callable[[str], None]
+                      ) -> tuple[ModelConfig, Weights]:
+    """The recipe's pruning, then its recovery: the closed-form re-fit (FFN channels or KV
+    groups; layer removal has nothing to re-fit) and distillation, both on recovery text."""
+    if recipe.prune.empty:
+        return ckpt.config, ckpt.weights
+    refits = recipe.prune.reconstruct and bool(recipe.prune.ffn or recipe.prune.kv_groups)
+    text = (recovery_text(base_model, ckpt.tokenizer, chats, log)
+            if refits or recipe.distill_steps else [])
+    grams = collect_grams(base_model, text) if refits else None
+    config, weights, report = prune(ckpt.config, ckpt.weights, stats, recipe.prune, grams)
+    metrics["removed_layers"] = report.removed_layers
+    if grams is not None:
+        metrics["reconstruction_tokens"] = grams.positions
+    log(f"pruned: {report.params_before / 1e6:.1f}M -> {report.params_after / 1e6:.1f}M "
+        f"parameters, {report.flops_per_token_before / 1e6:.0f} -> "
+        f"{report.flops_per_token_after / 1e6:.0f} MFLOP per token")
+    if recipe.distill_steps:
+        run_id = fingerprint(ckpt.config.to_hf(), recipe.as_dict(), text)
+        weights, distilled = distill_student(
+            config, weights, ckpt.config, ckpt.weights, text,
+            DistillSettings(recipe.distill_steps), run_id, get_settings().cache_dir or None,
+            log)
+        metrics["distillation"] = asdict(distilled)
+    return config, weights
 
 
 def build(base: str, recipe: Recipe, output: Path, calibration: str | None = None,
@@ -193,18 +212,8 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
     outputs = greedy_outputs(base_model, tok, chats, CALIBRATION_NEW_TOKENS)
     sequences = [tok.encode_chat(m) + out for m, out in zip(chats, outputs, strict=True)]
     stats = collect_stats(base_model, sequences)
-    config, weights = ckpt.config, ckpt.weights
     metrics: dict[str, Any] = {"calibration_tokens": stats.tokens}
-    if not recipe.prune.empty:
-        refits = recipe.prune.reconstruct and bool(recipe.prune.ffn or recipe.prune.kv_groups)
-        grams = recovery_grams(base_model, tok, chats, log) if refits else None  # not layers
-        config, weights, report = prune(config, weights, stats, recipe.prune, grams)
-        metrics["removed_layers"] = report.removed_layers
-        if grams is not None:
-            metrics["reconstruction_tokens"] = grams.positions
-        log(f"pruned: {report.params_before / 1e6:.1f}M -> {report.params_after / 1e6:.1f}M "
-            f"parameters, {report.flops_per_token_before / 1e6:.0f} -> "
-            f"{report.flops_per_token_after / 1e6:.0f} MFLOP per token")
+    config, weights = prune_and_recover(ckpt, base_model, chats, stats, recipe, metrics, log)
     recipe = resolve_quantization(recipe, config, metrics, log)
     if recipe.quantize == "int8" and recipe.smooth_alpha:
         if not recipe.prune.empty:  # smoothing must fit the activations of the pruned model

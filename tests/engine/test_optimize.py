@@ -176,15 +176,19 @@ def generate(engine: Engine, n: int = 12) -> list[list[int]]:
 @pytest.mark.parametrize("quantize", ["int8", "int4"])
 def test_pruned_quantized_artifact_round_trips(tiny: Tiny, tmp_path: Path,
                                                quantize: str) -> None:
-    # re-fitted before int8 (pruned, distilled, quantized); int4 keeps the plain cut
-    recipe = Recipe(prune=PruneRecipe(ffn=0.3, kv_groups=1, reconstruct=quantize == "int8"),
-                    quantize=quantize)
+    # re-fitted and distilled before int8 (pruned, recovered, quantized); int4 keeps the cut
+    recovered = quantize == "int8"
+    recipe = Recipe(prune=PruneRecipe(ffn=0.3, kv_groups=1, reconstruct=recovered),
+                    quantize=quantize, distill_steps=2 if recovered else 0)
     out = tmp_path / "variant"
     _, variant, tok, manifest = build(str(tiny.gguf), recipe, out, log=lambda _: None)
     assert manifest["recipe"]["quantize"] == quantize
     assert manifest["recipe"]["kv_cache"] == "float16"
-    assert manifest["recipe"]["prune"]["reconstruct"] == (quantize == "int8")
-    assert ("reconstruction_tokens" in manifest["metrics"]) == (quantize == "int8")
+    assert manifest["recipe"]["prune"]["reconstruct"] == recovered
+    assert ("reconstruction_tokens" in manifest["metrics"]) == recovered
+    assert manifest["recipe"]["distill_steps"] == (2 if recovered else 0)
+    if recovered:
+        assert manifest["metrics"]["distillation"]["steps"] == 2
     assert set(manifest["linears"].values()) == {quantize}
     assert (out / "model.safetensors").is_file() and not list(out.glob("*.pt"))
     verify(out)
