@@ -7,7 +7,7 @@ Fidelity, two ways: KL / top-1 / greedy agreement on llmq's held-out prompts (wh
 first 16 workload prompts get the same 64 greedy tokens as the fp32 engine, with the mean
 shared prefix.
 
-    .venv/bin/python -m bench.optimize [--runs 3] [--quick]
+    .venv/bin/python -m bench.optimize [--runs 3] [--quick] [--variants NAME ...] [--slots 64]
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ VARIANTS: dict[str, dict] = {
     "int4 (groups of 32)": {"quantize": "int4"},
     "ffn -10% + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.1},
     "ffn -25% + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.25},
+    # the same int8 variant with the float32 KV cache of the base (variants default to float16)
+    "int8, float32 KV cache": {"quantize": "int8", "smooth_alpha": 0.5, "kv_cache": "float32"},
+    "ffn -10% (fp32)": {"quantize": "none", "ffn": 0.1},
+    "ffn -10% distilled + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.1,
+                                  "distill": 40},
 }
 
 
@@ -46,7 +51,9 @@ def build_variants(names: list[str]) -> dict[str, dict]:
         folder = VARIANTS_DIR / name.replace(" ", "_").replace("/", "-").replace("%", "pc")
         recipe = Recipe(prune=PruneRecipe(ffn=opts.get("ffn", 0.0)), quantize=opts["quantize"],
                         smooth_alpha=opts.get("smooth_alpha"),
-                        keep_float=tuple(opts.get("keep_float", ())))
+                        keep_float=tuple(opts.get("keep_float", ())),
+                        kv_cache=opts.get("kv_cache", "float16"),
+                        distill_steps=opts.get("distill", 0))
 
         def run(folder: Path = folder, recipe: Recipe = recipe) -> dict:
             import shutil
@@ -93,6 +100,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="16 prompts, 1 run: a smoke test")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--no-peer", action="store_true", help="skip CTranslate2")
+    ap.add_argument("--slots", type=int, nargs="*", default=[32, 64], choices=[32, 64])
     opts = ap.parse_args()
     runs = 1 if opts.quick else opts.runs
     limit = 16 if opts.quick else None
@@ -100,7 +108,7 @@ def main() -> None:
     from llmq.variants.registry import builtin_model_path
 
     configs: dict[str, dict] = {}
-    for slots in (32, 64):
+    for slots in sorted(set(opts.slots) | {64}):  # 64: the reference of every ratio
         configs[f"fp32 base, {slots} slots"] = {"engine": "llmq", "slots": slots}
         for name, info in built.items():
             configs[f"{name}, {slots} slots"] = {"engine": "llmq", "slots": slots,
@@ -125,9 +133,9 @@ def main() -> None:
     for name in ["fp32 base", *built]:
         info = built.get(name, {"size_mb": base_size, "kl": 0.0, "top1": 1.0,
                                 "same_heldout": 16})
-        t32, t64 = tok_s[f"{name}, 32 slots"], tok_s[f"{name}, 64 slots"]
+        t32, t64 = tok_s.get(f"{name}, 32 slots"), tok_s[f"{name}, 64 slots"]
         size = f"{info['size_mb']:.0f}" + (" (Q4_1 GGUF)" if name == "fp32 base" else "")
-        rows.append([name, size, f"{t32:.1f}", f"{t64:.1f}", f"{t64 / fp32_64:.2f}x",
+        rows.append([name, size, f"{t32:.1f}" if t32 else "", f"{t64:.1f}", f"{t64 / fp32_64:.2f}x",
                      f"{info['kl']:.4f}", f"{info['top1']:.1%}", f"{info['same_heldout']}/16",
                      agreement(f"{name}, 64 slots")])
     if not opts.no_peer:
