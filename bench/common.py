@@ -24,10 +24,11 @@ def workload(limit: int | None = None) -> list[dict[str, Any]]:
     return lines[:limit] if limit else lines
 
 
-def run_child(module: str, args: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+def run_child(module: str, args: dict[str, Any], timeout: float = 1800,
+              python: str = sys.executable) -> dict[str, Any]:
     """Runs ``python -m module`` with ``args`` as JSON on stdin; returns its JSON answer."""
     proc = subprocess.run(
-        [sys.executable, "-m", module], input=json.dumps(args), capture_output=True,
+        [python, "-m", module], input=json.dumps(args), capture_output=True,
         text=True, timeout=timeout, cwd=ROOT,
     )
     if proc.returncode != 0:

@@ -1,6 +1,6 @@
 """Model variants on the shared workload (../shared/bench/README.md): size, generated tokens/s
-at 32 and 64 slots, fidelity against the fp32 base, and CTranslate2 int8 (the peer that
-installs by pip) in the same run.
+at 32 and 64 slots, fidelity against the fp32 base, and as peers in the same run CTranslate2
+int8 (installs by pip) and, with ``--openvino PYTHON``, OpenVINO GenAI (bench/openvino_peer.py).
 
 Fidelity, two ways: KL / top-1 / greedy agreement on llmq's held-out prompts (what
 `llmq model optimize` stores), and, as in the shared table of other engines, how many of the
@@ -8,6 +8,7 @@ first 16 workload prompts get the same 64 greedy tokens as the fp32 engine, with
 shared prefix.
 
     .venv/bin/python -m bench.optimize [--runs 3] [--quick] [--variants NAME ...] [--slots 64]
+        [--no-peer] [--openvino /tmp/ov/bin/python]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ VARIANTS: dict[str, dict] = {
     # the same int8 variant with the float32 KV cache of the base (variants default to float16)
     "int8, float32 KV cache": {"quantize": "int8", "smooth_alpha": 0.5, "kv_cache": "float32"},
     "ffn -10% (fp32)": {"quantize": "none", "ffn": 0.1},
+    "ffn -10% distilled (fp32)": {"quantize": "none", "ffn": 0.1, "distill": 40},
     "ffn -10% distilled + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.1,
                                   "distill": 40},
 }
@@ -78,7 +80,11 @@ def measure(configs: dict[str, dict], runs: int, limit: int | None) -> dict[str,
             args = {"new_tokens": NEW_TOKENS, **cfg}
             if limit:
                 args["limit"] = limit
-            res = run_child("bench.engine_child", args, timeout=3600)
+            if cfg["engine"] == "openvino":
+                args["prompt_ids"] = cfg["prompt_ids"][:limit]
+                res = run_child("bench.openvino_child", args, 3600, python=cfg["python"])
+            else:
+                res = run_child("bench.engine_child", args, timeout=3600)
             samples[name].append(res)
             print(f"run {run + 1}/{runs} {name}: {res['tok_s']:.1f} tok/s", flush=True)
     return samples
@@ -100,6 +106,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="16 prompts, 1 run: a smoke test")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--no-peer", action="store_true", help="skip CTranslate2")
+    ap.add_argument("--openvino", metavar="PYTHON",
+                    help="a Python with openvino-genai and optimum-intel: OpenVINO peer rows")
     ap.add_argument("--slots", type=int, nargs="*", default=[32, 64], choices=[32, 64])
     opts = ap.parse_args()
     runs = 1 if opts.quick else opts.runs
@@ -117,6 +125,11 @@ def main() -> None:
         configs["CTranslate2 4.8.5 int8, batch 32"] = {
             "engine": "ctranslate2", "slots": 32, "quantization": "int8",
             "ct2_dir": str(VARIANTS_DIR / "ct2-int8")}
+    if opts.openvino:
+        from bench.openvino_peer import configs as openvino_configs
+
+        configs.update(openvino_configs(opts.openvino, VARIANTS_DIR))
+    peers = [name for name, cfg in configs.items() if cfg["engine"] != "llmq"]
     samples = measure(configs, runs, limit)
     tok_s = {k: median([s["tok_s"] for s in v]) for k, v in samples.items()}
     reference = samples["fp32 base, 64 slots"][0]["outputs"][:16]
@@ -138,10 +151,10 @@ def main() -> None:
         rows.append([name, size, f"{t32:.1f}" if t32 else "", f"{t64:.1f}", f"{t64 / fp32_64:.2f}x",
                      f"{info['kl']:.4f}", f"{info['top1']:.1%}", f"{info['same_heldout']}/16",
                      agreement(f"{name}, 64 slots")])
-    if not opts.no_peer:
-        peer = "CTranslate2 4.8.5 int8, batch 32"
-        rows.append([peer, "", f"{tok_s[peer]:.1f}", "", f"{tok_s[peer] / fp32_64:.2f}x", "",
-                     "", "", agreement(peer)])
+    for peer in peers:
+        rate, at32 = f"{tok_s[peer]:.1f}", configs[peer]["slots"] == 32
+        rows.append([peer, "", rate if at32 else "", "" if at32 else rate,
+                     f"{tok_s[peer] / fp32_64:.2f}x", "", "", "", agreement(peer)])
     table = markdown_table(
         ["variant", "size MB", "tok/s 32 slots", "tok/s 64 slots", "vs fp32 (64)",
          "KL (held-out)", "top-1 (held-out)", "same greedy (held-out)",
