@@ -33,7 +33,8 @@ def main() -> None:
     config.min_new_tokens = args["new_tokens"]
     config.ignore_eos = True
     config.do_sample = False
-    prompts = [ov.Tensor(np.array([ids], dtype=np.int64)) for ids in args["prompt_ids"]]
+    prompts = [ov.Tensor(np.array([ids], dtype=np.int64))
+               for ids in args["prompt_ids"][:args.get("limit")]]
     pipe.generate(prompts[:2], [config] * 2)  # warm-up, as llmq's runs have
     start = time.perf_counter()
     results = pipe.generate(prompts, [config] * len(prompts))

@@ -24,14 +24,8 @@ RUNS = {
 }
 
 
-def export(python: str, variants_dir: Path) -> dict[str, Path]:
-    """The exported model folders, made when missing."""
-    from llmq.engine.loader import load_checkpoint
-    from llmq.variants.registry import builtin_model_path
-
-    hf_cache = variants_dir / "hf-cache"
-    load_checkpoint(builtin_model_path("smollm2-135m"), hf_cache)  # writes the HF folder
-    hf = next(p for p in hf_cache.iterdir() if (p / "config.json").is_file())
+def export(python: str, hf: Path, variants_dir: Path) -> dict[str, Path]:
+    """The folders exported from the Hugging Face folder ``hf``, made when missing."""
     cli = str(Path(python).parent / "optimum-cli")
     out = {}
     for fmt in ("int8", "fp32"):
@@ -49,9 +43,10 @@ def configs(python: str, variants_dir: Path, slots: int = 64) -> dict[str, dict]
     from llmq.engine.loader import load_checkpoint
     from llmq.variants.registry import builtin_model_path
 
-    folders = export(python, variants_dir)
-    tok = load_checkpoint(builtin_model_path("smollm2-135m"), variants_dir / "hf-cache"
-                          ).tokenizer
+    hf_cache = variants_dir / "hf-cache"
+    tok = load_checkpoint(builtin_model_path("smollm2-135m"), hf_cache).tokenizer  # and the
+    hf = next(p for p in hf_cache.iterdir() if (p / "config.json").is_file())  # HF folder
+    folders = export(python, hf, variants_dir)
     ids = [tok.encode_chat(p["messages"]) for p in workload()]
     return {name: {"engine": "openvino", "python": python, "model_dir": str(folders[fmt]),
                    "precision": precision, "kv_precision": kv, "slots": slots,

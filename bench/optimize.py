@@ -14,6 +14,7 @@ shared prefix.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from bench.common import ROOT, markdown_table, median, record, run_child
@@ -80,11 +81,9 @@ def measure(configs: dict[str, dict], runs: int, limit: int | None) -> dict[str,
             args = {"new_tokens": NEW_TOKENS, **cfg}
             if limit:
                 args["limit"] = limit
-            if cfg["engine"] == "openvino":
-                args["prompt_ids"] = cfg["prompt_ids"][:limit]
-                res = run_child("bench.openvino_child", args, 3600, python=cfg["python"])
-            else:
-                res = run_child("bench.engine_child", args, timeout=3600)
+            module = "bench.openvino_child" if cfg["engine"] == "openvino" else \
+                "bench.engine_child"
+            res = run_child(module, args, 3600, python=cfg.get("python", sys.executable))
             samples[name].append(res)
             print(f"run {run + 1}/{runs} {name}: {res['tok_s']:.1f} tok/s", flush=True)
     return samples

@@ -174,13 +174,13 @@ def _order(num_batches: int, steps: int, seed: int) -> list[int]:
 def _save(path: Path, fingerprint: str, step: int, w: Weights, names: list[str],
           optim: torch.optim.Optimizer) -> None:
     tensors = {}
-    for i, name in enumerate(names):
+    for name in names:
         state = optim.state[w[name]]
         tensors[f"w.{name}"] = w[name].detach().cpu().contiguous()
         if state:
             tensors[f"m.{name}"] = state["exp_avg"].cpu().contiguous()
             tensors[f"v.{name}"] = state["exp_avg_sq"].cpu().contiguous()
-            tensors[f"t.{i}"] = state["step"].detach().cpu().reshape(1).float()
+            tensors[f"t.{name}"] = state["step"].detach().cpu().reshape(1).float()
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata={"fingerprint": fingerprint,
                                                "step": json.dumps(step)})
@@ -195,11 +195,11 @@ def _resume(path: Path, fingerprint: str, w: Weights, names: list[str],
         return 0
     tensors = load_file(str(path))
     with torch.no_grad():
-        for i, name in enumerate(names):
+        for name in names:
             w[name].copy_(tensors[f"w.{name}"])
             if f"m.{name}" in tensors:
                 optim.state[w[name]] = {
-                    "step": tensors[f"t.{i}"].reshape(()).clone(),
+                    "step": tensors[f"t.{name}"].reshape(()).clone(),
                     "exp_avg": tensors[f"m.{name}"].to(w[name].device),
                     "exp_avg_sq": tensors[f"v.{name}"].to(w[name].device)}
     return step

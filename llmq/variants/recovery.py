@@ -69,6 +69,8 @@ def distill_student(config: ModelConfig, weights: Weights, base_config: ModelCon
         + (f", checkpoints in {checkpoint}" if checkpoint else ""))
     console = Console(stderr=True)
     resumed = checkpoint_step(checkpoint, run_id) if checkpoint else 0
+    if resumed:
+        log(f"resuming distillation at step {resumed} from {checkpoint}")
     started = time.monotonic()
     with Progress(TextColumn("distilling"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("KL {task.fields[kl]:.3f}"), TimeRemainingColumn(),
@@ -84,8 +86,6 @@ def distill_student(config: ModelConfig, weights: Weights, base_config: ModelCon
 
         trained, report = distill(config, weights, base_config, teacher, text, settings,
                                   on_step, checkpoint, run_id)
-    if report.resumed_at:
-        log(f"resumed distillation at step {report.resumed_at} from {checkpoint}")
     log(f"distilled: KL on its batches {report.first_kl:.3f} -> {report.last_kl:.3f} "
         f"({report.positions} positions, {time.monotonic() - started:.0f} s)")
     if checkpoint is not None:

@@ -17,8 +17,9 @@ from llmq.engine.model import (
     to_cache,
 )
 from llmq.engine.runner import ModelRunner
-from llmq.engine.scheduler import PrefillWork, Sequence, StepPlan
 from tests.conftest import Tiny
+
+from .tiny import chunked_logits
 
 HAS_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
 
@@ -60,19 +61,6 @@ def test_decode_attention_reads_only_each_slots_own_positions(dtype: torch.dtype
         got = form(q, k_cache, v_cache, bias)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
-
-
-def chunked_logits(model: LlamaModel, tokens: list[int], chunk: int) -> torch.Tensor:
-    """Every position's logits, prefilled in chunks: later chunks read the cache."""
-    runner = ModelRunner(model, 1, 128)
-    seq = Sequence("x", tokens, 1, slot=0)
-    rows = []
-    for start in range(0, len(tokens), chunk):
-        part = tokens[start:start + chunk]
-        step, _ = runner.build_inputs(StepPlan(prefill=[PrefillWork(seq, start, part, False)]))
-        step.logits_rows = torch.arange(len(part))
-        rows.append(model(step, runner.cache))
-    return torch.cat(rows)
 
 
 def test_a_float16_cache_keeps_the_models_logits(tiny: Tiny) -> None:

@@ -24,7 +24,7 @@ from llmq.engine.model import LlamaModel
 from llmq.engine.prune import PruneRecipe, prune
 from tests.conftest import Tiny
 
-from .tiny import random_weights, tiny_config
+from .tiny import random_weights, repeat_ffn_channels, tiny_config
 
 
 def texts(vocab: int, n: int, seed: int) -> list[list[int]]:
@@ -54,16 +54,11 @@ def mean_kl(config_a: ModelConfig, w_a: Weights, config_b: ModelConfig, w_b: Wei
 
 
 def pruned_tiny(tiny: Tiny) -> tuple[ModelConfig, Weights, ModelConfig, Weights]:
-    """The tiny model, with its FFNs cut by 30% (no re-fit). As in trained models (random
-    ones have next to none), a third of the FFN channels nearly repeat others, so that
-    there is something to recover."""
+    """The tiny model, with its FFNs cut by 30% (no re-fit) after a third of their channels
+    were made to nearly repeat others, so that there is something to recover."""
     cfg = tiny_config(tiny.tokenizer, num_layers=2)
     weights = random_weights(cfg, seed=5)
-    g = torch.Generator().manual_seed(0)
-    for i in range(cfg.num_layers):
-        for name in ("gate_proj", "up_proj"):
-            w = weights[f"model.layers.{i}.mlp.{name}.weight"]  # [96, D]
-            w[64:] = w[:32] + 0.05 * w[:32].std() * torch.randn(w[:32].shape, generator=g)
+    repeat_ffn_channels(cfg, weights, torch.Generator().manual_seed(0))
     base = LlamaModel.from_hf_weights(cfg, weights)
     stats = collect_stats(base, texts(cfg.vocab_size, 8, seed=2))
     pruned_cfg, pruned_w, _ = prune(cfg, weights, stats, PruneRecipe(ffn=0.3,

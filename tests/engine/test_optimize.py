@@ -30,7 +30,7 @@ from llmq.engine.smooth import smooth
 from llmq.variants.optimize import Recipe, build
 from tests.conftest import Tiny
 
-from .tiny import random_weights, tiny_config
+from .tiny import random_weights, repeat_ffn_channels, tiny_config
 
 PROMPTS = ["The quick brown fox", "Write a haiku about the sea.", "1, 2, 3,", "Hello there"]
 
@@ -135,10 +135,7 @@ def test_reconstruction_brings_a_pruned_model_closer_to_its_base(tiny: Tiny) -> 
     cfg = tiny_config(tiny.tokenizer, num_layers=2)
     weights = random_weights(cfg, seed=5)
     g = torch.Generator().manual_seed(0)
-    for i in range(cfg.num_layers):
-        for name in ("gate_proj", "up_proj"):
-            w = weights[f"model.layers.{i}.mlp.{name}.weight"]  # [96, D]
-            w[64:] = w[:32] + 0.05 * w[:32].std() * torch.randn(w[:32].shape, generator=g)
+    repeat_ffn_channels(cfg, weights, g)  # g then draws the texts, as it always did
     base = LlamaModel.from_hf_weights(cfg, weights)
 
     def texts(n: int) -> list[list[int]]:

@@ -11,11 +11,9 @@ from llmq.contract import SamplingParams
 from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
 from llmq.engine.loader import load_checkpoint, unpermute_rope_rows
 from llmq.engine.model import LlamaModel
-from llmq.engine.runner import ModelRunner
-from llmq.engine.scheduler import PrefillWork, Sequence, StepPlan
 
 from .conftest import Tiny, hf_greedy
-from .tiny import llama_cpp_permute, write_hf_folder
+from .tiny import chunked_logits, llama_cpp_permute, write_hf_folder
 
 PROMPTS = [
     "The river flows",
@@ -50,26 +48,12 @@ def test_safetensors_folder_loads_the_same_model(tiny: Tiny, tmp_path) -> None:
         assert torch.equal(ckpt.weights[name], tensor), name
 
 
-def _our_logits(model: LlamaModel, prompt: list[int], chunk: int) -> torch.Tensor:
-    """Logits of every prompt position, prefilled in chunks of ``chunk`` tokens."""
-    runner = ModelRunner(model, 2, 256)
-    seq = Sequence("x", prompt, 1, slot=1)
-    rows = []
-    for start in range(0, len(prompt), chunk):
-        part = prompt[start:start + chunk]
-        plan = StepPlan(prefill=[PrefillWork(seq, start, part, False)])
-        step, _ = runner.build_inputs(plan)
-        step.logits_rows = torch.arange(len(part))
-        rows.append(model(step, runner.cache))
-    return torch.cat(rows)
-
-
 @pytest.mark.parametrize("chunk", [1000, 5])
 def test_logits_match_transformers(tiny: Tiny, chunk: int) -> None:
     ckpt = load_checkpoint(tiny.gguf)
     model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)
     prompt = tiny.tokenizer.encode(PROMPTS[1])
-    ours = _our_logits(model, prompt, chunk)
+    ours = chunked_logits(model, prompt, chunk)
     with torch.no_grad():
         ref = tiny.hf(torch.tensor([prompt])).logits[0]
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)

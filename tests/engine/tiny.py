@@ -9,6 +9,9 @@ import numpy as np
 import torch
 
 from llmq.engine.config import ModelConfig
+from llmq.engine.model import LlamaModel
+from llmq.engine.runner import ModelRunner
+from llmq.engine.scheduler import PrefillWork, Sequence, StepPlan
 from llmq.engine.tokenizer import TextTokenizer, load_tokenizer
 from llmq.variants.registry import builtin_model_path
 
@@ -49,6 +52,32 @@ def random_weights(config: ModelConfig, seed: int = 0) -> dict[str, torch.Tensor
     if not c.tie_word_embeddings:
         w["lm_head.weight"] = rnd(c.vocab_size, c.hidden_size, scale=0.5)
     return w
+
+
+def repeat_ffn_channels(config: ModelConfig, weights: dict[str, torch.Tensor],
+                        g: torch.Generator) -> None:
+    """Makes the last third of every FFN's channels (96 -> 64 kept) nearly repeat the first
+    third, in place: as in trained models (random ones have next to none), kept channels then
+    share something with pruned ones for a recovery to find."""
+    for i in range(config.num_layers):
+        for name in ("gate_proj", "up_proj"):
+            w = weights[f"model.layers.{i}.mlp.{name}.weight"]  # [96, D]
+            w[64:] = w[:32] + 0.05 * w[:32].std() * torch.randn(w[:32].shape, generator=g)
+
+
+def chunked_logits(model: LlamaModel, prompt: list[int], chunk: int) -> torch.Tensor:
+    """Logits of every prompt position, prefilled in chunks of ``chunk`` tokens into slot 1
+    of 2: every chunk after the first reads the KV cache."""
+    runner = ModelRunner(model, 2, 256)
+    seq = Sequence("x", prompt, 1, slot=1)
+    rows = []
+    for start in range(0, len(prompt), chunk):
+        part = prompt[start:start + chunk]
+        plan = StepPlan(prefill=[PrefillWork(seq, start, part, False)])
+        step, _ = runner.build_inputs(plan)
+        step.logits_rows = torch.arange(len(part))
+        rows.append(model(step, runner.cache))
+    return torch.cat(rows)
 
 
 def smollm2_tokenizer() -> TextTokenizer:
