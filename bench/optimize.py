@@ -99,6 +99,26 @@ def describe_run(runs: int, limit: int | None) -> str:
         "64-token greedy outputs against the fp32 engine at 64 slots.")
 
 
+def run_configs(built: dict[str, dict], slots_wanted: list[int], no_peer: bool,
+                openvino: str | None) -> dict[str, dict]:
+    """What to measure: the base and every variant at the slots asked for, and the peers."""
+    configs: dict[str, dict] = {}
+    for slots in sorted(set(slots_wanted) | {64}):  # 64: the reference of every ratio
+        configs[f"fp32 base, {slots} slots"] = {"engine": "llmq", "slots": slots}
+        for name, info in built.items():
+            configs[f"{name}, {slots} slots"] = {"engine": "llmq", "slots": slots,
+                                                 "model": info["path"]}
+    if not no_peer:
+        configs["CTranslate2 4.8.5 int8, batch 32"] = {
+            "engine": "ctranslate2", "slots": 32, "quantization": "int8",
+            "ct2_dir": str(VARIANTS_DIR / "ct2-int8")}
+    if openvino:
+        from bench.openvino_peer import configs as openvino_configs
+
+        configs.update(openvino_configs(openvino, VARIANTS_DIR))
+    return configs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
@@ -114,20 +134,7 @@ def main() -> None:
     built = build_variants(opts.variants)
     from llmq.variants.registry import builtin_model_path
 
-    configs: dict[str, dict] = {}
-    for slots in sorted(set(opts.slots) | {64}):  # 64: the reference of every ratio
-        configs[f"fp32 base, {slots} slots"] = {"engine": "llmq", "slots": slots}
-        for name, info in built.items():
-            configs[f"{name}, {slots} slots"] = {"engine": "llmq", "slots": slots,
-                                                 "model": info["path"]}
-    if not opts.no_peer:
-        configs["CTranslate2 4.8.5 int8, batch 32"] = {
-            "engine": "ctranslate2", "slots": 32, "quantization": "int8",
-            "ct2_dir": str(VARIANTS_DIR / "ct2-int8")}
-    if opts.openvino:
-        from bench.openvino_peer import configs as openvino_configs
-
-        configs.update(openvino_configs(opts.openvino, VARIANTS_DIR))
+    configs = run_configs(built, opts.slots, opts.no_peer, opts.openvino)
     peers = [name for name, cfg in configs.items() if cfg["engine"] != "llmq"]
     samples = measure(configs, runs, limit)
     tok_s = {k: median([s["tok_s"] for s in v]) for k, v in samples.items()}
