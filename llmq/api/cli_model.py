@@ -80,8 +80,9 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
 @click.option("--smooth-alpha", type=click.FloatRange(0, 1),
               help="SmoothQuant strength for int8 (0 = off) [default: 0.5]")
 @click.option("--keep-float", multiple=True,
-              help="a linear left unquantized: wqkv, wo, w_gate, w_up, w_down, or LAYER.NAME "
-                   "(repeatable)")
+              help="a linear left unquantized: wqkv, wo, w_gate, w_up, w_down, or LAYER.NAME, "
+                   "or lm_head (int8 variants otherwise get an int8 head that re-ranks its "
+                   "best candidates exactly) (repeatable)")
 @click.option("--prune-ffn", type=click.FloatRange(0, 1, max_open=True), default=0.0,
               help="share of FFN channels removed in every layer")
 @click.option("--prune-kv-groups", type=click.IntRange(min=0), default=0,
@@ -134,6 +135,11 @@ def model_optimize(base: str, name: str, preset_name: str, quantize: str | None,
         emit_json(row)
         return
     err.print(f"registered {name}: {row['artifact']} ({row['size_bytes'] / 1e6:.1f} MB)")
+    m = outcome.metrics
+    err.print(f"  {m['params'] / 1e6:.1f}M parameters, {m['params_per_token'] / 1e6:.1f}M per "
+              f"token ({base}: {m['base_params_per_token'] / 1e6:.1f}M), "
+              f"{m['flops_per_token'] / 1e6:.0f} MFLOP per token "
+              f"({base}: {m['base_flops_per_token'] / 1e6:.0f})")
     fid = outcome.fidelity
     if fid is not None and outcome.tokens_per_s is not None:
         ratio = outcome.tokens_per_s / (outcome.base_tokens_per_s or outcome.tokens_per_s)

@@ -55,7 +55,7 @@ def save_variant(folder: Path, model: LlamaModel, tokenizer: TextTokenizer,
     (folder / "config.json").write_text(json.dumps(config.to_hf(), indent=1))
     tokenizer.save_hf_files(folder)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings and not config.head_tokens:
+    if config.tie_word_embeddings and config.plain_head:
         tensors.pop("lm_head.weight", None)  # the same storage as embed.weight
     save_file(tensors, str(folder / WEIGHTS), metadata={"format": FORMAT})
     files = {f: sha256_file(folder / f) for f in
@@ -94,7 +94,7 @@ def load_variant(folder: Path, device: torch.device | str = "cpu",
     bf16_weights = {f"{p}.weight" for p, s in manifest["linears"].items() if s == "bf16"}
     tensors.update({k: v.to(dtype) for k, v in tensors.items() if v.is_floating_point()
                     and k not in bf16_weights and not k.endswith((".scale", ".scale_zero"))})
-    if config.tie_word_embeddings and not config.head_tokens:
+    if config.tie_word_embeddings and config.plain_head:
         tensors["lm_head.weight"] = tensors["embed.weight"]
     missing, unexpected = model.load_state_dict(tensors, assign=True, strict=False)
     if missing or unexpected:

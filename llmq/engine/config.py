@@ -26,6 +26,12 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     head_tokens: int = 0  # rows of a vocabulary-pruned output head (0: the whole vocabulary)
     kv_cache_dtype: str = ""  # "float16" etc.: the KV cache's storage ("": the model's dtype)
+    head_scheme: str = ""  # "int8": an int8 output head (llmq.engine.head; "": float)
+
+    @property
+    def plain_head(self) -> bool:
+        """The head is one float matmul over the whole vocabulary (not an OutputHead)."""
+        return not self.head_tokens and not self.head_scheme
 
     @property
     def head_rows(self) -> int:
@@ -69,15 +75,18 @@ class ModelConfig:
             eos_token_ids=tuple(int(e) for e in eos_ids),
             head_tokens=int(cfg.get("llmq_head_tokens") or 0),
             kv_cache_dtype=str(cfg.get("llmq_kv_cache_dtype") or ""),
+            head_scheme=str(cfg.get("llmq_head_scheme") or ""),
         )
 
     def to_hf(self) -> dict[str, Any]:
         """The equivalent Hugging Face ``LlamaConfig`` fields (for artifacts and parity tests;
-        a pruned head and the KV cache's storage are llmq's own fields, which other readers
-        ignore)."""
+        a pruned or int8 head and the KV cache's storage are llmq's own fields, which other
+        readers ignore)."""
         extra: dict[str, Any] = {"llmq_head_tokens": self.head_tokens} if self.head_tokens else {}
         if self.kv_cache_dtype:
             extra["llmq_kv_cache_dtype"] = self.kv_cache_dtype
+        if self.head_scheme:
+            extra["llmq_head_scheme"] = self.head_scheme
         return {**extra,
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .head import OutputHead
 from .kernels import Linear, pack_linears
 from .memory import zeros_lazily
 from .rope import apply_rope, rope_inv_freq
-from .vocab import PrunedHead
 
 FusedHalves = tuple[Callable[..., Any], Callable[..., Any]]
 _compiled: FusedHalves | None = None
@@ -243,8 +243,9 @@ class LlamaModel(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
         self.norm = nn.Parameter(torch.ones(config.hidden_size), requires_grad=False)
         self.lm_head: nn.Module = (
-            PrunedHead(config.hidden_size, config.vocab_size, config.head_tokens)
-            if config.head_tokens else Linear(config.hidden_size, config.vocab_size))
+            Linear(config.hidden_size, config.vocab_size) if config.plain_head else
+            OutputHead(config.hidden_size, config.vocab_size, config.head_rows,
+                       config.head_scheme))
         self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -256,7 +257,8 @@ class LlamaModel(nn.Module):
         their linears ask for it (int8; CUDA runs its int8 GEMMs eagerly). Chosen once, after
         the linears are in place; returns whether the halves are fused now."""
         cpu = self.device.type == "cpu"
-        wanted = cpu and any(getattr(m, "fuse_with_neighbours", False) for m in self.modules())
+        wanted = cpu and any(getattr(m, "fuse_with_neighbours", False)
+                             for m in self.layers.modules())
         for layer in self.layers:
             layer.fused = compiled_halves() if wanted else None  # type: ignore[union-attr]
             layer.decode_attention = (  # type: ignore[union-attr]
@@ -297,6 +299,8 @@ class LlamaModel(nn.Module):
             x = layer(x, cos, sin, cache.layer(i), step)
         x = x[step.logits_rows]  # [N, D]
         x = F.rms_norm(x, (self.config.hidden_size,), self.norm, self.config.rms_norm_eps)
+        if isinstance(self.lm_head, OutputHead):
+            return self.lm_head(x, self.embed.weight)  # [N, V]
         return self.lm_head(x).float()  # [N, V]
 
     @classmethod

@@ -78,6 +78,14 @@ def total_params(config: ModelConfig) -> int:
     return linear_params(config) + embed + norms
 
 
+def params_per_token(config: ModelConfig) -> int:
+    """The weights a generated token is computed from: every matmul's and norm's, and the head
+    rows, but of the embedding table only the one row it reads."""
+    c = config
+    norms = c.hidden_size * (2 * c.num_layers + 1)
+    return linear_params(config) + c.head_rows * c.hidden_size + c.hidden_size + norms
+
+
 def flops_per_token(config: ModelConfig, context: int = 256) -> int:
     """Multiply-adds x 2 for one token: the layers' matmuls, attention over ``context``
     positions, and the output head."""

@@ -21,16 +21,23 @@ from llmq.engine.cpu import cpu_description
 from llmq.engine.distill import DistillSettings, Weights
 from llmq.engine.fidelity import Fidelity
 from llmq.engine.files import is_variant, sha256_file
+from llmq.engine.head import rebuild_head
 from llmq.engine.loader import Checkpoint, load_checkpoint
 from llmq.engine.model import LlamaModel
-from llmq.engine.prune import PruneRecipe, flops_per_token, prune, total_params
+from llmq.engine.prune import (
+    PruneRecipe,
+    flops_per_token,
+    params_per_token,
+    prune,
+    total_params,
+)
 from llmq.engine.quant import LAYER_LINEARS, quantize_layers
 from llmq.engine.reconstruct import collect_grams
 from llmq.engine.setup import configure_process
 from llmq.engine.smooth import smooth
 from llmq.engine.threads import on_compute_thread
 from llmq.engine.tokenizer import TextTokenizer
-from llmq.engine.vocab import choose_tokens, prune_vocab
+from llmq.engine.vocab import choose_tokens
 from llmq.settings import get_settings
 from llmq.variants import registry
 from llmq.variants.evaluate import (
@@ -43,6 +50,7 @@ from llmq.variants.evaluate import (
 from llmq.variants.recovery import distill_student, fingerprint, recovery_text
 
 QUANTIZATIONS = ("none", "bf16", "int8", "int4", "auto")  # auto: the fastest, measured here
+HEAD = "lm_head"  # the output head, as --keep-float names it
 CALIBRATION_NEW_TOKENS = 48  # continuations add the model's own outputs to what is measured
 
 
@@ -72,8 +80,8 @@ class Recipe:
             raise ValueError(f"KV cache must be one of {', '.join(KV_CACHE_DTYPES[1:])}, "
                              f"not {self.kv_cache!r}")
         for name in self.keep_float:
-            if name.rpartition(".")[2] not in LAYER_LINEARS:
-                raise ValueError(f"--keep-float {name!r}: expected one of "
+            if name != HEAD and name.rpartition(".")[2] not in LAYER_LINEARS:
+                raise ValueError(f"--keep-float {name!r}: expected {HEAD} or one of "
                                  f"{', '.join(LAYER_LINEARS)}, optionally as LAYER.NAME")
 
     def as_dict(self) -> dict[str, Any]:
@@ -133,6 +141,13 @@ def resolve_quantization(recipe: Recipe, config: ModelConfig, metrics: dict[str,
     log("linear kernels, ms per layer at 64 rows: "
         + ", ".join(f"{k} {v:.3f}" for k, v in timings.items()) + f" -> {chosen}")
     return replace(recipe, quantize=chosen)
+
+
+def head_scheme_for(recipe: Recipe, config: ModelConfig) -> str:
+    """int8 variants get an int8 head (it re-ranks its best candidates exactly from the tied
+    embedding, llmq.engine.head) unless ``--keep-float lm_head`` or the head is untied."""
+    wanted = recipe.quantize == "int8" and HEAD not in recipe.keep_float
+    return "int8" if wanted and config.tie_word_embeddings else ""
 
 
 @dataclass
@@ -223,14 +238,18 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
     variant = LlamaModel.from_hf_weights(config, weights)
     if recipe.quantize != "none":
         quantize_layers(variant, recipe.quantize, frozenset(recipe.keep_float))
-    if recipe.vocab:
-        kept = choose_tokens(base_model, sequences, recipe.vocab, always=tok.base_token_ids())
-        prune_vocab(variant, kept)
-        config = variant.config
-        log(f"output head: {ckpt.config.vocab_size} -> {config.head_tokens} rows")
+    head_scheme = head_scheme_for(recipe, config)
+    if recipe.vocab or head_scheme:
+        kept = (choose_tokens(base_model, sequences, recipe.vocab, always=tok.base_token_ids())
+                if recipe.vocab else None)
+        config = rebuild_head(variant, kept, head_scheme).config
+        log(f"output head: {config.head_rows} of {ckpt.config.vocab_size} rows, "
+            f"{head_scheme or 'float'}")
     metrics.update(params=total_params(config), flops_per_token=flops_per_token(config),
+                   params_per_token=params_per_token(config),
                    base_params=total_params(ckpt.config),
-                   base_flops_per_token=flops_per_token(ckpt.config))
+                   base_flops_per_token=flops_per_token(ckpt.config),
+                   base_params_per_token=params_per_token(ckpt.config))
     # written beside the target and renamed into place, so a crash leaves no half artifact
     partial = output.with_name(output.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)

@@ -1,6 +1,6 @@
-"""A vocabulary-pruned head: the kept rows' logits exactly as the full head's, a dropped token
-never preferred, the choice of rows made on calibration text, and an artifact that loads back
-to the same logits."""
+"""Output heads: a vocabulary-pruned head keeps the kept rows' logits exactly as the full
+head's and never prefers a dropped token; an int8 head re-ranks its best candidates exactly;
+both load back from an artifact to the same logits."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 
 from llmq.engine.artifact import load_variant, save_variant
 from llmq.engine.fidelity import sequence_logits
+from llmq.engine.head import rebuild_head
 from llmq.engine.model import LlamaModel
 from llmq.engine.prune import flops_per_token
 from llmq.engine.vocab import ROW_MULTIPLE, choose_tokens, prune_vocab
@@ -32,7 +33,10 @@ def test_kept_rows_are_exact_and_dropped_ones_never_win(tiny: Tiny) -> None:
     torch.testing.assert_close(pruned[:, kept], full[:, kept], rtol=1e-5, atol=1e-5)
     dropped = torch.ones(full.shape[1], dtype=torch.bool)
     dropped[kept] = False
-    assert (pruned[:, dropped] <= pruned[:, kept].amin(-1, keepdim=True)).all()
+    assert (pruned[:, dropped] < pruned[:, kept].amin(-1, keepdim=True)).all()
+    # all dropped tokens together weigh no more than the least likely kept one
+    probs = pruned.softmax(-1)
+    assert (probs[:, dropped].sum(-1) <= probs[:, kept].amin(-1) * 1.0001).all()
     # the base's top choices on the calibration text are kept, so its greedy picks agree
     assert torch.equal(pruned.argmax(-1), full.argmax(-1))
 
@@ -46,3 +50,34 @@ def test_pruned_head_costs_less_and_round_trips(tiny: Tiny, tmp_path: Path) -> N
     loaded, _, _ = load_variant(tmp_path / "v", check=True)
     assert loaded.config.head_tokens == 256
     torch.testing.assert_close(sequence_logits(loaded, tokens), sequence_logits(model, tokens))
+
+
+def test_an_int8_head_re_ranks_its_best_candidates_exactly(tiny: Tiny) -> None:
+    tokens = tiny.tokenizer.encode("The quick brown fox jumps over the lazy dog. 1, 2, 3")
+    full = sequence_logits(base_model(tiny), tokens)
+    model = rebuild_head(base_model(tiny), scheme="int8")
+    assert model.config.head_scheme == "int8" and model.config.head_tokens == 0
+    approx = sequence_logits(model, tokens)
+    assert torch.equal(approx.argmax(-1), full.argmax(-1))
+    # the candidates were recomputed in float: the winners' logits are the float head's
+    rows = torch.arange(len(tokens))
+    winners = full.argmax(-1)
+    torch.testing.assert_close(approx[rows, winners], full[rows, winners], rtol=1e-5, atol=1e-5)
+    # everything else carries int8's error: close, but not the same numbers
+    spread = (full.amax(-1) - full.amin(-1)).mean()
+    error = (approx - full).abs()
+    assert error.mean() < 0.02 * spread and error.amax() > 0
+
+
+def test_a_pruned_int8_head_round_trips(tiny: Tiny, tmp_path: Path) -> None:
+    tokens = tiny.tokenizer.encode("1, 2, 3, 4, 5,")
+    kept = choose_tokens(base_model(tiny), [tokens], rows=256)
+    model = rebuild_head(prune_vocab(base_model(tiny), kept), scheme="int8")
+    assert (model.config.head_tokens, model.config.head_scheme) == (256, "int8")
+    assert torch.equal(model.lm_head.kept, kept)
+    save_variant(tmp_path / "v", model, tiny.tokenizer, {"recipe": {}})
+    loaded, _, _ = load_variant(tmp_path / "v", check=True)
+    assert (loaded.config.head_tokens, loaded.config.head_scheme) == (256, "int8")
+    torch.testing.assert_close(sequence_logits(loaded, tokens), sequence_logits(model, tokens))
+    assert torch.equal(sequence_logits(loaded, tokens).argmax(-1),
+                       sequence_logits(base_model(tiny), tokens).argmax(-1))
