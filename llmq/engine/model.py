@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .config import ModelConfig
 from .head import OutputHead
 from .kernels import Linear, pack_linears
@@ -102,6 +103,7 @@ class StepInputs:
     decode_contiguous: bool  # decode_slots == arange(num_decode) and decode_span == num_decode
     decode_bias: torch.Tensor | None  # [decode_span, 1, 1, decode_len]: 0 or -inf
     decode_len: int  # cache positions read by decode attention
+    decode_lengths: torch.Tensor | None  # [num_decode] long: each decode row's own positions
     prefill: list[PrefillSegment]
     logits_rows: torch.Tensor  # [N] long: rows whose next-token logits are wanted
 
@@ -175,6 +177,7 @@ class DecoderLayer(nn.Module):
         self.w_down = Linear(c.intermediate_size, c.hidden_size)
         self.fused: FusedHalves | None = None
         self.decode_attention: Callable[..., torch.Tensor] = decode_attention
+        self.native_decode = False  # llmq.engine.native's kernel instead of the above
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
@@ -195,27 +198,36 @@ class DecoderLayer(nn.Module):
         v_cache.view(-1, dim).index_copy_(0, step.cache_rows, to_cache(v, v_cache.dtype))
         return self._attention(q, k, v, k_cache, v_cache, step)
 
+    def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                step: StepInputs) -> torch.Tensor:
+        """Attention of the step's decode rows ``q [B, H, E]``; returns ``[B, K, G, E]``. The G
+        query heads that share a KV head act as G query rows, so keys and values are read once
+        per KV head and never expanded."""
+        c = self.config
+        nd, kv_heads, group, dim = q.shape[0], c.num_kv_heads, c.group_size, c.head_dim
+        qd = q.reshape(nd, kv_heads, group, dim) * (dim ** -0.5)  # [B, K, G, E]
+        if self.native_decode and step.decode_slots is not None \
+                and step.decode_lengths is not None:
+            return native.decode_attention(qd.float(), k_cache, v_cache, step.decode_slots,
+                                           step.decode_lengths).to(q.dtype)
+        span, length = step.decode_span, step.decode_len
+        if not step.decode_contiguous:
+            full = qd.new_zeros(span, kv_heads, group, dim)
+            full[step.decode_slots] = qd
+            qd = full
+        od = self.decode_attention(qd, k_cache[:span, :, :length], v_cache[:span, :, :length],
+                                   step.decode_bias)
+        return od if step.decode_contiguous else od[step.decode_slots]
+
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    k_cache: torch.Tensor, v_cache: torch.Tensor, step: StepInputs
                    ) -> torch.Tensor:
         c = self.config
-        kv_heads, group, dim = c.num_kv_heads, c.group_size, c.head_dim
+        kv_heads, dim = c.num_kv_heads, c.head_dim
         out = torch.empty_like(q)
         nd = step.num_decode
         if nd:
-            # The G query heads that share a KV head act as G query rows, so keys and values
-            # are read once per KV head and never expanded.
-            qd = q[:nd].reshape(nd, kv_heads, group, dim) * (dim ** -0.5)  # [B, K, G, E]
-            span, length = step.decode_span, step.decode_len
-            if not step.decode_contiguous:
-                full = qd.new_zeros(span, kv_heads, group, dim)
-                full[step.decode_slots] = qd
-                qd = full
-            od = self.decode_attention(qd, k_cache[:span, :, :length],
-                                       v_cache[:span, :, :length], step.decode_bias)
-            if not step.decode_contiguous:
-                od = od[step.decode_slots]
-            out[:nd] = od.reshape(nd, c.num_heads, dim)
+            out[:nd] = self._decode(q[:nd], k_cache, v_cache, step).reshape(nd, c.num_heads, dim)
         for seg in step.prefill:
             n = seg.end - seg.begin
             qs = q[seg.begin:seg.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, E]
@@ -253,14 +265,17 @@ class LlamaModel(nn.Module):
         return self.embed.weight.device
 
     def fuse_layers(self) -> bool:
-        """On CPU, runs decode attention through inductor, and the layers' halves too where
-        their linears ask for it (int8; CUDA runs its int8 GEMMs eagerly). Chosen once, after
-        the linears are in place; returns whether the halves are fused now."""
+        """On CPU, runs decode attention through llmq's own kernel (native.py; inductor's form
+        where it cannot be built), and the layers' halves through inductor where their
+        linears ask for it (int8; CUDA runs its int8 GEMMs eagerly). Chosen once, after the
+        linears are in place; returns whether the halves are fused now."""
         cpu = self.device.type == "cpu"
         wanted = cpu and any(getattr(m, "fuse_with_neighbours", False)
                              for m in self.layers.modules())
+        native_decode = cpu and native.serves(self.config, self.kv_dtype)
         for layer in self.layers:
             layer.fused = compiled_halves() if wanted else None  # type: ignore[union-attr]
+            layer.native_decode = native_decode  # type: ignore[union-attr]
             layer.decode_attention = (  # type: ignore[union-attr]
                 compiled_decode_attention() if cpu else decode_attention)
         return wanted

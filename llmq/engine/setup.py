@@ -10,6 +10,7 @@ import logging
 import shutil
 
 from .memory import keep_freed_memory
+from .native import set_build_dir
 from .threads import keep_main_thread_serial, set_compute_threads
 
 log = logging.getLogger(__name__)
@@ -17,7 +18,8 @@ log = logging.getLogger(__name__)
 _compile = False
 
 
-def configure_process(threads: int | None = None, compile: bool = True) -> None:
+def configure_process(threads: int | None = None, compile: bool = True,
+                      cache_dir: str | None = None) -> None:
     """Sets the switches; harmless to call again (the last call wins).
 
     - the main thread computes single-threaded, and compute threads (an engine's loop,
@@ -26,7 +28,9 @@ def configure_process(threads: int | None = None, compile: bool = True) -> None:
     - glibc keeps freed activation memory instead of returning it to the OS: memory.py;
     - ``compile`` lets engines fuse the quantize and dequantize passes around int8 GEMMs with
       inductor (``LlamaModel.fuse_layers``); it needs a C++ compiler, and without one int8
-      layers run eagerly (the same numbers, slower)."""
+      layers run eagerly (the same numbers, slower);
+    - llmq's own kernels (native.py), built for this CPU under ``cache_dir`` (None: a
+      temporary folder of the process), with the same compiler."""
     global _compile
     keep_main_thread_serial()
     keep_freed_memory()
@@ -35,6 +39,7 @@ def configure_process(threads: int | None = None, compile: bool = True) -> None:
         log.warning("no C++ compiler found: int8 layers run their eager (slower) path")
         compile = False
     _compile = compile
+    set_build_dir(cache_dir)
 
 
 def compile_enabled() -> bool:

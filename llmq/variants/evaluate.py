@@ -52,7 +52,7 @@ def evaluate_models(base: LlamaModel, variant: LlamaModel, tokenizer: TextTokeni
 
 def evaluate(name: str, base: str, new_tokens: int = 64) -> Fidelity:
     settings = get_settings()
-    configure_process(settings.threads, settings.compile)
+    configure_process(settings.threads, settings.compile, settings.cache_dir or None)
 
     def run() -> Fidelity:
         engines = {which: Engine.load(registry.resolve(which), EngineConfig(num_slots=1))

@@ -268,7 +268,7 @@ def optimize(base: str, recipe: Recipe, output: Path, calibration: str | None = 
              measure: bool = True, log: Callable[[str], None] = print) -> Outcome:
     """Build, measure: all on one compute thread (threads.py)."""
     settings = get_settings()
-    configure_process(settings.threads, settings.compile)
+    configure_process(settings.threads, settings.compile, settings.cache_dir or None)
     return on_compute_thread(lambda: _optimize(base, recipe, output, calibration, measure,
                                                log))
 

@@ -27,7 +27,7 @@ def load(settings: Settings, model: str, device: str,
          slots: int | None = None) -> tuple[Engine, WorkerIdentity]:
     """Sets up the process (threads, allocator, compilation) and loads a new engine for
     ``model``; returns it and who this worker is once it runs."""
-    configure_process(settings.threads, settings.compile)
+    configure_process(settings.threads, settings.compile, settings.cache_dir or None)
     engine = Engine.load(resolve(model), EngineConfig(
         num_slots=slots or settings.slots, slot_length=settings.slot_length,
         max_step_tokens=settings.step_tokens, threads=settings.threads,

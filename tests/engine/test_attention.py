@@ -1,6 +1,7 @@
-"""Attention over a KV cache stored in half precision: decode attention in its eager and its
-inductor form against a float64 reference, with stale and huge values in the positions a
-slot must not see, and a model whose cache is float16 against the same model in float32."""
+"""Attention over a KV cache stored in half precision: decode attention in its eager, its
+inductor and its native (llmq's C++) form against a float64 reference, with stale and huge
+values in the positions a slot must not see, and a model whose cache is float16 against the
+same model in float32."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from llmq.contract import SamplingParams
+from llmq.engine import native
+from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
 from llmq.engine.model import (
     LlamaModel,
     compiled_decode_attention,
@@ -61,6 +65,13 @@ def test_decode_attention_reads_only_each_slots_own_positions(dtype: torch.dtype
         got = form(q, k_cache, v_cache, bias)
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+    if HAS_COMPILER:  # the native kernel takes each row's slot and length instead of a mask
+        got = native.decode_attention(q, k_cache, v_cache, torch.arange(slots), lengths)
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+        # rows for some slots only, in any order, each over its own length
+        rows = torch.tensor([3, 0, 2])
+        got = native.decode_attention(q[rows], k_cache, v_cache, rows, lengths[rows])
+        torch.testing.assert_close(got.double(), want[rows], rtol=1e-4, atol=1e-5)
 
 
 def test_a_float16_cache_keeps_the_models_logits(tiny: Tiny) -> None:
@@ -75,3 +86,24 @@ def test_a_float16_cache_keeps_the_models_logits(tiny: Tiny) -> None:
     assert not torch.equal(got, want)  # the cache really was read, in float16
     torch.testing.assert_close(got, want, rtol=0, atol=2e-3 * float(want.abs().max()))
     assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
+def test_the_native_kernel_decodes_what_the_eager_path_decodes(tiny: Tiny) -> None:
+    """Workers decode through the native kernel (fuse_layers); on a float model it must give
+    the eager path's greedy tokens, with sequences of different lengths in one batch."""
+    def generate(model: LlamaModel) -> list[list[int]]:
+        engine = Engine(model, tiny.tokenizer, EngineConfig(num_slots=3, slot_length=96))
+        params = SamplingParams(max_tokens=16, ignore_eos=True)
+        prompts = ["Once upon a time", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", "Hello"]
+        return [r.token_ids for r in engine.generate(
+            GenerationRequest(prompt=p, params=params) for p in prompts)]
+
+    for kv in ("float32", "float16"):
+        model = LlamaModel.from_hf_weights(replace(tiny.config, kv_cache_dtype=kv),
+                                           tiny.weights)
+        eager = generate(model)
+        assert not model.layers[0].native_decode  # the tests' process set-up compiles nothing
+        model.fuse_layers()
+        assert model.layers[0].native_decode
+        assert generate(model) == eager

@@ -1,0 +1,233 @@
+// Decode attention over llmq's KV cache, one query position per sequence.
+//
+// Every (sequence, KV head) pair is one task: its G query rows (the query heads that share the
+// KV head) are scored against the sequence's own cached keys only (per-slot lengths, not the
+// longest slot's), softmaxed, and summed over its values. Keys and values are read once, in
+// the cache's storage (float32, float16 or bfloat16), converted to float32 as they are read,
+// and every sum is in float32. Compiled at run time with -march=native (llmq/engine/native.py)
+// for one model's head dimension and group size (-DLLMQ_HEAD_DIM, -DLLMQ_GROUP): AVX-512 where
+// the CPU has it, else AVX2 with F16C and FMA, else plain C++.
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+#if defined(__AVX512F__)
+using V = __m512;
+constexpr int W = 16;
+inline V load_f32(const float* p) { return _mm512_loadu_ps(p); }
+inline V load_f16(const uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline V load_bf16(const uint16_t* p) {
+    __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+inline V zero() { return _mm512_setzero_ps(); }
+inline V splat(float x) { return _mm512_set1_ps(x); }
+inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+inline float sum(V a) { return _mm512_reduce_add_ps(a); }
+inline void store(float* p, V a) { _mm512_storeu_ps(p, a); }
+#elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+using V = __m256;
+constexpr int W = 8;
+inline V load_f32(const float* p) { return _mm256_loadu_ps(p); }
+inline V load_f16(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline V load_bf16(const uint16_t* p) {
+    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+inline V zero() { return _mm256_setzero_ps(); }
+inline V splat(float x) { return _mm256_set1_ps(x); }
+inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+inline float sum(V a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+inline void store(float* p, V a) { _mm256_storeu_ps(p, a); }
+#else
+using V = float;
+constexpr int W = 1;
+inline V load_f32(const float* p) { return *p; }
+inline V load_f16(const uint16_t* p) {
+    const uint32_t h = *p, sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else if (exp != 0) {
+        bits = sign | ((exp + 112) << 23) | (man << 13);
+    } else {
+        float f = std::ldexp(static_cast<float>(man), -24);
+        return sign ? -f : f;
+    }
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+inline V load_bf16(const uint16_t* p) {
+    const uint32_t bits = static_cast<uint32_t>(*p) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+inline V zero() { return 0.f; }
+inline V splat(float x) { return x; }
+inline V fma(V a, V b, V c) { return a * b + c; }
+inline float sum(V a) { return a; }
+inline void store(float* p, V a) { *p = a; }
+#endif
+
+struct F32 {
+    using T = float;
+    static V load(const T* p) { return load_f32(p); }
+};
+struct F16 {
+    using T = uint16_t;
+    static V load(const T* p) { return load_f16(p); }
+};
+struct BF16 {
+    using T = uint16_t;
+    static V load(const T* p) { return load_bf16(p); }
+};
+
+// exp(x) for x <= 0 as 2^(x log2 e): a degree-6 polynomial for the fraction and the exponent
+// bits for the integer part (relative error about 2e-7), written so that the loop calling it
+// vectorizes; below -87 it returns 0, as float32's exp does.
+inline float exp_nonpositive(float x) {
+    float y = x * 1.44269504088896341f;
+    y = y < -126.f ? -126.f : y;
+    const float n = std::floor(y);
+    const float f = y - n;
+    float p = 1.535336188319500e-4f;
+    p = p * f + 1.339887440266574e-3f;
+    p = p * f + 9.618437357674640e-3f;
+    p = p * f + 5.550332471162809e-2f;
+    p = p * f + 2.402264791363012e-1f;
+    p = p * f + 6.931472028550421e-1f;
+    p = p * f + 1.0f;
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return x < -87.f ? 0.f : p * scale;
+}
+
+// q [G, E] (scaled), keys/values [length, E], scores [G, length], out [G, E]
+template <class C, int E, int G>
+void one_task(const float* q, const typename C::T* keys, const typename C::T* values,
+              int64_t length, float* scores, float* out) {
+    constexpr int N = E / W;
+    V qv[G][N];
+    for (int g = 0; g < G; ++g)
+        for (int i = 0; i < N; ++i) qv[g][i] = load_f32(q + g * E + i * W);
+    for (int64_t l = 0; l < length; ++l) {
+        V k[N];
+        for (int i = 0; i < N; ++i) k[i] = C::load(keys + l * E + i * W);
+        for (int g = 0; g < G; ++g) {
+            V acc = zero();
+            for (int i = 0; i < N; ++i) acc = fma(qv[g][i], k[i], acc);
+            scores[g * length + l] = sum(acc);
+        }
+    }
+    for (int g = 0; g < G; ++g) {
+        float* s = scores + g * length;
+        float top = s[0];
+#pragma omp simd reduction(max : top)
+        for (int64_t l = 0; l < length; ++l) top = s[l] > top ? s[l] : top;
+        float total = 0.f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t l = 0; l < length; ++l) {
+            s[l] = exp_nonpositive(s[l] - top);
+            total += s[l];
+        }
+        const float inv = 1.f / total;
+#pragma omp simd
+        for (int64_t l = 0; l < length; ++l) s[l] *= inv;
+    }
+    V o[G][N];
+    for (int g = 0; g < G; ++g)
+        for (int i = 0; i < N; ++i) o[g][i] = zero();
+    for (int64_t l = 0; l < length; ++l) {
+        V v[N];
+        for (int i = 0; i < N; ++i) v[i] = C::load(values + l * E + i * W);
+        for (int g = 0; g < G; ++g) {
+            const V p = splat(scores[g * length + l]);
+            for (int i = 0; i < N; ++i) o[g][i] = fma(p, v[i], o[g][i]);
+        }
+    }
+    for (int g = 0; g < G; ++g)
+        for (int i = 0; i < N; ++i) store(out + g * E + i * W, o[g][i]);
+}
+
+struct Call {
+    const float* q;
+    const void* k_cache;
+    const void* v_cache;
+    const int64_t* slots;
+    const int64_t* lengths;
+    float* out;
+    int64_t rows;
+    int K;
+    int64_t slot_stride, head_stride;
+    int threads;
+};
+
+template <class C, int E, int G>
+void run(const Call& c) {
+    using T = typename C::T;
+    const T* kc = static_cast<const T*>(c.k_cache);
+    const T* vc = static_cast<const T*>(c.v_cache);
+    const int64_t tasks = c.rows * c.K;
+#pragma omp parallel num_threads(c.threads)
+    {
+        std::vector<float> scores;
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t t = 0; t < tasks; ++t) {
+            const int64_t row = t / c.K, head = t % c.K;
+            const int64_t length = c.lengths[row];
+            const int64_t base = c.slots[row] * c.slot_stride + head * c.head_stride;
+            if (static_cast<int64_t>(scores.size()) < G * length) scores.resize(G * length);
+            one_task<C, E, G>(c.q + t * G * E, kc + base, vc + base, length, scores.data(),
+                              c.out + t * G * E);
+        }
+    }
+}
+
+template <class C>
+int build_for(const Call& c, int G, int E) {
+    if (G != LLMQ_GROUP || E != LLMQ_HEAD_DIM) return 1;
+    run<C, LLMQ_HEAD_DIM, LLMQ_GROUP>(c);
+    return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// q [rows, K, G, E] float32 (already scaled); caches [S, K, L, E] in dtype (0 float32,
+// 1 float16, 2 bfloat16) with the given strides in elements, positions contiguous; slots and
+// lengths [rows]; out [rows, K, G, E] float32. Returns 0, or 1 for a head dimension or group
+// size other than the build's (LLMQ_HEAD_DIM, LLMQ_GROUP) or an unknown dtype.
+int llmq_decode_attention(const float* q, const void* k_cache, const void* v_cache,
+                          const int64_t* slots, const int64_t* lengths, float* out,
+                          int64_t rows, int K, int G, int E, int dtype,
+                          int64_t slot_stride, int64_t head_stride, int threads) {
+    const Call c{q, k_cache, v_cache, slots, lengths, out, rows, K, slot_stride, head_stride,
+                 threads};
+    switch (dtype) {
+        case 0: return build_for<F32>(c, G, E);
+        case 1: return build_for<F16>(c, G, E);
+        case 2: return build_for<BF16>(c, G, E);
+    }
+    return 1;
+}
+
+}

@@ -1,0 +1,138 @@
+"""llmq's own C++ kernels (``csrc/``), compiled for the CPU at hand the first time a process
+needs them and loaded with ctypes: no torch headers, so a build takes under a second.
+
+Decode attention is the one kernel here, built for one model's head dimension and group size
+at a time (under a second). Written as products and sums for inductor it read
+the cache at about 9 GB/s and took a fifth of a decode step; this one reads each sequence's
+own cached positions once (per-slot lengths, not the longest slot's), converts them to float32
+as it reads and keeps every sum in float32 (bench/kernels.py has the figures).
+
+The library is built with ``-march=native``, so a built file is only reused on the same CPU:
+its name carries a hash of the source, the compiler, the flags and the CPU's model and flags.
+Built files are kept in the folder ``configure_process`` names (``LLMQ_CACHE_DIR/native``),
+else in a private temporary folder for the process. A missing or failing compiler means no
+native kernels: callers fall back to the inductor or eager forms, which give the same
+numbers."""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "decode_attention.cpp"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
+VECTOR = 16  # floats per AVX-512 register: a head dimension is whole registers of them
+MAX_HEAD_DIM, MAX_GROUP = 256, 8  # the kernel keeps G x E floats of output in registers
+CACHE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+_build_dir: Path | None = None
+
+
+def set_build_dir(folder: str | Path | None) -> None:
+    """Where built libraries are kept (None: a temporary folder of this process)."""
+    global _build_dir
+    _build_dir = Path(folder) if folder else None
+    library.cache_clear()
+
+
+def _cpu_identity() -> str:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    wanted = ("model name", "flags")
+    return "\n".join(sorted({line for line in lines if line.startswith(wanted)}))
+
+
+def _folder() -> Path:
+    if _build_dir is not None:
+        folder = _build_dir / "native"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder
+    folder = Path(tempfile.mkdtemp(prefix="llmq-native-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
+
+
+def _build(compiler: str, head_dim: int, group: int) -> Path:
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             check=True).stdout
+    flags = [*FLAGS, f"-DLLMQ_HEAD_DIM={head_dim}", f"-DLLMQ_GROUP={group}"]
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, *flags,
+                                    _cpu_identity()]).encode()).hexdigest()[:16]
+    target = _folder() / f"{SOURCE.stem}-e{head_dim}-g{group}-{key}.so"
+    if not target.is_file():
+        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        subprocess.run([compiler, *flags, "-o", str(partial), str(SOURCE)], check=True,
+                       capture_output=True, text=True)
+        partial.rename(target)  # atomic: processes building at once never load half a file
+    return target
+
+
+@functools.cache
+def library(head_dim: int, group: int) -> ctypes.CDLL | None:
+    """The kernel built for this head dimension and group size, or None where it cannot be
+    built here (logged once)."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        log.warning("no C++ compiler: decode attention runs its inductor or eager form")
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler, head_dim, group)))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", "") or str(exc)
+        log.warning("native kernels failed to build, decode attention runs its inductor or "
+                    "eager form: %s", detail.strip()[-2000:])
+        return None
+    fn = lib.llmq_decode_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+                                           ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                                           ctypes.c_int64, ctypes.c_int]
+    return lib
+
+
+def serves(config: ModelConfig, cache_dtype: torch.dtype) -> bool:
+    """Whether the native kernel serves this model's decode attention here."""
+    dim, group = config.head_dim, config.group_size
+    return (cache_dtype in CACHE_DTYPES and dim % VECTOR == 0 and dim <= MAX_HEAD_DIM
+            and 1 <= group <= MAX_GROUP and library(dim, group) is not None)
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                     slots: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Attention of one query position per row over its slot's first ``lengths[row]`` cached
+    positions. q ``[B, K, G, E]`` float32 (scaled); keys and values ``[S, K, L, E]`` (the
+    whole layer cache, positions contiguous); slots and lengths ``[B]`` int64. Returns
+    ``[B, K, G, E]`` float32."""
+    rows, kv_heads, group, dim = q.shape
+    lib = library(dim, group)
+    assert lib is not None, "check serves() first"
+    assert keys.stride() == values.stride() and keys.stride(-1) == 1 \
+        and keys.stride(-2) == keys.shape[-1], "keys and values: one layout, positions contiguous"
+    q = q.contiguous()
+    slots, lengths = slots.contiguous(), lengths.contiguous()
+    out = torch.empty_like(q)
+    status = lib.llmq_decode_attention(
+        q.data_ptr(), keys.data_ptr(), values.data_ptr(), slots.data_ptr(),
+        lengths.data_ptr(), out.data_ptr(), rows, kv_heads, group, dim,
+        CACHE_DTYPES[keys.dtype], keys.stride(0), keys.stride(1), torch.get_num_threads())
+    if status:
+        raise ValueError(f"native decode attention was not built for head dim {dim}, group "
+                         f"{group}, {keys.dtype}")
+    return out
