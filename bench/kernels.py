@@ -3,7 +3,8 @@ fp32 GEMM through PyTorch's default (MKL) against oneDNN on a pre-packed weight,
 attention through explicit matmuls against PyTorch's fused kernel, for decode (one query per
 sequence, 64 sequences) and for a prompt of ~200 tokens (llmq keeps the fused kernel, which
 wins there); the low-precision GEMMs of the model variants; and llmq's decode attention,
-eager and through inductor (what CPU engines run), over float32 and half-precision caches.
+eager, through inductor, and native (llmq.engine.native, what CPU engines run), over float32
+and half-precision caches.
 
     .venv/bin/python -m bench.kernels
 """
@@ -129,14 +130,16 @@ def attention_rows() -> list[list[str]]:
 
 
 def decode_cache_rows() -> list[list[str]]:
-    """llmq's decode attention (llmq/engine/model.py) as a step runs it: every layer's cache
-    once in turn (30 layers, 64 slots x 260 of 512 positions), so reads come from memory,
-    not from a cache warmed by the previous call."""
+    """llmq's decode attention (llmq/engine/model.py, native.py) as a step runs it: every
+    layer's cache once in turn (30 layers, 64 slots x 260 of 512 positions), so reads come
+    from memory, not from a cache warmed by the previous call."""
+    from llmq.engine import native
     from llmq.engine.model import compiled_decode_attention, decode_attention
 
     layers, slots, kv, group, dim, length, used = 30, 64, 3, 3, 64, 512, 260
     q = torch.randn(slots, kv, group, dim) * dim ** -0.5
     bias = torch.zeros(slots, 1, 1, used)
+    rows, lengths = torch.arange(slots), torch.full((slots,), used)
 
     def per_layer(form: Callable[..., torch.Tensor], cache: torch.Tensor) -> float:
         def step() -> None:
@@ -144,15 +147,23 @@ def decode_cache_rows() -> list[list[str]]:
                 form(q, cache[layer, 0, :, :, :used], cache[layer, 1, :, :, :used], bias)
         return per_call(step, repeat=3) / layers
 
+    def native_per_layer(cache: torch.Tensor) -> float:
+        def step() -> None:
+            for layer in range(layers):
+                native.decode_attention(q, cache[layer, 0], cache[layer, 1], rows, lengths)
+        return per_call(step, repeat=3) / layers
+
     timings = {}
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         cache = torch.randn(layers, 2, slots, kv, length, dim).to(dtype)
         timings[dtype] = (per_layer(decode_attention, cache),
-                          per_layer(compiled_decode_attention(), cache))
+                          per_layer(compiled_decode_attention(), cache),
+                          native_per_layer(cache))
     base = timings[torch.float32][0]
     return [[str(dtype).removeprefix("torch."), f"{eager * 1e6:.0f} us",
-             f"{fused * 1e6:.0f} us", f"{eager / fused:.2f}x", f"{base / fused:.2f}x"]
-            for dtype, (eager, fused) in timings.items()]
+             f"{fused * 1e6:.0f} us", f"{own * 1e6:.0f} us", f"{fused / own:.2f}x",
+             f"{base / own:.2f}x"]
+            for dtype, (eager, fused, own) in timings.items()]
 
 
 def main() -> None:
@@ -164,8 +175,8 @@ def main() -> None:
                           "int4 weight-only", "int8 weight-only (_weight_int8pack_mm)"],
                          low_precision_rows())
     decode = markdown_table(["decode attention per layer, cache dtype", "eager matmuls",
-                             "inductor (llmq on CPU)", "inductor vs eager",
-                             "inductor vs eager float32"], decode_cache_rows())
+                             "inductor", "native (llmq on CPU)", "native vs inductor",
+                             "native vs eager float32"], decode_cache_rows())
     print(table)
     print(low)
     print(decode)
@@ -174,7 +185,7 @@ def main() -> None:
            "scaled_dot_product_attention vs explicit matmuls with the G query heads of a KV "
            "head stacked as rows. Low precision: the kernels of llmq's quantized linears "
            "(llmq/engine/quant.py). Middle of 3 timings of 30 calls each. Decode attention: "
-           "llmq's two forms of it over 30 layers' caches in turn, 64 slots x 260 positions; "
+           "llmq's three forms of it over 30 layers' caches in turn, 64 slots x 260 positions; "
            "middle of 3 timings of 3 passes.")
 
 

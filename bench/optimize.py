@@ -112,6 +112,8 @@ def run_configs(built: dict[str, dict], slots_wanted: list[int], no_peer: bool,
         for name, info in built.items():
             configs[f"{name}, {slots} slots"] = {"engine": "llmq", "slots": slots,
                                                  "model": info["path"]}
+    configs["transformers fp32, batch 64 (left padding)"] = {"engine": "transformers",
+                                                             "slots": 64}
     if not no_peer:
         configs["CTranslate2 4.8.5 int8, batch 32"] = {
             "engine": "ctranslate2", "slots": 32, "quantization": "int8",
