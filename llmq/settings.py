@@ -32,7 +32,8 @@ class Settings(BaseSettings):
         default_factory=lambda: str(Path(os.environ.get("XDG_CACHE_HOME") or
                                          Path.home() / ".cache") / "llmq"),
         description="where GGUF checkpoints are kept unpacked (fp32) so that workers start "
-                    "in a fraction of the time; empty: never")
+                    "in a fraction of the time, and llmq's kernels built for this CPU; "
+                    "empty: never")
 
     # request defaults (a line of the input file overrides them; unset: the contract's own,
     # 256 tokens and greedy; llmq.contract.defaults_from reads them)
@@ -51,7 +52,8 @@ class Settings(BaseSettings):
     slot_length: int = Field(2048, ge=64, description="context per slot: prompt + output")
     step_tokens: int = Field(4096, ge=16, description="tokens per forward pass")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
-    compile: bool = Field(True, description="fuse int8 layers' quantize passes with inductor")
+    compile: bool = Field(True, description="fuse int8 layers' quantize passes with inductor "
+                          "and build llmq's decode attention kernel for this CPU")
     verify_artifacts: bool = Field(
         True, description="check a variant's files against its manifest's hashes at load")
 
