@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .kernels import Linear
+from .native import top_k_indices
 from .quant import Int8Linear
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ class OutputHead(nn.Module):
         was made from (the tied embedding), read only for an int8 head's candidates."""
         logits = self.proj(x).float()  # [N, R]
         if self.scheme == "int8":
-            candidates = logits.topk(min(RERANK, self.rows), dim=-1).indices  # [N, k]
+            candidates = top_k_indices(logits, min(RERANK, self.rows))  # [N, k]
             ids = self.kept[candidates] if self.kept.numel() else candidates
             exact = torch.bmm(exact_weight[ids].float(), x.float().unsqueeze(-1))  # [N, k, 1]
             logits.scatter_(1, candidates, exact.squeeze(-1))

@@ -34,20 +34,29 @@ from .config import ModelConfig
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "decode_attention.cpp"
+CSRC = Path(__file__).with_name("csrc")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 VECTOR = 16  # floats per AVX-512 register: a head dimension is whole registers of them
 MAX_HEAD_DIM, MAX_GROUP = 256, 8  # the kernel keeps G x E floats of output in registers
+MAX_TOP_K = 16
 CACHE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 _build_dir: Path | None = None
+_enabled = False
 
 
-def set_build_dir(folder: str | Path | None) -> None:
-    """Where built libraries are kept (None: a temporary folder of this process)."""
-    global _build_dir
+def configure(enabled: bool, folder: str | Path | None = None) -> None:
+    """Whether engines use the native kernels (``LLMQ_COMPILE``; configure_process calls
+    this), and where built libraries are kept (None: a temporary folder of this process)."""
+    global _build_dir, _enabled
+    _enabled = enabled
     _build_dir = Path(folder) if folder else None
-    library.cache_clear()
+    for cached in (_library, _decode_library, _top_k_library):
+        cached.cache_clear()
+
+
+def enabled() -> bool:
+    return _enabled
 
 
 def _cpu_identity() -> str:
@@ -69,49 +78,66 @@ def _folder() -> Path:
     return folder
 
 
-def _build(compiler: str, head_dim: int, group: int) -> Path:
+def _build(compiler: str, source: Path, defines: tuple[str, ...]) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                              check=True).stdout
-    flags = [*FLAGS, f"-DLLMQ_HEAD_DIM={head_dim}", f"-DLLMQ_GROUP={group}"]
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), compiler, version, *flags,
+    flags = [*FLAGS, *(f"-D{d}" for d in defines)]
+    key = hashlib.sha256("\0".join([source.read_text(), compiler, version, *flags,
                                     _cpu_identity()]).encode()).hexdigest()[:16]
-    target = _folder() / f"{SOURCE.stem}-e{head_dim}-g{group}-{key}.so"
+    target = _folder() / f"{source.stem}-{'-'.join((*defines, key)).lower()}.so"
     if not target.is_file():
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-        subprocess.run([compiler, *flags, "-o", str(partial), str(SOURCE)], check=True,
+        subprocess.run([compiler, *flags, "-o", str(partial), str(source)], check=True,
                        capture_output=True, text=True)
         partial.rename(target)  # atomic: processes building at once never load half a file
     return target
 
 
 @functools.cache
-def library(head_dim: int, group: int) -> ctypes.CDLL | None:
-    """The kernel built for this head dimension and group size, or None where it cannot be
-    built here (logged once)."""
+def _library(source: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """``csrc/SOURCE`` built with ``defines``, or None where it cannot be built here (logged
+    once per build)."""
     compiler = shutil.which("c++") or shutil.which("g++")
     if compiler is None:
-        log.warning("no C++ compiler: decode attention runs its inductor or eager form")
+        log.warning("no C++ compiler: llmq's native kernels are off, PyTorch's forms run")
         return None
     try:
-        lib = ctypes.CDLL(str(_build(compiler, head_dim, group)))
+        return ctypes.CDLL(str(_build(compiler, CSRC / source, defines)))
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
-        log.warning("native kernels failed to build, decode attention runs its inductor or "
-                    "eager form: %s", detail.strip()[-2000:])
+        log.warning("native kernel %s failed to build, PyTorch's form runs: %s", source,
+                    detail.strip()[-2000:])
         return None
-    fn = lib.llmq_decode_attention
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-                                           ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                                           ctypes.c_int64, ctypes.c_int]
+
+
+@functools.cache
+def _decode_library(head_dim: int, group: int) -> ctypes.CDLL | None:
+    lib = _library("decode_attention.cpp", (f"LLMQ_HEAD_DIM={head_dim}", f"LLMQ_GROUP={group}"))
+    if lib is not None:
+        fn = lib.llmq_decode_attention
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64, ctypes.c_int, ctypes.c_int,
+                                               ctypes.c_int, ctypes.c_int, ctypes.c_int64,
+                                               ctypes.c_int64, ctypes.c_int]
+    return lib
+
+
+@functools.cache
+def _top_k_library() -> ctypes.CDLL | None:
+    lib = _library("top_k.cpp")
+    if lib is not None:
+        fn = lib.llmq_top_k_rows
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
+                       ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
     return lib
 
 
 def serves(config: ModelConfig, cache_dtype: torch.dtype) -> bool:
     """Whether the native kernel serves this model's decode attention here."""
     dim, group = config.head_dim, config.group_size
-    return (cache_dtype in CACHE_DTYPES and dim % VECTOR == 0 and dim <= MAX_HEAD_DIM
-            and 1 <= group <= MAX_GROUP and library(dim, group) is not None)
+    return (_enabled and cache_dtype in CACHE_DTYPES and dim % VECTOR == 0 and dim <= MAX_HEAD_DIM
+            and 1 <= group <= MAX_GROUP and _decode_library(dim, group) is not None)
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -121,7 +147,7 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     whole layer cache, positions contiguous); slots and lengths ``[B]`` int64. Returns
     ``[B, K, G, E]`` float32."""
     rows, kv_heads, group, dim = q.shape
-    lib = library(dim, group)
+    lib = _decode_library(dim, group)
     assert lib is not None, "check serves() first"
     assert keys.stride() == values.stride() and keys.stride(-1) == 1 \
         and keys.stride(-2) == keys.shape[-1], "keys and values: one layout, positions contiguous"
@@ -135,4 +161,19 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     if status:
         raise ValueError(f"native decode attention was not built for head dim {dim}, group "
                          f"{group}, {keys.dtype}")
+    return out
+
+
+def top_k_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``x.topk(k, dim=-1).indices`` for a 2-D float32 CPU tensor (ties to the lower index, as
+    ``argmax``; NaN never chosen), through the native kernel where it is enabled and built,
+    else through PyTorch."""
+    lib = _top_k_library() if (_enabled and x.device.type == "cpu" and x.dtype == torch.float32
+                               and x.dim() == 2 and x.stride(-1) == 1 and k <= MAX_TOP_K
+                               and x.shape[-1] >= k) else None
+    if lib is None:
+        return x.argmax(dim=-1, keepdim=True) if k == 1 else x.topk(k, dim=-1).indices
+    out = torch.empty(x.shape[0], k, dtype=torch.int64)
+    lib.llmq_top_k_rows(x.data_ptr(), x.shape[0], x.shape[1], x.stride(0), k, out.data_ptr(),
+                        torch.get_num_threads())
     return out

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 import shutil
 
+from . import native
 from .memory import keep_freed_memory
-from .native import set_build_dir
 from .threads import keep_main_thread_serial, set_compute_threads
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,8 @@ def configure_process(threads: int | None = None, compile: bool = True,
     - ``compile`` lets engines fuse the quantize and dequantize passes around int8 GEMMs with
       inductor (``LlamaModel.fuse_layers``); it needs a C++ compiler, and without one int8
       layers run eagerly (the same numbers, slower);
-    - llmq's own kernels (native.py), built for this CPU under ``cache_dir`` (None: a
-      temporary folder of the process), with the same compiler."""
+    - ``compile`` also turns on llmq's own kernels (native.py), built with that compiler
+      for this CPU under ``cache_dir`` (None: a temporary folder of the process)."""
     global _compile
     keep_main_thread_serial()
     keep_freed_memory()
@@ -39,7 +39,7 @@ def configure_process(threads: int | None = None, compile: bool = True,
         log.warning("no C++ compiler found: int8 layers run their eager (slower) path")
         compile = False
     _compile = compile
-    set_build_dir(cache_dir)
+    native.configure(compile, cache_dir)
 
 
 def compile_enabled() -> bool:

@@ -66,13 +66,16 @@ def test_decode_attention_reads_only_each_slots_own_positions(dtype: torch.dtype
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
     if HAS_COMPILER:  # the native kernel takes each row's slot and length instead of a mask
-        got = native.decode_attention(q, k_cache, v_cache, torch.arange(slots), lengths)
-        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
-        # rows for some slots only, in any order, each over its own length
-        rows = torch.tensor([3, 0, 2])
-        got = native.decode_attention(q[rows], k_cache, v_cache, rows, lengths[rows])
-        torch.testing.assert_close(got.double(), want[rows], rtol=1e-4, atol=1e-5)
-
+        native.configure(True)
+        try:
+            got = native.decode_attention(q, k_cache, v_cache, torch.arange(slots), lengths)
+            torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+            # rows for some slots only, in any order, each over its own length
+            rows = torch.tensor([3, 0, 2])
+            got = native.decode_attention(q[rows], k_cache, v_cache, rows, lengths[rows])
+            torch.testing.assert_close(got.double(), want[rows], rtol=1e-4, atol=1e-5)
+        finally:
+            native.configure(False)  # the tests' process runs PyTorch's forms (conftest)
 
 def test_a_float16_cache_keeps_the_models_logits(tiny: Tiny) -> None:
     exact = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
@@ -103,7 +106,12 @@ def test_the_native_kernel_decodes_what_the_eager_path_decodes(tiny: Tiny) -> No
         model = LlamaModel.from_hf_weights(replace(tiny.config, kv_cache_dtype=kv),
                                            tiny.weights)
         eager = generate(model)
-        assert not model.layers[0].native_decode  # the tests' process set-up compiles nothing
         model.fuse_layers()
-        assert model.layers[0].native_decode
-        assert generate(model) == eager
+        assert not model.layers[0].native_decode  # the tests' process set-up: native off
+        native.configure(True)
+        try:
+            model.fuse_layers()
+            assert model.layers[0].native_decode
+            assert generate(model) == eager  # the native argmax too
+        finally:
+            native.configure(False)
