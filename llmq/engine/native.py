@@ -152,7 +152,8 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     assert keys.stride() == values.stride() and keys.stride(-1) == 1 \
         and keys.stride(-2) == keys.shape[-1], "keys and values: one layout, positions contiguous"
     q = q.contiguous()
-    slots, lengths = slots.contiguous(), lengths.contiguous()
+    slots = slots.to(torch.int64).contiguous()  # held while the kernel reads them
+    lengths = lengths.to(torch.int64).contiguous()
     out = torch.empty_like(q)
     status = lib.llmq_decode_attention(
         q.data_ptr(), keys.data_ptr(), values.data_ptr(), slots.data_ptr(),

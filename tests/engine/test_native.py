@@ -1,16 +1,21 @@
-"""llmq's native top-k over rows (the greedy choice and the int8 head's candidates): the same
-indices as PyTorch's, ties to the lower index as argmax, NaN never chosen, and PyTorch's own
-forms when the native kernels are off (as in the tests' process)."""
+"""llmq's native kernels beyond what tests/engine/test_attention.py checks: top-k over rows
+(the greedy choice and the int8 head's candidates) with PyTorch's indices, ties to the lower
+index as argmax, NaN never chosen, PyTorch's own forms when the native kernels are off (as in
+the tests' process), and the AVX2 and plain C++ branches of both kernels."""
 
 from __future__ import annotations
 
+import ctypes
 import shutil
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
 from llmq.engine import native
+from tests.engine.test_attention import reference
 
 pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
                                 reason="native kernels are built with a C++ compiler")
@@ -49,3 +54,38 @@ def test_pytorch_serves_when_the_native_kernels_are_off() -> None:
     x = torch.randn(3, 50)
     assert torch.equal(native.top_k_indices(x, 1)[:, 0], x.argmax(-1))
     assert torch.equal(native.top_k_indices(x, 5), x.topk(5, dim=-1).indices)
+
+
+@pytest.mark.parametrize("march", ["haswell", "x86-64"])
+def test_the_avx2_and_plain_builds_compute_the_same(march: str, tmp_path: Path) -> None:
+    """Workers build with -march=native, so an AVX2-only CPU runs the AVX2 branch and an
+    older one the plain C++: both are built here for those targets and run on this CPU."""
+    def build(source: str, *defines: str) -> ctypes.CDLL:
+        flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
+        out = tmp_path / f"{source}.so"
+        subprocess.run([shutil.which("c++") or "g++", *flags, *defines, "-o", str(out),
+                        str(native.CSRC / source)], check=True)
+        return ctypes.CDLL(str(out))
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 4_099, generator=g)
+    indices = torch.empty(16, 4, dtype=torch.int64)
+    assert build("top_k.cpp").llmq_top_k_rows(
+        ctypes.c_void_p(x.data_ptr()), ctypes.c_int64(16), ctypes.c_int64(4_099),
+        ctypes.c_int64(4_099), 4, ctypes.c_void_p(indices.data_ptr()), 2) == 0
+    assert torch.equal(indices, x.topk(4, dim=-1).indices)
+
+    lib = build("decode_attention.cpp", "-DLLMQ_HEAD_DIM=32", "-DLLMQ_GROUP=2")
+    slots, kv_heads, length = 5, 2, 40
+    q = torch.randn(slots, kv_heads, 2, 32, generator=g) * 32 ** -0.5
+    rows, lengths = torch.arange(slots), torch.tensor([1, 40, 17, 3, 29])
+    for dtype, code in native.CACHE_DTYPES.items():
+        keys = torch.randn(slots, kv_heads, length, 32, generator=g).to(dtype)
+        values = torch.randn(slots, kv_heads, length, 32, generator=g).to(dtype)
+        out = torch.empty_like(q)
+        assert lib.llmq_decode_attention(
+            *(ctypes.c_void_p(t.data_ptr()) for t in (q, keys, values, rows, lengths, out)),
+            ctypes.c_int64(slots), kv_heads, 2, 32, code, ctypes.c_int64(keys.stride(0)),
+            ctypes.c_int64(keys.stride(1)), 2) == 0
+        torch.testing.assert_close(out.double(), reference(q, keys, values, lengths),
+                                   rtol=1e-4, atol=1e-5)
