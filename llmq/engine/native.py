@@ -1,18 +1,20 @@
 """llmq's own C++ kernels (``csrc/``), compiled for the CPU at hand the first time a process
 needs them and loaded with ctypes: no torch headers, so a build takes under a second.
 
-Decode attention is the one kernel here, built for one model's head dimension and group size
-at a time (under a second). Written as products and sums for inductor it read
+Two kernels live here. Decode attention (``decode_attention.cpp``), built for one model's
+head dimension and group size at a time: written as products and sums for inductor it read
 the cache at about 9 GB/s and took a fifth of a decode step; this one reads each sequence's
-own cached positions once (per-slot lengths, not the longest slot's), converts them to float32
-as it reads and keeps every sum in float32 (bench/kernels.py has the figures).
+own cached positions once (per-slot lengths, not the longest slot's), converts them to
+float32 as it reads and keeps every sum in float32 (bench/kernels.py has the figures). And
+top-k over rows (``top_k.cpp``), for the greedy choice and the int8 head's candidates, which
+PyTorch's argmax and topk computed at a tenth of the speed.
 
-The library is built with ``-march=native``, so a built file is only reused on the same CPU:
+Libraries are built with ``-march=native``, so a built file is only reused on the same CPU:
 its name carries a hash of the source, the compiler, the flags and the CPU's model and flags.
 Built files are kept in the folder ``configure_process`` names (``LLMQ_CACHE_DIR/native``),
 else in a private temporary folder for the process. A missing or failing compiler means no
-native kernels: callers fall back to the inductor or eager forms, which give the same
-numbers."""
+native kernels: callers fall back to PyTorch's forms, which compute the same up to the
+order of float sums."""
 
 from __future__ import annotations
 
@@ -170,7 +172,7 @@ def top_k_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     ``argmax``; NaN never chosen), through the native kernel where it is enabled and built,
     else through PyTorch."""
     lib = _top_k_library() if (_enabled and x.device.type == "cpu" and x.dtype == torch.float32
-                               and x.dim() == 2 and x.stride(-1) == 1 and k <= MAX_TOP_K
+                               and x.dim() == 2 and x.stride(-1) == 1 and 1 <= k <= MAX_TOP_K
                                and x.shape[-1] >= k) else None
     if lib is None:
         return x.argmax(dim=-1, keepdim=True) if k == 1 else x.topk(k, dim=-1).indices
