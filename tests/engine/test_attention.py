@@ -99,8 +99,11 @@ def test_the_native_kernel_decodes_what_the_eager_path_decodes(tiny: Tiny) -> No
         engine = Engine(model, tiny.tokenizer, EngineConfig(num_slots=3, slot_length=96))
         params = SamplingParams(max_tokens=16, ignore_eos=True)
         prompts = ["Once upon a time", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", "Hello"]
-        return [r.token_ids for r in engine.generate(
-            GenerationRequest(prompt=p, params=params) for p in prompts)]
+        try:
+            return [r.token_ids for r in engine.generate(
+                GenerationRequest(prompt=p, params=params) for p in prompts)]
+        finally:
+            engine.close()  # its loop thread must not outlive the test
 
     for kv in ("float32", "float16"):
         model = LlamaModel.from_hf_weights(replace(tiny.config, kv_cache_dtype=kv),

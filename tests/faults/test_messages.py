@@ -52,14 +52,17 @@ def test_a_pickled_message_is_refused_and_the_worker_lives(env: dict, tmp_path: 
 def test_two_workers_and_every_message_sent_twice_one_run_each(env: dict,
                                                                 tmp_path: Path) -> None:
     path = prompts_file(tmp_path / "p.jsonl", 64, "r", max_tokens=12)
-    report = llmq_json(env, "submit", str(path), "--json")
-    batch = report["batch_id"]
-    enqueue_requests(request_ids(batch), env["LLMQ_MODEL"], "any", "normal", chunk_size=5)
     workers = [Worker(env, tmp_path / f"w{i}.log", "--slots", "4", "--concurrency", "2")
                for i in range(2)]
     try:
+        # both listening first: a worker ready a second before the other ran all 64 of the
+        # tiny model's requests alone in half a second, and the test saw one worker only
         for w in workers:
             w.wait_ready()
+        report = llmq_json(env, "submit", str(path), "--json")
+        batch = report["batch_id"]
+        enqueue_requests(request_ids(batch), env["LLMQ_MODEL"], "any", "normal",
+                         chunk_size=5)
         info = wait_done(batch, timeout=180)
     finally:
         for w in workers:
