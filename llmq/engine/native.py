@@ -61,31 +61,44 @@ def enabled() -> bool:
     return _enabled
 
 
-def _cpu_identity() -> str:
+def compiler() -> str | None:
+    """The C++ compiler inductor and these kernels are built with, if the machine has one."""
+    return shutil.which("c++") or shutil.which("g++")
+
+
+@functools.cache
+def _toolchain_identity(compiler: str) -> str:
+    """What a built file depends on besides its source: the compiler's version and the CPU's
+    model and flags (read once per process)."""
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                             check=True).stdout
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return platform.processor()
+        return version + platform.processor()
     wanted = ("model name", "flags")
-    return "\n".join(sorted({line for line in lines if line.startswith(wanted)}))
+    return version + "\n".join(sorted({line for line in lines if line.startswith(wanted)}))
 
 
-def _folder() -> Path:
-    if _build_dir is not None:
-        folder = _build_dir / "native"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return folder
+@functools.cache
+def _temporary_folder() -> Path:
     folder = Path(tempfile.mkdtemp(prefix="llmq-native-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return folder
 
 
+def _folder() -> Path:
+    if _build_dir is None:
+        return _temporary_folder()
+    folder = _build_dir / "native"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
 def _build(compiler: str, source: Path, defines: tuple[str, ...]) -> Path:
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                             check=True).stdout
     flags = [*FLAGS, *(f"-D{d}" for d in defines)]
-    key = hashlib.sha256("\0".join([source.read_text(), compiler, version, *flags,
-                                    _cpu_identity()]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join([source.read_text(), compiler, *flags,
+                                    _toolchain_identity(compiler)]).encode()).hexdigest()[:16]
     target = _folder() / f"{source.stem}-{'-'.join((*defines, key)).lower()}.so"
     if not target.is_file():
         partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
@@ -99,12 +112,12 @@ def _build(compiler: str, source: Path, defines: tuple[str, ...]) -> Path:
 def _library(source: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL | None:
     """``csrc/SOURCE`` built with ``defines``, or None where it cannot be built here (logged
     once per build)."""
-    compiler = shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
+    cxx = compiler()
+    if cxx is None:
         log.warning("no C++ compiler: llmq's native kernels are off, PyTorch's forms run")
         return None
     try:
-        return ctypes.CDLL(str(_build(compiler, CSRC / source, defines)))
+        return ctypes.CDLL(str(_build(cxx, CSRC / source, defines)))
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
         log.warning("native kernel %s failed to build, PyTorch's form runs: %s", source,

@@ -7,7 +7,6 @@ first tensor operation. Nothing here happens as a side effect of importing a mod
 from __future__ import annotations
 
 import logging
-import shutil
 
 from . import native
 from .memory import keep_freed_memory
@@ -35,7 +34,7 @@ def configure_process(threads: int | None = None, compile: bool = True,
     keep_main_thread_serial()
     keep_freed_memory()
     set_compute_threads(threads)
-    if compile and shutil.which("c++") is None and shutil.which("g++") is None:
+    if compile and native.compiler() is None:
         log.warning("no C++ compiler found: int8 layers run their eager (slower) path")
         compile = False
     _compile = compile

@@ -5,7 +5,6 @@ same model in float32."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 
 import pytest
@@ -23,9 +22,7 @@ from llmq.engine.model import (
 from llmq.engine.runner import ModelRunner
 from tests.conftest import Tiny
 
-from .tiny import chunked_logits
-
-HAS_COMPILER = shutil.which("c++") is not None or shutil.which("g++") is not None
+from .tiny import HAS_COMPILER, chunked_logits, native_kernels
 
 
 def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -66,16 +63,14 @@ def test_decode_attention_reads_only_each_slots_own_positions(dtype: torch.dtype
         assert got.dtype == torch.float32
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
     if HAS_COMPILER:  # the native kernel takes each row's slot and length instead of a mask
-        native.configure(True)
-        try:
+        with native_kernels():
             got = native.decode_attention(q, k_cache, v_cache, torch.arange(slots), lengths)
             torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
             # rows for some slots only, in any order, each over its own length
             rows = torch.tensor([3, 0, 2])
             got = native.decode_attention(q[rows], k_cache, v_cache, rows, lengths[rows])
             torch.testing.assert_close(got.double(), want[rows], rtol=1e-4, atol=1e-5)
-        finally:
-            native.configure(False)  # the tests' process runs PyTorch's forms (conftest)
+
 
 def test_a_float16_cache_keeps_the_models_logits(tiny: Tiny) -> None:
     exact = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
@@ -111,10 +106,7 @@ def test_the_native_kernel_decodes_what_the_eager_path_decodes(tiny: Tiny) -> No
         eager = generate(model)
         model.fuse_layers()
         assert not model.layers[0].native_decode  # the tests' process set-up: native off
-        native.configure(True)
-        try:
+        with native_kernels():
             model.fuse_layers()
             assert model.layers[0].native_decode
             assert generate(model) == eager  # the native argmax too
-        finally:
-            native.configure(False)

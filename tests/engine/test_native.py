@@ -6,7 +6,6 @@ the tests' process), and the AVX2 and plain C++ branches of both kernels."""
 from __future__ import annotations
 
 import ctypes
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,16 +15,16 @@ import torch
 
 from llmq.engine import native
 from tests.engine.test_attention import reference
+from tests.engine.tiny import HAS_COMPILER, native_kernels
 
-pytestmark = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+pytestmark = pytest.mark.skipif(not HAS_COMPILER,
                                 reason="native kernels are built with a C++ compiler")
 
 
 @pytest.fixture
 def native_on() -> Iterator[None]:
-    native.configure(True)
-    yield
-    native.configure(False)  # the tests' process runs PyTorch's forms (conftest)
+    with native_kernels():
+        yield
 
 
 def test_top_k_matches_pytorch_on_a_vocabulary(native_on: None) -> None:
@@ -63,7 +62,7 @@ def test_the_avx2_and_plain_builds_compute_the_same(march: str, tmp_path: Path) 
     def build(source: str, *defines: str) -> ctypes.CDLL:
         flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
         out = tmp_path / f"{source}.so"
-        subprocess.run([shutil.which("c++") or "g++", *flags, *defines, "-o", str(out),
+        subprocess.run([str(native.compiler()), *flags, *defines, "-o", str(out),
                         str(native.CSRC / source)], check=True)
         return ctypes.CDLL(str(out))
 

@@ -4,7 +4,6 @@ smoothing that keeps its function, and artifacts that load back to the same toke
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from llmq.engine.smooth import smooth
 from llmq.variants.optimize import Recipe, build
 from tests.conftest import Tiny
 
-from .tiny import random_weights, repeat_ffn_channels, tiny_config
+from .tiny import HAS_COMPILER, random_weights, repeat_ffn_channels, tiny_config
 
 PROMPTS = ["The quick brown fox", "Write a haiku about the sea.", "1, 2, 3,", "Hello there"]
 
@@ -208,8 +207,7 @@ def test_pruned_quantized_artifact_round_trips(tiny: Tiny, tmp_path: Path,
         verify(out)
 
 
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="inductor needs a C++ compiler for CPU code")
+@pytest.mark.skipif(not HAS_COMPILER, reason="inductor needs a C++ compiler for CPU code")
 def test_compiled_int8_layers_match_the_eager_path(tiny: Tiny, tmp_path: Path) -> None:
     """Workers run int8 layers through inductor-fused kernels; they must compute what the
     eager ops compute (up to float summation order)."""

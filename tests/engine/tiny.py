@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from llmq.engine import native
 from llmq.engine.config import ModelConfig
 from llmq.engine.model import LlamaModel
 from llmq.engine.runner import ModelRunner
 from llmq.engine.scheduler import PrefillWork, Sequence, StepPlan
 from llmq.engine.tokenizer import TextTokenizer, load_tokenizer
 from llmq.variants.registry import builtin_model_path
+
+HAS_COMPILER = native.compiler() is not None  # inductor and the native kernels need one
+
+
+@contextmanager
+def native_kernels() -> Iterator[None]:
+    """llmq's native kernels on for the block; the tests' process runs PyTorch's forms
+    otherwise (conftest configures it without compilation)."""
+    native.configure(True)
+    try:
+        yield
+    finally:
+        native.configure(False)
 
 
 def tiny_config(tokenizer: TextTokenizer, **overrides: object) -> ModelConfig:
