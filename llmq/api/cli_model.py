@@ -72,11 +72,14 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
 @click.option("--preset", "preset_name", type=click.Choice(["cpu"]), default="cpu",
               show_default=True,
               help="the recipe to start from (the options below override its parts)")
-@click.option("--quantize", type=click.Choice(["none", "bf16", "int8", "int4", "auto"]),
+@click.option("--quantize",
+              type=click.Choice(["none", "bf16", "int8", "int4", "fp8", "auto"]),
               help="bf16: bf16 weights and matmul inputs, float32 accumulation; int8: int8 "
                    "weights and per-token int8 activations; int4: 4-bit weights in groups of "
-                   "32; auto: whichever of none, bf16 and int8 has the fastest kernels here, "
-                   "timed at build time [default: the preset's; cpu: auto]")
+                   "32; fp8: e4m3 weights and per-token activations, for GPUs with fp8 tensor "
+                   "cores (elsewhere correct but slow); auto: whichever of none, bf16 and "
+                   "int8 has the fastest kernels here, timed at build time [default: the "
+                   "preset's; cpu: auto]")
 @click.option("--smooth-alpha", type=click.FloatRange(0, 1),
               help="SmoothQuant strength for int8 (0 = off) [default: 0.5]")
 @click.option("--keep-float", multiple=True,

@@ -22,6 +22,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .files import FORMAT, MANIFEST, VERSION, ArtifactError, read_manifest, sha256_file, verify
+from .fp8 import FP8Linear
 from .kernels import pack_linears
 from .model import LlamaModel
 from .quant import LAYER_LINEARS, BF16Linear, Int4Linear, Int8Linear
@@ -32,7 +33,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 LINEAR_KINDS: dict[str, type[nn.Module]] = {
-    "int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear}
+    "int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear, "fp8": FP8Linear}
 
 
 def linear_schemes(model: LlamaModel) -> dict[str, str]:
@@ -91,9 +92,9 @@ def load_variant(folder: Path, device: torch.device | str = "cpu",
         elif scheme != "float32":
             raise ArtifactError(f"{folder}: unknown scheme {scheme!r} for {path}")
     tensors = load_file(str(folder / WEIGHTS), device=str(device))
-    bf16_weights = {f"{p}.weight" for p, s in manifest["linears"].items() if s == "bf16"}
+    stored_as_is = {f"{p}.weight" for p, s in manifest["linears"].items() if s in ("bf16", "fp8")}
     tensors.update({k: v.to(dtype) for k, v in tensors.items() if v.is_floating_point()
-                    and k not in bf16_weights and not k.endswith((".scale", ".scale_zero"))})
+                    and k not in stored_as_is and not k.endswith((".scale", ".scale_zero"))})
     if config.tie_word_embeddings and config.plain_head:
         tensors["lm_head.weight"] = tensors["embed.weight"]
     missing, unexpected = model.load_state_dict(tensors, assign=True, strict=False)

@@ -1,7 +1,8 @@
 """Which precision's linear kernels are fastest on this CPU, measured at the model's own
-shapes rather than guessed from CPU flags: on AVX2 without VNNI the int8 path (``_int_mm``)
-ran 16x slower than fp32, while oneDNN's bf16 needs AVX512-BF16 or AMX to be fast, and a
-flag does not say how fast. A short timing of one decoder layer's linears at a decode
+shapes rather than guessed from CPU flags: on AVX2 without VNNI oneDNN's int8 (``_int_mm``)
+ran 16-28x slower than fp32 and FBGEMM's 1.4x faster (int8 is timed through whichever of
+the two int8_kernels.py picked), while oneDNN's bf16 needs AVX512-BF16 or AMX to be fast,
+and a flag does not say how fast. A short timing of one decoder layer's linears at a decode
 step's row count settles it on the machine that builds a variant, and again on the machine
 that loads it."""
 
@@ -46,7 +47,9 @@ def _layers(scheme: str, shapes: list[tuple[int, int]]) -> list[nn.Module]:
             bf.pack()
             layers.append(bf)
         elif scheme == "int8":
-            layers.append(Int8Linear.from_float(w))
+            i8 = Int8Linear.from_float(w)
+            i8.pack()
+            layers.append(i8)
         else:
             raise ValueError(f"no timing for scheme {scheme!r}")
     return layers

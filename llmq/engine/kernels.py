@@ -23,10 +23,13 @@ def onednn_available() -> bool:
 
 def pack_weight(w: torch.Tensor) -> torch.Tensor | None:
     """``w`` in oneDNN's blocked layout for ``onednn_linear``, or None where oneDNN does not
-    run (other devices, or no oneDNN build)."""
-    if w.device.type == "cpu" and onednn_available():
-        return torch.ops.mkldnn._reorder_linear_weight(w.detach(), _PACK_BATCH_HINT)
-    return None
+    run (other devices, no oneDNN build, or bf16 on a CPU without AVX-512 or AVX-NE-CONVERT,
+    where oneDNN refuses to pack it and ``F.linear`` serves)."""
+    if w.device.type != "cpu" or not onednn_available():
+        return None
+    if w.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return None
+    return torch.ops.mkldnn._reorder_linear_weight(w.detach(), _PACK_BATCH_HINT)
 
 
 def onednn_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:

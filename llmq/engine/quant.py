@@ -6,21 +6,25 @@ packed once. With AMX (Xeon Sapphire Rapids and later) that GEMM runs about 4-8x
 one at our shapes; with AVX512-BF16 alone (the AMD machines of this project) about 1.4x.
 
 ``int8`` (W8A8): int8 weights with one scale per output channel, and activations quantized
-to int8 per token at run time, so the matmul itself is an int8 GEMM (``torch._int_mm``,
-6-8x the fp32 GEMM alone). Per-token scales keep one token's outliers from flattening every
-other token in the packed batch; per-tensor scales, as in ``torch.ao`` dynamic quantization,
-collapse this model's output. The quantize and dequantize passes around the GEMM cost more
-than the GEMM when run as separate eager ops, so on CPU the decoder layers around them are
-compiled with inductor, which moves those passes into the neighbouring ops' loops
-(``LlamaModel.fuse_layers``); eager mode gives the same numbers and serves where no compiler
-is found.
+to int8 per token at run time, so the matmul itself is an int8 GEMM (``torch._int_mm``
+through oneDNN where the CPU has VNNI, 6-8x the fp32 GEMM alone; FBGEMM on AVX2-only CPUs,
+about 1.4-1.7x; int8_kernels.py times both). Per-token scales keep one token's outliers from
+flattening every other token in the packed batch; per-tensor scales, as in ``torch.ao``
+dynamic quantization, collapse this model's output (FBGEMM's per-tensor activations are made
+per-token by scaling each row first: int8_kernels.py). The quantize and dequantize passes
+around the GEMM cost more than the GEMM when run as separate eager ops, so on CPU the
+decoder layers around them are compiled with inductor, which moves those passes into the
+neighbouring ops' loops (``LlamaModel.fuse_layers``); eager mode gives the same numbers and
+serves where no compiler is found.
 
 Every layer here is a drop-in for ``kernels.Linear``: ``quantize_layers`` swaps them in once,
 at build or load time, and the decoder's maths never asks which one it holds.
 
 ``int4``: weights in groups of 32 along the input with a scale and zero point each, through
 ``torch.ops.aten._weight_int4pack_mm_for_cpu``; activations stay float. It reproduces the
-shipped Q4_1 weights almost exactly, but its CPU kernel is slower than fp32."""
+shipped Q4_1 weights almost exactly, but its CPU kernel is slower than fp32.
+
+``fp8``: the GPU recipe, e4m3 weights and per-token activations on the tensor cores (fp8.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fp8 import FP8Linear
+from .int8_kernels import int8_kernel, int8_linear
 from .kernels import onednn_linear, pack_weight
 
 INT8_MAX = 127.0
@@ -42,35 +48,17 @@ def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return q, scale
 
 
-def int8_linear(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``x @ dequant(weight).T`` with x quantized per row. x: [T, K] float;
-    weight_t: [K, N] int8 (a transposed view); scale: [N] float32."""
-    xq, x_scale = quantize_rows(x.float())
-    return int8_matmul(xq, x_scale, weight_t, scale).to(x.dtype)
-
-
-def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row symmetric int8: ``x ~= q * scale``; scale ``[T, 1]``."""
-    scale = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / INT8_MAX
-    return torch.round(x / scale).to(torch.int8), scale
-
-
-def int8_matmul(xq: torch.Tensor, x_scale: torch.Tensor, weight_t: torch.Tensor,
-                scale: torch.Tensor) -> torch.Tensor:
-    return torch._int_mm(xq, weight_t).mul(scale).mul_(x_scale)
-
-
 _CUDA_MIN_ROWS = 17  # torch._int_mm on CUDA wants more than 16 rows
 
 
-def int8_linear_any_rows(x: torch.Tensor, weight_t: torch.Tensor,
+def int8_linear_any_rows(x: torch.Tensor, qweight: torch.Tensor,
                          scale: torch.Tensor) -> torch.Tensor:
     rows = x.shape[0]
     if x.is_cuda and rows < _CUDA_MIN_ROWS:
         padded = torch.zeros(_CUDA_MIN_ROWS, x.shape[1], dtype=x.dtype, device=x.device)
         padded[:rows] = x
-        return int8_linear(padded, weight_t, scale)[:rows]
-    return int8_linear(x, weight_t, scale)
+        return int8_linear(padded, qweight, scale)[:rows].to(x.dtype)
+    return int8_linear(x, qweight, scale).to(x.dtype)
 
 
 class Int8Linear(nn.Module):
@@ -97,8 +85,14 @@ class Int8Linear(nn.Module):
         layer.scale = scale.to(weight.device)
         return layer
 
+    def pack(self) -> None:
+        """Chooses the process's int8 kernel (int8_kernels.py) before the first step, so
+        that the timing never runs inside a compiled graph."""
+        if self.qweight.device.type == "cpu":
+            int8_kernel()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return int8_linear_any_rows(x, self.qweight.t(), self.scale)
+        return int8_linear_any_rows(x, self.qweight, self.scale)
 
     def dequantized(self) -> torch.Tensor:
         return self.qweight.float() * self.scale[:, None]
@@ -215,11 +209,11 @@ LAYER_LINEARS = ("wqkv", "wo", "w_gate", "w_up", "w_down")
 
 def quantize_layers(model: nn.Module, scheme: str,
                     keep_float: frozenset[str] = frozenset()) -> None:
-    """Replaces the decoder layers' linears in place (``scheme`` int8, int4 or bf16); the embedding
-    and output head stay float. ``keep_float`` names linears (e.g. ``"w_down"``, or
+    """Replaces the decoder layers' linears in place (``scheme`` int8, int4, bf16 or fp8); the
+    embedding and output head stay float. ``keep_float`` names linears (e.g. ``"w_down"``, or
     ``"3.w_down"`` for one layer) left as they are."""
     make = {"int8": Int8Linear.from_float, "int4": Int4Linear.from_float,
-            "bf16": BF16Linear.from_float}[scheme]
+            "bf16": BF16Linear.from_float, "fp8": FP8Linear.from_float}[scheme]
     for i, layer in enumerate(model.layers):  # type: ignore[union-attr]
         for name in LAYER_LINEARS:
             if name in keep_float or f"{i}.{name}" in keep_float:

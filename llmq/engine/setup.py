@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 
+import torch
+
 from . import native
 from .memory import keep_freed_memory
 from .threads import keep_main_thread_serial, set_compute_threads
@@ -29,7 +31,11 @@ def configure_process(threads: int | None = None, compile: bool = True,
       inductor (``LlamaModel.fuse_layers``); it needs a C++ compiler, and without one int8
       layers run eagerly (the same numbers, slower);
     - ``compile`` also turns on llmq's own kernels (native.py), built with that compiler
-      for this CPU under ``cache_dir`` (None: a temporary folder of the process)."""
+      for this CPU under ``cache_dir`` (None: a temporary folder of the process);
+    - on CUDA, prompt attention never goes to cuDNN: PyTorch picks cuDNN's attention for
+      bf16 on Hopper, and cuDNN builds a plan for every new prompt length it sees. On an
+      H200 that made bf16 serve the shared workload at 1,336 tokens/s against fp32's 2,994
+      (bench/gpu.py); flash attention needs no plan."""
     global _compile
     keep_main_thread_serial()
     keep_freed_memory()
@@ -39,6 +45,7 @@ def configure_process(threads: int | None = None, compile: bool = True,
         compile = False
     _compile = compile
     native.configure(compile, cache_dir)
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def compile_enabled() -> bool:

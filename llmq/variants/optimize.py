@@ -22,6 +22,7 @@ from llmq.engine.distill import DistillSettings, Weights
 from llmq.engine.fidelity import Fidelity
 from llmq.engine.files import is_variant, sha256_file
 from llmq.engine.head import rebuild_head
+from llmq.engine.int8_kernels import int8_kernel
 from llmq.engine.loader import Checkpoint, load_checkpoint
 from llmq.engine.model import LlamaModel
 from llmq.engine.prune import (
@@ -49,7 +50,7 @@ from llmq.variants.evaluate import (
 )
 from llmq.variants.recovery import distill_student, fingerprint, recovery_text
 
-QUANTIZATIONS = ("none", "bf16", "int8", "int4", "auto")  # auto: the fastest, measured here
+QUANTIZATIONS = ("none", "bf16", "int8", "int4", "fp8", "auto")  # auto: the fastest, measured here
 HEAD = "lm_head"  # the output head, as --keep-float names it
 CALIBRATION_NEW_TOKENS = 48  # continuations add the model's own outputs to what is measured
 
@@ -137,9 +138,10 @@ def resolve_quantization(recipe: Recipe, config: ModelConfig, metrics: dict[str,
     timings = kernel_timing.measure(config)
     chosen = kernel_timing.fastest(timings)
     metrics["kernels"] = {"cpu": cpu_description(), "ms_per_layer": timings, "chosen": chosen,
-                          "rows": kernel_timing.DECODE_ROWS}
+                          "rows": kernel_timing.DECODE_ROWS, "int8_gemm": int8_kernel()}
     log("linear kernels, ms per layer at 64 rows: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in timings.items()) + f" -> {chosen}")
+        + ", ".join(f"{k} {v:.3f}" for k, v in timings.items())
+        + f" (int8 through {int8_kernel()}) -> {chosen}")
     return replace(recipe, quantize=chosen)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmq.engine import native
+from llmq.engine import int8_kernels, native
 from llmq.engine.config import ModelConfig
 from llmq.engine.model import LlamaModel
 from llmq.engine.runner import ModelRunner
@@ -30,6 +30,16 @@ def native_kernels() -> Iterator[None]:
         yield
     finally:
         native.configure(False)
+
+
+@contextmanager
+def forced_int8_kernel(name: str) -> Iterator[None]:
+    """One int8 GEMM for the block, whichever this CPU would choose (int8_kernels.py)."""
+    int8_kernels.force_int8_kernel(name)
+    try:
+        yield
+    finally:
+        int8_kernels.force_int8_kernel(None)
 
 
 def tiny_config(tokenizer: TextTokenizer, **overrides: object) -> ModelConfig:
