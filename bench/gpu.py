@@ -8,7 +8,8 @@ kernels, shapes and step counts are the real model's, only the words are not. Fi
 each recipe is measured on CPU (bench/optimize.py; fp8 there runs its emulated path).
 
     .venv/bin/python -m bench.gpu prepare DIR   # here: tokenizer, config and workload
-    python3 -m bench.gpu run DIR                # on the GPU machine: a JSON line per figure
+    python3 -m bench.gpu run DIR > gpu.log      # on the GPU machine: a JSON line per figure
+    .venv/bin/python -m bench.gpu record gpu.log  # here: the table into BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -178,6 +179,28 @@ def run(folder: Path) -> None:
             torch.cuda.empty_cache()
 
 
+def record_log(log: Path) -> None:
+    from bench.common import markdown_table, record
+
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    gpu = next(x for x in lines if "gpu" in x)
+    speed = {(x["recipe"], x["slots"]): x["tok_s"] for x in lines if "recipe" in x}
+    rows = [[recipe] + [speed.get((recipe, s), "failed") for s in SLOTS] for recipe in RECIPES]
+    table = markdown_table(["recipe"] + [f"tok/s {s} slots" for s in SLOTS], rows)
+    steps = [x for x in lines if "distill_batch" in x]
+    table += "\n\n" + markdown_table(
+        ["distillation, sequences per step", "s per step", "positions/s"],
+        [[x["distill_batch"], x["s_per_step"], x["positions_per_s"]] for x in steps])
+    record("llmq on a GPU (bench/gpu.py)", table,
+           f"Ran on {gpu['gpu']} (compute capability {gpu['capability']}), torch "
+           f"{gpu['torch']}; the machine line above is the one that recorded it. SmolLM2-135M's "
+           f"architecture with random weights and SmolLM2's tokenizer; the shared workload's "
+           f"64 prompts (repeated to 256 for 256 slots), {NEW_TOKENS} new tokens, EOS ignored, "
+           f"no prefix cache; median of {RUNS} timed runs after a warm-up. Distillation: "
+           f"{DISTILL_STEPS} steps into a student with 10% of every FFN cut, sequences of "
+           "300 tokens.")
+
+
 if __name__ == "__main__":
     verb, where = sys.argv[1], Path(sys.argv[2])
-    prepare(where) if verb == "prepare" else run(where)
+    {"prepare": prepare, "run": run, "record": record_log}[verb](where)

@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 KERNELS = ("onednn", "fbgemm")  # onednn: torch._int_mm
 # FBGEMM's AVX2 kernel adds pairs of u8 x s8 products in int16 (vpmaddubsw), which saturates
 # past 32,767. Its activations are u8 around a zero point near 128, so with 8-bit weights a
-# pair saturates even near x = 0 (2 x 128 x 127). Halving the weight codes (|q| <= 64) keeps
-# every pair exact: 2 x 255 x 64 = 32,640. SmolLM2's int8 variant, held-out prompts: top-1
-# 90.4%, KL 0.030 this way; 91.3% / 0.034 with 8-bit weights, saturating; 88.3% / 0.041
-# with 7-bit activations instead (FBGEMM's reduce_range); oneDNN's exact int8: 94.6% / 0.012.
-FBGEMM_WEIGHT_STEP = 2.0
+# pair saturates even near x = 0 (2 x 128 x 127). Weight codes within +-64 keep every pair
+# exact (2 x 255 x 64 = 32,640): a process that runs FBGEMM quantizes weights to those 7 bits
+# (``weight_levels``), and halves the codes of an 8-bit variant built elsewhere when it packs
+# them. SmolLM2's int8 variant, held-out prompts: top-1 90.4%, KL 0.030 with halved codes;
+# 91.3% / 0.034 with 8-bit codes, saturating; 88.3% / 0.041 with 7-bit activations instead
+# (FBGEMM's reduce_range); oneDNN's exact int8: 94.6% / 0.012.
+FBGEMM_WEIGHT_LEVELS = 64
 _TIMING_SHAPE = (64, 576, 1536)  # rows, in, out: a decode step's FFN projection of SmolLM2
 
 _chosen: str | None = None
@@ -91,6 +93,13 @@ def time_kernels(shape: tuple[int, int, int] = _TIMING_SHAPE) -> dict[str, float
     return timings
 
 
+def weight_levels(device: torch.device) -> int:
+    """The largest weight code for int8 layers made here: 127, or 64 where FBGEMM runs."""
+    if device.type == "cpu" and int8_kernel() == "fbgemm":
+        return FBGEMM_WEIGHT_LEVELS
+    return 127
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric int8: ``x ~= q * scale``; scale ``[T, 1]``."""
     scale = row_scale(x) / 127.0
@@ -140,7 +149,8 @@ def _packed_weight(qweight: torch.Tensor, scale: torch.Tensor) -> object:
     zero = torch.zeros(qweight.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # quantized tensors are deprecated; torch is pinned
         warnings.simplefilter("ignore")
-        w_scale = scale * FBGEMM_WEIGHT_STEP
+        step = 2.0 if int(qweight.abs().max()) > FBGEMM_WEIGHT_LEVELS else 1.0
+        w_scale = scale * step
         w = torch.quantize_per_channel(qweight.float() * scale[:, None], w_scale.double(), zero,
                                        0, torch.qint8)
         packed = torch.ops.quantized.linear_prepack(w, None)

@@ -33,18 +33,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fp8 import FP8Linear
-from .int8_kernels import int8_kernel, int8_linear
+from .int8_kernels import int8_kernel, int8_linear, weight_levels
 from .kernels import onednn_linear, pack_weight
 
 INT8_MAX = 127.0
 INT4_GROUP = 32
 
 
-def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Symmetric int8 per output row: ``weight ~= q * scale[:, None]``."""
+def quantize_per_channel(weight: torch.Tensor, levels: int = 127
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per output row, codes in ``[-levels, levels]``:
+    ``weight ~= q * scale[:, None]``."""
     w = weight.float()
-    scale = (w.abs().amax(dim=1) / INT8_MAX).clamp_min(1e-12)
-    q = torch.round(w / scale[:, None]).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
+    scale = (w.abs().amax(dim=1) / levels).clamp_min(1e-12)
+    q = torch.round(w / scale[:, None]).clamp_(-levels, levels).to(torch.int8)
     return q, scale
 
 
@@ -80,7 +82,7 @@ class Int8Linear(nn.Module):
     def from_float(cls, weight: torch.Tensor) -> Int8Linear:
         out_f, in_f = weight.shape
         layer = cls(in_f, out_f)
-        q, scale = quantize_per_channel(weight)
+        q, scale = quantize_per_channel(weight, weight_levels(weight.device))
         layer.qweight = q.to(weight.device)
         layer.scale = scale.to(weight.device)
         return layer
