@@ -36,9 +36,10 @@ KERNELS = ("onednn", "fbgemm")  # onednn: torch._int_mm
 # pair saturates even near x = 0 (2 x 128 x 127). Weight codes within +-64 keep every pair
 # exact (2 x 255 x 64 = 32,640): a process that runs FBGEMM quantizes weights to those 7 bits
 # (``weight_levels``), and halves the codes of an 8-bit variant built elsewhere when it packs
-# them. SmolLM2's int8 variant, held-out prompts: top-1 90.4%, KL 0.030 with halved codes;
-# 91.3% / 0.034 with 8-bit codes, saturating; 88.3% / 0.041 with 7-bit activations instead
-# (FBGEMM's reduce_range); oneDNN's exact int8: 94.6% / 0.012.
+# them. SmolLM2's int8 variant, held-out prompts: top-1 92.3%, KL 0.020 with 7-bit weights;
+# 89.8% / 0.031 with halved 8-bit codes; 91.3% / 0.034 with 8-bit codes, saturating; 88.3% /
+# 0.041 with 7-bit activations instead (FBGEMM's reduce_range); oneDNN's exact int8 on an
+# Intel Xeon: 94.6% / 0.012 (bench/BENCHMARKS.md).
 FBGEMM_WEIGHT_LEVELS = 64
 _TIMING_SHAPE = (64, 576, 1536)  # rows, in, out: a decode step's FFN projection of SmolLM2
 

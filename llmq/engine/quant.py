@@ -36,7 +36,6 @@ from .fp8 import FP8Linear
 from .int8_kernels import int8_kernel, int8_linear, weight_levels
 from .kernels import onednn_linear, pack_weight
 
-INT8_MAX = 127.0
 INT4_GROUP = 32
 
 
