@@ -24,7 +24,7 @@ at build or load time, and the decoder's maths never asks which one it holds.
 ``torch.ops.aten._weight_int4pack_mm_for_cpu``; activations stay float. It reproduces the
 shipped Q4_1 weights almost exactly, but its CPU kernel is slower than fp32.
 
-``fp8``: the GPU recipe, e4m3 weights and per-token activations on the tensor cores (fp8.py)."""
+``fp8``: e4m3 weights and per-token activations on a GPU's tensor cores (fp8.py)."""
 
 from __future__ import annotations
 
