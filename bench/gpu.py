@@ -4,8 +4,8 @@ time of a distillation step.
 The device machine of this project takes 64 MiB of files and the shipped SmolLM2 is a 98 MB
 GGUF, so this runs SmolLM2-135M's architecture (its config.json) with random weights and
 SmolLM2's own tokenizer: every request generates exactly NEW_TOKENS (ignore_eos), and the
-kernels, shapes and step counts are the real model's, only the words are not. Fidelity of
-each recipe is measured on CPU (bench/optimize.py; fp8 there runs its emulated path).
+kernels, shapes and step counts are the real model's, only the words are not. Fidelity
+is a CPU measurement (`llmq model optimize --quantize fp8` runs fp8's emulated path there).
 
     .venv/bin/python -m bench.gpu prepare DIR   # here: tokenizer, config and workload
     python3 -m bench.gpu run DIR > gpu.log      # on the GPU machine: a JSON line per figure
@@ -142,13 +142,13 @@ def time_distillation(batch: int, folder: Path) -> dict[str, Any]:
     text = [torch.randint(0, config.vocab_size, (300,), generator=g).tolist()
             for _ in range(64)]
     cuda_teacher = {k: v.to(DEVICE) for k, v in teacher.items()}
+    student_config = replace(config, intermediate_size=keep)
     settings = DistillSettings(steps=3, batch=batch)
-    distill(replace(config, intermediate_size=keep), student, config, cuda_teacher, text,
-            settings)  # warm-up
+    distill(student_config, student, config, cuda_teacher, text, settings)  # warm-up
     sync()
     start = time.perf_counter()
-    _, report = distill(replace(config, intermediate_size=keep), student, config, cuda_teacher,
-                        text, replace(settings, steps=DISTILL_STEPS))
+    _, report = distill(student_config, student, config, cuda_teacher, text,
+                        replace(settings, steps=DISTILL_STEPS))
     sync()
     seconds = time.perf_counter() - start
     return {"distill_batch": batch, "steps": DISTILL_STEPS, "positions": report.positions,

@@ -1,5 +1,5 @@
 """Both int8 GEMMs compute the per-token product ``Int8Linear`` defines, on any CPU: oneDNN's
-``torch._int_mm`` exactly, FBGEMM with its weight codes halved (int8_kernels.py says why)."""
+``torch._int_mm`` exactly, FBGEMM with 7-bit weight codes (int8_kernels.py says why)."""
 
 from __future__ import annotations
 
