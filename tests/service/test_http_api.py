@@ -126,21 +126,31 @@ def test_cancel_mid_batch(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_expiry_keeps_what_finished(stack: Stack, tmp_path: Path) -> None:
+    """The window is a race against the worker, so a machine too slow to finish even the
+    short requests in it tries again with a longer one; every try checks the whole contract,
+    and the test needs one where some requests finished and the rest expired."""
     api = client(stack)
     # a few short requests that finish at once, then more long ones than the worker's 8
     # slots can finish within the window
     lines = [chat_line(i, max_tokens=2) for i in range(4)]
     lines += [chat_line(i, max_tokens=400, ignore_eos=True) for i in range(4, 48)]
-    batch = api.batches.create(input_file_id=upload(api, tmp_path / "long.jsonl", lines),
-                               endpoint="/v1/chat/completions", completion_window="2s")
-    done = wait_status(api, batch.id, ("expired",))
-    assert done.expired_at is not None and done.expired_at >= done.expires_at
-    errors = lines_of(api, done.error_file_id)
-    assert errors and {r["error"]["code"] for r in errors.values()} == {"batch_expired"}
-    finished = lines_of(api, done.output_file_id)
-    assert finished and len(errors) + len(finished) == 48
-    assert (done.request_counts.completed, done.request_counts.failed) == (
-        len(finished), len(errors))
+    outcomes = []
+    for window in ("2s", "6s", "20s"):
+        batch = api.batches.create(
+            input_file_id=upload(api, tmp_path / f"long-{window}.jsonl", lines),
+            endpoint="/v1/chat/completions", completion_window=window)
+        done = wait_status(api, batch.id, ("expired",))
+        assert done.expired_at is not None and done.expired_at >= done.expires_at
+        errors = lines_of(api, done.error_file_id)
+        assert errors and {r["error"]["code"] for r in errors.values()} == {"batch_expired"}
+        finished = lines_of(api, done.output_file_id)
+        assert len(errors) + len(finished) == 48
+        assert (done.request_counts.completed, done.request_counts.failed) == (
+            len(finished), len(errors))
+        outcomes.append((window, len(finished)))
+        if finished:
+            break
+    assert outcomes[-1][1], f"nothing finished within any window: {outcomes}"
 
 
 def test_keys_and_caps(stack: Stack, tmp_path: Path) -> None:
