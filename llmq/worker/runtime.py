@@ -34,9 +34,10 @@ def load(settings: Settings, model: str, device: str,
         device=engine_device(device)), name=model, verify=settings.verify_artifacts,
         cache_dir=settings.cache_dir or None)
     actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
-    slow = kernel_timing.slow_here(engine.model, engine.model.config)
-    if slow:
-        log.warning("model %s: %s", model, slow)
+    for warning in (kernel_timing.slow_here(engine.model, engine.model.config),
+                    kernel_timing.coarsened_here(engine.model)):
+        if warning:
+            log.warning("model %s: %s", model, warning)
     return engine, WorkerIdentity.here(actual, model)
 
 

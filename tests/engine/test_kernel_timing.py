@@ -7,9 +7,11 @@ from pathlib import Path
 from llmq.engine import kernel_timing
 from llmq.engine.artifact import load_variant
 from llmq.engine.model import LlamaModel
+from llmq.engine.quant import quantize_layers
 from llmq.variants.optimize import build, preset
 
 from .conftest import Tiny
+from .tiny import forced_int8_kernel
 
 
 def test_a_quantized_scheme_must_clearly_beat_fp32() -> None:
@@ -45,3 +47,22 @@ def test_a_float_model_never_warns(tiny: Tiny) -> None:
     model = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
     assert kernel_timing.scheme_of(model) == "none"
     assert kernel_timing.slow_here(model, tiny.config) is None
+
+
+def test_8_bit_codes_served_through_fbgemm_warn(tiny: Tiny) -> None:
+    """Codes made for oneDNN are coarsened when FBGEMM packs them; codes made for FBGEMM or
+    served through oneDNN are not, and a float model never warns."""
+    built_for = {}
+    for kernel in ("onednn", "fbgemm"):
+        with forced_int8_kernel(kernel):
+            model = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
+            quantize_layers(model, "int8")
+            built_for[kernel] = model
+    with forced_int8_kernel("fbgemm"):
+        warning = kernel_timing.coarsened_here(built_for["onednn"])
+        assert warning is not None and "7 bits" in warning
+        assert kernel_timing.coarsened_here(built_for["fbgemm"]) is None
+        assert kernel_timing.coarsened_here(
+            LlamaModel.from_hf_weights(tiny.config, tiny.weights)) is None
+    with forced_int8_kernel("onednn"):
+        assert kernel_timing.coarsened_here(built_for["onednn"]) is None
