@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig
-from .tokenizer import TextTokenizer, gguf_fields
+from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -150,24 +150,25 @@ def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer) ->
 
 
 def _load_gguf(path: Path) -> Checkpoint:
-    from gguf import GGMLQuantizationType, GGUFReader
+    from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
-    reader = GGUFReader(str(path))
-    fields = gguf_fields(reader)
+    from .gguf_file import read_gguf
+
+    fields, tensors = read_gguf(path)
     arch = fields.get("general.architecture")
     if arch not in ("llama", "mistral"):
         raise ValueError(f"{path}: unsupported architecture {arch!r} (Llama family only)")
-    fields["__tensor_names__"] = {t.name for t in reader.tensors}
+    fields["__tensor_names__"] = {t.name for t in tensors}
     tokenizer = TextTokenizer.from_gguf_fields(fields)
     config = _gguf_config(fields, arch, tokenizer)
     weights: dict[str, torch.Tensor] = {}
-    for t in reader.tensors:
+    for t in tensors:
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             arr = np.array(t.data, dtype=np.float32)  # a writable copy of the mapped file
         else:
             arr = dequantize(t.data, t.tensor_type)
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims inner-first
+        shape = tuple(reversed(t.dims))
         tensor = torch.from_numpy(np.ascontiguousarray(arr).reshape(shape))
         name = _hf_name(t.name)
         if name.endswith("q_proj.weight"):

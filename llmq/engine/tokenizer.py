@@ -179,16 +179,6 @@ class TextTokenizer:
         )
 
 
-def gguf_fields(reader: Any) -> dict[str, Any]:
-    fields = {}
-    for key, field in reader.fields.items():
-        try:
-            fields[key] = field.contents()
-        except Exception:  # a field type the reader cannot decode: not one we need
-            continue
-    return fields
-
-
 def load_tokenizer(path: str | Path) -> TextTokenizer:
     """Only the tokenizer of a checkpoint (a GGUF file or a Hugging Face folder): for chunking
     and counting tokens without loading weights or torch."""
@@ -204,9 +194,9 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
         eos_ids = eos if isinstance(eos, list) else ([eos] if eos is not None else [])
         return TextTokenizer.from_hf_files(str(path / "tokenizer.json"), tok_cfg, eos_ids,
                                            cfg.get("bos_token_id"))
-    from gguf import GGUFReader
+    from .gguf_file import read_gguf
 
-    return TextTokenizer.from_gguf_fields(gguf_fields(GGUFReader(str(path))))
+    return TextTokenizer.from_gguf_fields(read_gguf(path)[0])
 
 
 def _raise_template_error(message: str) -> None:

@@ -119,10 +119,11 @@ def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
 def write_gguf(path: Path, config: ModelConfig, weights: dict[str, torch.Tensor]) -> Path:
     """Writes a GGUF file the way llama.cpp's converter does (F32 tensors, permuted Q/K)."""
     import gguf
-    from gguf import GGUFReader
 
-    src = GGUFReader(str(builtin_model_path("smollm2-135m")))
-    fields = {k: f.contents() for k, f in src.fields.items() if k.startswith("tokenizer.")}
+    from llmq.engine.gguf_file import read_gguf
+
+    src, _ = read_gguf(builtin_model_path("smollm2-135m"))
+    fields = {k: v for k, v in src.items() if k.startswith("tokenizer.")}
     wr = gguf.GGUFWriter(str(path), "llama")
     c = config
     wr.add_context_length(c.max_position_embeddings)
