@@ -78,7 +78,8 @@ def test_sigterm_mid_batch_hands_back_within_the_grace_period(env: dict, tmp_pat
     still runs after LLMQ_SHUTDOWN_GRACE_SECONDS back to the queue (with messages), and
     exits 0; nothing is left running, and another worker finishes the batch."""
     grace = 2.0
-    report = llmq_json(env, "submit", str(prompts_file(tmp_path / "p.jsonl", 48, "t",
+    # 24 long requests: 8 run at once, so some are mid-flight when the signal comes
+    report = llmq_json(env, "submit", str(prompts_file(tmp_path / "p.jsonl", 24, "t",
                                                        max_tokens=450)), "--json")
     batch = report["batch_id"]
     first = Worker({**env, "LLMQ_SHUTDOWN_GRACE_SECONDS": str(grace)}, tmp_path / "w1.log",
@@ -91,7 +92,7 @@ def test_sigterm_mid_batch_hands_back_within_the_grace_period(env: dict, tmp_pat
     assert first.proc.wait(timeout=60) == 0
     assert time.monotonic() - started < grace + 30  # the grace, then closing down
     after = service.status(batch)["counts"]
-    assert after["running"] == 0 and after["succeeded"] < 48  # handed back, not finished
+    assert after["running"] == 0 and after["succeeded"] < 24  # handed back, not finished
     assert "handed back" in (tmp_path / "w1.log").read_text()
     second = Worker(env, tmp_path / "w2.log", "--slots", "4", "--concurrency", "2")
     try:
@@ -99,7 +100,7 @@ def test_sigterm_mid_batch_hands_back_within_the_grace_period(env: dict, tmp_pat
         info = wait_done(batch, timeout=180)
     finally:
         second.stop()
-    assert info["counts"]["succeeded"] == 48
+    assert info["counts"]["succeeded"] == 24
     assert_every_request_ended_once()
 
 
@@ -113,7 +114,7 @@ def test_redis_restarted_with_aof_mid_batch(env: dict, tmp_path: Path,
     env = {**env, "LLMQ_BROKER_URL": redis.url}
     monkeypatch.setenv("LLMQ_BROKER_URL", redis.url)
     try:
-        report = llmq_json(env, "submit", str(prompts_file(tmp_path / "p.jsonl", 96, "a",
+        report = llmq_json(env, "submit", str(prompts_file(tmp_path / "p.jsonl", 48, "a",
                                                            max_tokens=200)), "--json")
         batch = report["batch_id"]
         worker = Worker(env, tmp_path / "w.log", "--slots", "4", "--concurrency", "2")
@@ -128,5 +129,5 @@ def test_redis_restarted_with_aof_mid_batch(env: dict, tmp_path: Path,
             worker.stop()
     finally:
         redis.stop()
-    assert info["counts"]["succeeded"] == 96
+    assert info["counts"]["succeeded"] == 48
     assert_every_request_ended_once()
