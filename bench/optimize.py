@@ -34,6 +34,13 @@ VARIANTS: dict[str, dict] = {
     "int4 (groups of 32)": {"quantize": "int4"},
     "ffn -10% + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.1},
     "ffn -25% + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.25},
+    # int8 with the linears that take the widest activations (after SwiGLU), or the first
+    # and last layers, left float: what greedy agreement with the base costs in speed
+    "int8, float w_down": {"quantize": "int8", "smooth_alpha": 0.5, "keep_float": ["w_down"]},
+    "int8, float layers 0 and 29": {
+        "quantize": "int8", "smooth_alpha": 0.5,
+        "keep_float": [f"{i}.{n}" for i in (0, 29)
+                       for n in ("wqkv", "wo", "w_gate", "w_up", "w_down")]},
     # the same int8 variant with the float32 KV cache of the base (variants default to float16)
     "int8, float32 KV cache": {"quantize": "int8", "smooth_alpha": 0.5, "kv_cache": "float32"},
     "ffn -10% (fp32)": {"quantize": "none", "ffn": 0.1},
