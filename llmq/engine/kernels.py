@@ -33,7 +33,27 @@ def pack_weight(w: torch.Tensor) -> torch.Tensor | None:
 
 
 def onednn_linear(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        # inside an inductor graph (a float linear kept in an int8 layer's fused graph),
+        # inductor's mkldnn fusion would rewrite the call and its residual add into
+        # linear_binary, which asserts that the weight is a frozen constant, and crashed
+        # the compile; as an opaque op the call stays as it is
+        return torch.ops.llmq.onednn_linear(x, packed)
+    return _linear_pointwise(x, packed)
+
+
+def _linear_pointwise(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+
+@torch.library.custom_op("llmq::onednn_linear", mutates_args=())
+def _onednn_linear_op(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return _linear_pointwise(x, packed)
+
+
+@_onednn_linear_op.register_fake
+def _(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    return x.new_empty(*x.shape[:-1], packed.shape[0])
 
 
 class Linear(nn.Linear):
