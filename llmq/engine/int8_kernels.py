@@ -101,6 +101,11 @@ def weight_levels(device: torch.device) -> int:
     return 127
 
 
+def coarsened_by_fbgemm(qweight: torch.Tensor) -> bool:
+    """Whether ``qweight`` holds 8-bit codes, which FBGEMM halves when it packs them."""
+    return int(qweight.abs().max()) > FBGEMM_WEIGHT_LEVELS
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row symmetric int8: ``x ~= q * scale``; scale ``[T, 1]``."""
     scale = row_scale(x) / 127.0
@@ -150,7 +155,7 @@ def _packed_weight(qweight: torch.Tensor, scale: torch.Tensor) -> object:
     zero = torch.zeros(qweight.shape[0], dtype=torch.long)
     with warnings.catch_warnings():  # quantized tensors are deprecated; torch is pinned
         warnings.simplefilter("ignore")
-        step = 2.0 if int(qweight.abs().max()) > FBGEMM_WEIGHT_LEVELS else 1.0
+        step = 2.0 if coarsened_by_fbgemm(qweight) else 1.0
         w_scale = scale * step
         w = torch.quantize_per_channel(qweight.float() * scale[:, None], w_scale.double(), zero,
                                        0, torch.qint8)

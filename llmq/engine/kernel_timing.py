@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
-from .int8_kernels import FBGEMM_WEIGHT_LEVELS, int8_kernel
+from .int8_kernels import coarsened_by_fbgemm, int8_kernel
 from .kernels import Linear
 from .quant import BF16Linear, Int8Linear
 
@@ -129,7 +129,7 @@ def coarsened_here(model: nn.Module) -> str | None:
               if isinstance(m, Int8Linear) and m.qweight.device.type == "cpu"]
     if not layers or int8_kernel() != "fbgemm":
         return None
-    if all(int(m.qweight.abs().max()) <= FBGEMM_WEIGHT_LEVELS for m in layers):
+    if not any(coarsened_by_fbgemm(m.qweight) for m in layers):
         return None
     return ("this variant's int8 weights have 8-bit codes, which this CPU's int8 kernel "
             "(FBGEMM) halves to 7 bits, at some cost in fidelity (SmolLM2: held-out top-1 "
