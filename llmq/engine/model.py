@@ -233,8 +233,9 @@ class DecoderLayer(nn.Module):
             qs = q[seg.begin:seg.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, E]
             if seg.mask is None:  # nothing cached before it: this step's own keys, unrounded
                 rows = slice(seg.begin * kv_heads, seg.end * kv_heads)
-                ks = k[rows].view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0)
-                vs = v[rows].view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0)
+                # v leaves a bf16 linear in bf16, while RoPE has made q and k float32
+                ks = k[rows].view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0).to(q.dtype)
+                vs = v[rows].view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0).to(q.dtype)
             else:
                 end = seg.start + n
                 ks = k_cache[seg.slot:seg.slot + 1, :, :end].to(q.dtype)  # [1, K, end, E]
