@@ -65,6 +65,14 @@ def test_the_kernel_is_chosen_by_timing_both() -> None:
         int8_kernels.force_int8_kernel("mkl")
 
 
+def test_fbgemm_is_chosen_only_when_clearly_faster() -> None:
+    """A tie goes to oneDNN's exact 8-bit arithmetic; AVX2's 40x goes to FBGEMM."""
+    assert int8_kernels.faster_kernel({"onednn": 0.107, "fbgemm": 0.109}) == "onednn"
+    assert int8_kernels.faster_kernel({"onednn": 0.107, "fbgemm": 0.09}) == "onednn"
+    assert int8_kernels.faster_kernel({"onednn": 98.0, "fbgemm": 2.5}) == "fbgemm"
+    assert int8_kernels.faster_kernel({"onednn": 0.0}) == "onednn"  # no FBGEMM in this build
+
+
 def test_a_packed_weight_goes_with_its_layer() -> None:
     layer, x, _ = layer_and_input()
     with forced_int8_kernel("fbgemm"):
