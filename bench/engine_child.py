@@ -36,6 +36,9 @@ def run_llmq(args: dict) -> dict:
     results = engine.generate(requests())
     seconds = time.perf_counter() - start
     engine.close()
+    failed = [r for r in results if not r.ok]
+    if failed:  # not a speed of 0: the engine's own error, for the parent to report
+        raise RuntimeError(f"{len(failed)} of {len(results)} requests failed: {failed[0].error}")
     generated = sum(r.completion_tokens for r in results)
     return {"tokens": generated, "seconds": seconds, "tok_s": generated / seconds,
             "peak_rss_mb": peak_rss_mb(), "outputs": [r.token_ids for r in results]}

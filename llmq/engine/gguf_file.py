@@ -13,14 +13,16 @@ from __future__ import annotations
 import mmap
 import struct
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from gguf.quants import quant_shape_to_byte_shape
 
 MAGIC = b"GGUF"
+_Code = TypeVar("_Code", bound=IntEnum)
 DEFAULT_ALIGNMENT = 32
 _SCALAR_FORMATS = {
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
@@ -65,13 +67,21 @@ class _Cursor:
         self.pos = end
         return text
 
-    def value(self, kind: int) -> Any:
-        kind = GGUFValueType(kind)
+    def enum(self, kind: type[_Code]) -> _Code:
+        """The next uint32 as a member of ``kind``; a damaged file's unknown code names it."""
+        code = self.scalar("<I")
+        try:
+            return kind(code)
+        except ValueError:
+            raise ValueError(f"{self.path}: unknown {kind.__name__} {code} (before byte "
+                             f"{self.pos})") from None
+
+    def value(self, kind: GGUFValueType) -> Any:
         if kind == GGUFValueType.STRING:
             return self.string()
         if kind != GGUFValueType.ARRAY:
             return self.scalar(_SCALAR_FORMATS[kind])
-        item, count = GGUFValueType(self.scalar("<I")), self.scalar("<Q")
+        item, count = self.enum(GGUFValueType), self.scalar("<Q")
         if item == GGUFValueType.STRING:
             return [self.string() for _ in range(count)]
         if item == GGUFValueType.ARRAY:
@@ -99,12 +109,12 @@ def read_gguf(path: str | Path) -> tuple[dict[str, Any], list[GGUFTensor]]:
     fields: dict[str, Any] = {}
     for _ in range(field_count):
         key = cursor.string()
-        fields[key] = cursor.value(cursor.scalar("<I"))
+        fields[key] = cursor.value(cursor.enum(GGUFValueType))
     infos = []
     for _ in range(tensor_count):
         name = cursor.string()
         dims = tuple(cursor.scalar("<Q") for _ in range(cursor.scalar("<I")))
-        infos.append((name, GGMLQuantizationType(cursor.scalar("<I")), dims, cursor.scalar("<Q")))
+        infos.append((name, cursor.enum(GGMLQuantizationType), dims, cursor.scalar("<Q")))
     alignment = int(fields.get("general.alignment", DEFAULT_ALIGNMENT))
     start = -(-cursor.pos // alignment) * alignment
     return fields, [_tensor(cursor, start, *info) for info in infos]

@@ -1,9 +1,11 @@
 """llmq's GGUF reader gives what the ``gguf`` package's reader gives, field for field and
 byte for byte, on the real SmolLM2 file (Q4_1, Q8_0 and F32 tensors) and on a file written
-by ``gguf``'s own writer; a file that is not GGUF, or is cut short, is refused by name."""
+by ``gguf``'s own writer; a file that is not GGUF, is cut short or holds an unknown type code
+is refused by name."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +89,13 @@ def test_not_gguf_or_cut_short_is_refused(tmp_path: Path) -> None:
         cut.write_bytes(whole[:size])
         with pytest.raises(ValueError, match="cut.gguf: truncated"):
             read_gguf(cut)
+
+
+def test_an_unknown_type_code_names_the_file(tmp_path: Path) -> None:
+    whole = bytearray(builtin_model_path("smollm2-135m").read_bytes()[:4096])
+    key_length = struct.unpack_from("<Q", whole, 24)[0]  # after magic, version and counts
+    struct.pack_into("<I", whole, 32 + key_length, 99)  # the first field's value type
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(bytes(whole))
+    with pytest.raises(ValueError, match="damaged.gguf: unknown GGUFValueType 99"):
+        read_gguf(damaged)
