@@ -4,7 +4,14 @@ ran 16-28x slower than fp32 and FBGEMM's 1.4x faster (int8 is timed through whic
 the two int8_kernels.py picked), while oneDNN's bf16 needs AVX512-BF16 or AMX to be fast,
 and a flag does not say how fast. A short timing of one decoder layer's linears at a decode
 step's row count settles it on the machine that builds a variant, and again on the machine
-that loads it."""
+that loads it.
+
+Each scheme is timed as the engine runs it. Where the engine compiles its layers (a C++
+compiler at hand) and int8 goes through oneDNN, the per-token quantization of the input fuses
+into the RMSNorm or activation loop before it, so int8 is timed from already-quantized rows:
+timed eagerly, that quantization is a pass of its own, which made int8 tie with bf16 on an
+AMD EPYC with AVX512-BF16 (0.59-0.77 ms against 0.62-0.63 per layer at 64 rows, the choice
+flipping between builds) while the engine ran int8 at 639 tokens/s and bf16 at 501."""
 
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from .quant import BF16Linear, Int8Linear
 # the schemes the CPU preset chooses from, slowest-to-build last
 CPU_SCHEMES = ("none", "bf16", "int8")
 DECODE_ROWS = 64  # a full batch of slots decoding one token each
-# a quantized scheme must beat fp32 by this much to be chosen: its fidelity costs something
+# a less exact scheme must beat a more exact one by this much to be chosen over it (int8
+# over bf16, either over fp32): its fidelity costs something. CPU_SCHEMES is in that order.
 REQUIRED_GAIN = 0.9
 
 
@@ -34,7 +42,26 @@ def layer_shapes(config: ModelConfig) -> list[tuple[int, int]]:
     return [(h, q), (h, kv), (h, kv), (q, h), (h, f), (h, f), (f, h)]
 
 
-def _layers(scheme: str, shapes: list[tuple[int, int]]) -> list[nn.Module]:
+class _FusedInt8GEMM(nn.Module):
+    """What an int8 linear costs inside a compiled layer: the GEMM on rows quantized by the
+    loop before it, and a dequantizing epilogue that fuses into the loop after it."""
+
+    def __init__(self, layer: Int8Linear) -> None:
+        super().__init__()
+        self.qweight = layer.qweight
+
+    def forward(self, xq: torch.Tensor) -> torch.Tensor:
+        return torch._int_mm(xq, self.qweight.t())
+
+
+def int8_fuses_here() -> bool:
+    """Whether this process's engines run int8 GEMMs from fused quantization passes."""
+    from .setup import compile_enabled
+
+    return compile_enabled() and int8_kernel() == "onednn"
+
+
+def _layers(scheme: str, shapes: list[tuple[int, int]], fused_int8: bool) -> list[nn.Module]:
     layers: list[nn.Module] = []
     for n_in, n_out in shapes:
         w = torch.randn(n_out, n_in) / n_in ** 0.5
@@ -50,7 +77,7 @@ def _layers(scheme: str, shapes: list[tuple[int, int]]) -> list[nn.Module]:
         elif scheme == "int8":
             i8 = Int8Linear.from_float(w)
             i8.pack()
-            layers.append(i8)
+            layers.append(_FusedInt8GEMM(i8) if fused_int8 else i8)
         else:
             raise ValueError(f"no timing for scheme {scheme!r}")
     return layers
@@ -58,10 +85,14 @@ def _layers(scheme: str, shapes: list[tuple[int, int]]) -> list[nn.Module]:
 
 @torch.inference_mode()
 def time_scheme(scheme: str, shapes: list[tuple[int, int]], rows: int = DECODE_ROWS,
-                seconds: float = 0.4) -> float:
-    """Median milliseconds for one pass through ``shapes``' linears with ``rows`` rows."""
-    layers = _layers(scheme, shapes)
+                seconds: float = 0.4, fused_int8: bool | None = None) -> float:
+    """Median milliseconds for one pass through ``shapes``' linears with ``rows`` rows;
+    ``fused_int8`` (default: ``int8_fuses_here()``) times int8 as ``_FusedInt8GEMM``."""
+    fused = int8_fuses_here() if fused_int8 is None else fused_int8
+    layers = _layers(scheme, shapes, fused and scheme == "int8")
     inputs = [torch.randn(rows, n_in) for n_in, _ in shapes]
+    if scheme == "int8" and fused:
+        inputs = [torch.randint(-127, 128, x.shape, dtype=torch.int8) for x in inputs]
 
     def one_pass() -> None:
         for layer, x in zip(layers, inputs, strict=True):
@@ -86,11 +117,13 @@ def measure(config: ModelConfig, schemes: Iterable[str] = CPU_SCHEMES,
 
 
 def fastest(timings: dict[str, float]) -> str:
-    """The fastest scheme, or "none" (fp32) when no quantized one beats it clearly."""
-    best = min(timings, key=lambda s: timings[s])
-    if best != "none" and timings[best] > REQUIRED_GAIN * timings["none"]:
-        return "none"
-    return best
+    """The fastest scheme that clearly beats every more exact one timed: "none" (fp32),
+    then bf16, then int8."""
+    chosen = "none"
+    for scheme in CPU_SCHEMES[1:]:
+        if scheme in timings and timings[scheme] < REQUIRED_GAIN * timings[chosen]:
+            chosen = scheme
+    return chosen
 
 
 def scheme_of(model: nn.Module) -> str:

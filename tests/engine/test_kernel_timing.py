@@ -4,20 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from llmq.engine import kernel_timing
 from llmq.engine.artifact import load_variant
+from llmq.engine.int8_kernels import quantize_rows
 from llmq.engine.model import LlamaModel
-from llmq.engine.quant import quantize_layers
+from llmq.engine.quant import Int8Linear, quantize_layers
 from llmq.variants.optimize import build, preset
 
 from .conftest import Tiny
 from .tiny import forced_int8_kernel
 
 
-def test_a_quantized_scheme_must_clearly_beat_fp32() -> None:
+def test_a_less_exact_scheme_must_clearly_beat_the_more_exact_ones() -> None:
     assert kernel_timing.fastest({"none": 1.0, "bf16": 0.5, "int8": 0.7}) == "bf16"
     assert kernel_timing.fastest({"none": 1.0, "bf16": 0.95, "int8": 3.0}) == "none"
     assert kernel_timing.fastest({"none": 1.0, "bf16": 2.0, "int8": 16.0}) == "none"
+    assert kernel_timing.fastest({"none": 1.0, "bf16": 0.55, "int8": 0.52}) == "bf16"  # a tie
+    assert kernel_timing.fastest({"none": 1.0, "bf16": 0.55, "int8": 0.30}) == "int8"
+    assert kernel_timing.fastest({"none": 1.0, "bf16": 2.0, "int8": 0.6}) == "int8"  # AVX2
+    assert kernel_timing.fastest({"none": 1.0, "int8": 0.95}) == "none"
 
 
 def test_every_cpu_scheme_is_timed_at_the_model_shapes(tiny: Tiny) -> None:
@@ -27,6 +34,24 @@ def test_every_cpu_scheme_is_timed_at_the_model_shapes(tiny: Tiny) -> None:
     h, f = tiny.config.hidden_size, tiny.config.intermediate_size
     assert (h, f) in kernel_timing.layer_shapes(tiny.config)
     assert (f, h) in kernel_timing.layer_shapes(tiny.config)
+
+
+def test_fused_int8_is_timed_on_the_gemm_the_engine_runs(tiny: Tiny) -> None:
+    """Inside compiled layers only the GEMM is int8's own cost: it must be the very product
+    of the eager layer, from rows quantized beforehand."""
+    shapes = kernel_timing.layer_shapes(tiny.config)
+    with forced_int8_kernel("onednn"):
+        for fused in (False, True):
+            layers = kernel_timing._layers("int8", shapes, fused_int8=fused)
+            assert all(isinstance(m, kernel_timing._FusedInt8GEMM) == fused for m in layers)
+            assert kernel_timing.time_scheme("int8", shapes, rows=8, seconds=0.01,
+                                             fused_int8=fused) > 0
+        eager = Int8Linear.from_float(torch.randn(32, tiny.config.hidden_size))
+        x = torch.randn(5, tiny.config.hidden_size)
+        xq, x_scale = quantize_rows(x)
+        gemm = kernel_timing._FusedInt8GEMM(eager)(xq)
+        assert gemm.dtype == torch.int32
+        torch.testing.assert_close(gemm * eager.scale * x_scale, eager(x))
 
 
 def test_the_cpu_preset_builds_what_it_measured(tiny: Tiny, tmp_path: Path) -> None:
