@@ -50,6 +50,11 @@ VARIANTS: dict[str, dict] = {
 }
 
 
+def variant_folder(name: str) -> Path:
+    """Where a variant of VARIANTS is built: its name made a safe folder name."""
+    return VARIANTS_DIR / name.replace(" ", "_").replace("/", "-").replace("%", "pc")
+
+
 def build_variants(names: list[str]) -> dict[str, dict]:
     """Artifacts plus their held-out fidelity, built on a compute thread (threads.py)."""
     from llmq.engine.prune import PruneRecipe
@@ -62,7 +67,7 @@ def build_variants(names: list[str]) -> dict[str, dict]:
     out = {}
     for name in names:
         opts = VARIANTS[name]
-        folder = VARIANTS_DIR / name.replace(" ", "_").replace("/", "-").replace("%", "pc")
+        folder = variant_folder(name)
         recipe = Recipe(prune=PruneRecipe(ffn=opts.get("ffn", 0.0)), quantize=opts["quantize"],
                         smooth_alpha=opts.get("smooth_alpha"),
                         keep_float=tuple(opts.get("keep_float", ())),
