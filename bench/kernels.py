@@ -1,10 +1,11 @@
 """The kernel choices of llmq's engine, measured at SmolLM2's shapes (2 threads):
 fp32 GEMM through PyTorch's default (MKL) against oneDNN on a pre-packed weight, and
 attention through explicit matmuls against PyTorch's fused kernel, for decode (one query per
-sequence, 64 sequences) and for a prompt of ~200 tokens (llmq keeps the fused kernel, which
-wins there); the low-precision GEMMs of the model variants; and llmq's decode attention,
-eager, through inductor, and native (llmq.engine.native, what CPU engines run), over float32
-and half-precision caches.
+sequence, 64 sequences) and for a prompt of ~200 tokens (the fused kernel wins there); the
+low-precision GEMMs of the model variants; llmq's decode attention, eager, through inductor,
+and native (llmq.engine.native, what CPU engines run), over float32 and half-precision
+caches; and prompt attention through PyTorch's flash kernel against the native one, which
+CPU engines now run for prompt rows too.
 
     .venv/bin/python -m bench.kernels
 """
@@ -166,6 +167,33 @@ def decode_cache_rows() -> list[list[str]]:
             for dtype, (eager, fused, own) in timings.items()]
 
 
+def prompt_attention_rows() -> list[list[str]]:
+    """A prompt's causal attention in one layer, nothing cached before it: PyTorch's flash
+    kernel on the step's own keys (what engines ran until the native path took prompt rows)
+    against llmq's native kernel, one row per prompt position over the slot's cache."""
+    from llmq.engine import native
+
+    kv, group, dim, length = 3, 3, 64, 512
+    rows = []
+    for dtype in (torch.float32, torch.float16):
+        for n in (64, 200, 400):
+            q, k, v = torch.randn(n, kv * group, dim), torch.randn(n, kv, dim), \
+                torch.randn(n, kv, dim)
+            cache_k, cache_v = torch.zeros(2, kv, length, dim, dtype=dtype), \
+                torch.zeros(2, kv, length, dim, dtype=dtype)
+            cache_k[1, :, :n], cache_v[1, :, :n] = k.transpose(0, 1), v.transpose(0, 1)
+            qs, ks, vs = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))
+            qd = (q.view(n, kv, group, dim) * dim ** -0.5).contiguous()
+            slots, lengths = torch.ones(n, dtype=torch.long), torch.arange(1, n + 1)
+            flash = per_call(lambda qs=qs, ks=ks, vs=vs: F.scaled_dot_product_attention(
+                qs, ks, vs, is_causal=True, enable_gqa=True))
+            own = per_call(lambda qd=qd, ck=cache_k, cv=cache_v, s=slots, ln=lengths:
+                           native.decode_attention(qd, ck, cv, s, ln))
+            rows.append([f"{n} tokens, {str(dtype).removeprefix('torch.')} cache",
+                         f"{flash * 1e6:.0f} us", f"{own * 1e6:.0f} us", f"{flash / own:.2f}x"])
+    return rows
+
+
 def main() -> None:
     torch.set_num_threads(2)
     table = markdown_table(["kernel", "PyTorch default", "alternative", "speed-up"],
@@ -177,16 +205,21 @@ def main() -> None:
     decode = markdown_table(["decode attention per layer, cache dtype", "eager matmuls",
                              "inductor", "native (llmq on CPU)", "native vs inductor",
                              "native vs eager float32"], decode_cache_rows())
+    prompt = markdown_table(["prompt attention per layer", "flash (PyTorch)",
+                             "native rows (llmq on CPU)", "speed-up"], prompt_attention_rows())
     print(table)
     print(low)
     print(decode)
-    record("Kernels (bench/kernels.py)", table + "\n\n" + low + "\n\n" + decode,
+    print(prompt)
+    record("Kernels (bench/kernels.py)",
+           table + "\n\n" + low + "\n\n" + decode + "\n\n" + prompt,
            "GEMM: F.linear (MKL) vs oneDNN on a weight packed once. Attention: fused "
            "scaled_dot_product_attention vs explicit matmuls with the G query heads of a KV "
            "head stacked as rows. Low precision: the kernels of llmq's quantized linears "
            "(llmq/engine/quant.py). Middle of 3 timings of 30 calls each. Decode attention: "
            "llmq's three forms of it over 30 layers' caches in turn, 64 slots x 260 positions; "
-           "middle of 3 timings of 3 passes.")
+           "middle of 3 timings of 3 passes. Prompt attention: one prompt in one layer, "
+           "nothing cached before it, middle of 3 timings of 30 calls.")
 
 
 if __name__ == "__main__":

@@ -106,6 +106,10 @@ class StepInputs:
     decode_lengths: torch.Tensor | None  # [num_decode] long: each decode row's own positions
     prefill: list[PrefillSegment]
     logits_rows: torch.Tensor  # [N] long: rows whose next-token logits are wanted
+    # every row's slot and the cache positions it sees (its own position + 1): what the
+    # native kernel needs to attend for decode and prompt rows alike, in one call
+    row_slots: torch.Tensor | None = None  # [T] long
+    row_lengths: torch.Tensor | None = None  # [T] long
 
 
 class KVCache(nn.Module):
@@ -224,6 +228,15 @@ class DecoderLayer(nn.Module):
                    ) -> torch.Tensor:
         c = self.config
         kv_heads, dim = c.num_kv_heads, c.head_dim
+        if self.native_decode and step.prefill and step.row_slots is not None \
+                and step.row_lengths is not None:
+            # one call for the decode rows and every prompt segment: a prompt row is a row
+            # that sees its slot up to its own position, which the step has just written;
+            # 1.6-1.9x PyTorch's flash attention on 64-400-token prompts (bench/kernels.py)
+            n_tok = q.shape[0]
+            qd = q.reshape(n_tok, kv_heads, c.group_size, dim) * (dim ** -0.5)
+            return native.decode_attention(qd.float(), k_cache, v_cache, step.row_slots,
+                                           step.row_lengths).to(q.dtype).view_as(q)
         out = torch.empty_like(q)
         nd = step.num_decode
         if nd:

@@ -94,6 +94,7 @@ class ModelRunner:
             decode_contiguous=contiguous, decode_bias=decode_bias, decode_len=decode_len,
             decode_lengths=decode_lengths,
             prefill=segments, logits_rows=as_tensor(rows),
+            row_slots=as_tensor(slots), row_lengths=as_tensor([p + 1 for p in positions]),
         )
         return step, sampled_sequences(plan)
 

@@ -110,3 +110,20 @@ def test_the_native_kernel_decodes_what_the_eager_path_decodes(tiny: Tiny) -> No
             model.fuse_layers()
             assert model.layers[0].native_decode
             assert generate(model) == eager  # the native argmax too
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
+def test_the_native_kernel_attends_prompt_rows_as_the_eager_path(tiny: Tiny) -> None:
+    """With the native kernel, a step's prompt rows go through it with its decode rows, each
+    row seeing its slot up to its own position: a prompt prefilled whole, and in chunks that
+    read the part cached before them, must give the eager path's logits."""
+    model = LlamaModel.from_hf_weights(tiny.config, tiny.weights)  # a float32 cache: exact
+    tokens = tiny.tokenizer.encode("Summarize in two sentences: the mountain is tall and "
+                                   "the valley below it is deep and green.")
+    want = [chunked_logits(model, tokens, chunk) for chunk in (len(tokens), 5)]
+    with native_kernels():
+        model.fuse_layers()
+        assert model.layers[0].native_decode
+        got = [chunked_logits(model, tokens, chunk) for chunk in (len(tokens), 5)]
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4 * float(w.abs().max()))
