@@ -43,8 +43,8 @@ def layer_shapes(config: ModelConfig) -> list[tuple[int, int]]:
 
 
 class _FusedInt8GEMM(nn.Module):
-    """What an int8 linear costs inside a compiled layer: the GEMM on rows quantized by the
-    loop before it, and a dequantizing epilogue that fuses into the loop after it."""
+    """What an int8 linear costs inside a compiled layer: the GEMM alone, on rows quantized
+    by the loop before it (its dequantizing epilogue fuses into the loop after it)."""
 
     def __init__(self, layer: Int8Linear) -> None:
         super().__init__()
@@ -88,11 +88,10 @@ def time_scheme(scheme: str, shapes: list[tuple[int, int]], rows: int = DECODE_R
                 seconds: float = 0.4, fused_int8: bool | None = None) -> float:
     """Median milliseconds for one pass through ``shapes``' linears with ``rows`` rows;
     ``fused_int8`` (default: ``int8_fuses_here()``) times int8 as ``_FusedInt8GEMM``."""
-    fused = int8_fuses_here() if fused_int8 is None else fused_int8
-    layers = _layers(scheme, shapes, fused and scheme == "int8")
-    inputs = [torch.randn(rows, n_in) for n_in, _ in shapes]
-    if scheme == "int8" and fused:
-        inputs = [torch.randint(-127, 128, x.shape, dtype=torch.int8) for x in inputs]
+    fused = scheme == "int8" and (int8_fuses_here() if fused_int8 is None else fused_int8)
+    layers = _layers(scheme, shapes, fused)
+    inputs = [torch.randint(-127, 128, (rows, n_in), dtype=torch.int8) if fused
+              else torch.randn(rows, n_in) for n_in, _ in shapes]
 
     def one_pass() -> None:
         for layer, x in zip(layers, inputs, strict=True):

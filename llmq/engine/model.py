@@ -103,13 +103,12 @@ class StepInputs:
     decode_contiguous: bool  # decode_slots == arange(num_decode) and decode_span == num_decode
     decode_bias: torch.Tensor | None  # [decode_span, 1, 1, decode_len]: 0 or -inf
     decode_len: int  # cache positions read by decode attention
-    decode_lengths: torch.Tensor | None  # [num_decode] long: each decode row's own positions
     prefill: list[PrefillSegment]
     logits_rows: torch.Tensor  # [N] long: rows whose next-token logits are wanted
     # every row's slot and the cache positions it sees (its own position + 1): what the
     # native kernel needs to attend for decode and prompt rows alike, in one call
-    row_slots: torch.Tensor | None = None  # [T] long
-    row_lengths: torch.Tensor | None = None  # [T] long
+    row_slots: torch.Tensor  # [T] long
+    row_lengths: torch.Tensor  # [T] long
 
 
 class KVCache(nn.Module):
@@ -181,7 +180,8 @@ class DecoderLayer(nn.Module):
         self.w_down = Linear(c.intermediate_size, c.hidden_size)
         self.fused: FusedHalves | None = None
         self.decode_attention: Callable[..., torch.Tensor] = decode_attention
-        self.native_decode = False  # llmq.engine.native's kernel instead of the above
+        # llmq.engine.native's kernel for every row of a step, decode and prompt alike
+        self.native_decode = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
@@ -210,10 +210,6 @@ class DecoderLayer(nn.Module):
         c = self.config
         nd, kv_heads, group, dim = q.shape[0], c.num_kv_heads, c.group_size, c.head_dim
         qd = q.reshape(nd, kv_heads, group, dim) * (dim ** -0.5)  # [B, K, G, E]
-        if self.native_decode and step.decode_slots is not None \
-                and step.decode_lengths is not None:
-            return native.decode_attention(qd.float(), k_cache, v_cache, step.decode_slots,
-                                           step.decode_lengths).to(q.dtype)
         span, length = step.decode_span, step.decode_len
         if not step.decode_contiguous:
             full = qd.new_zeros(span, kv_heads, group, dim)
@@ -228,8 +224,7 @@ class DecoderLayer(nn.Module):
                    ) -> torch.Tensor:
         c = self.config
         kv_heads, dim = c.num_kv_heads, c.head_dim
-        if self.native_decode and step.prefill and step.row_slots is not None \
-                and step.row_lengths is not None:
+        if self.native_decode:
             # one call for the decode rows and every prompt segment: a prompt row is a row
             # that sees its slot up to its own position, which the step has just written;
             # 1.6-1.9x PyTorch's flash attention on 64-400-token prompts (bench/kernels.py)
@@ -279,8 +274,9 @@ class LlamaModel(nn.Module):
         return self.embed.weight.device
 
     def fuse_layers(self) -> bool:
-        """On CPU, runs decode attention through llmq's own kernel (native.py; inductor's form
-        where it cannot be built), and the layers' halves through inductor where their
+        """On CPU, runs attention (decode and prompt rows) through llmq's own kernel (native.py;
+        decode through inductor's form and prompts through PyTorch's where it cannot be built),
+        and the layers' halves through inductor where their
         linears ask for it (int8; CUDA runs its int8 GEMMs eagerly). Chosen once, after the
         linears are in place; returns whether the halves are fused now."""
         cpu = self.device.type == "cpu"
