@@ -1,18 +1,22 @@
-// Decode attention over llmq's KV cache, one query position per sequence.
+// Attention over llmq's KV cache, one query position per row: a decode row, or a prompt row
+// that sees its slot up to its own position.
 //
-// Every (sequence, KV head) pair is one task: its G query rows (the query heads that share the
-// KV head) are scored against the sequence's own cached keys only (per-slot lengths, not the
+// Every (row, KV head) pair is one task: its G query rows (the query heads that share the
+// KV head) are scored against the slot's own cached keys only (per-row lengths, not the
 // longest slot's), softmaxed, and summed over its values. Keys and values are read once, in
 // the cache's storage (float32, float16 or bfloat16), converted to float32 as they are read,
-// and every sum is in float32. Compiled at run time with -march=native (llmq/engine/native.py)
-// for one model's head dimension and group size (-DLLMQ_HEAD_DIM, -DLLMQ_GROUP): AVX-512 where
-// the CPU has it, else AVX2 with F16C and FMA, else plain C++.
+// and every sum is in float32. Scores are taken W keys at a time (one vector of them per
+// query row, lane_sums) and exponentiated W at a time: one horizontal sum and one scalar exp
+// per key took a third of a prompt row's time. Compiled at run time with -march=native
+// (llmq/engine/native.py) for one model's head dimension and group size (-DLLMQ_HEAD_DIM,
+// -DLLMQ_GROUP): AVX-512 where the CPU has it, else AVX2 with F16C and FMA, else plain C++.
 
 #include <immintrin.h>
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -33,6 +37,35 @@ inline V splat(float x) { return _mm512_set1_ps(x); }
 inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
 inline float sum(V a) { return _mm512_reduce_add_ps(a); }
 inline void store(float* p, V a) { _mm512_storeu_ps(p, a); }
+inline V add(V a, V b) { return _mm512_add_ps(a, b); }
+inline V sub(V a, V b) { return _mm512_sub_ps(a, b); }
+inline V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+inline V max(V a, V b) { return _mm512_max_ps(a, b); }
+inline float max_lane(V a) { return _mm512_reduce_max_ps(a); }
+inline V floor(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+inline V pow2(V n) {  // 2^n for whole n in [-126, 127]
+    const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23));
+}
+inline V zero_below(V x, float limit, V r) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, splat(limit), _CMP_GE_OQ), r);
+}
+// out[j] = the sum of a[j]'s lanes, for W vectors: a transposing tree of 45 shuffles and adds
+// where W horizontal sums would take about three times as many
+inline V lane_sums(const V* a) {
+    V pairs[8], quads[4];
+    for (int j = 0; j < 8; ++j)  // per 128 bits: [a0+a2, b0+b2, a1+a3, b1+b3]
+        pairs[j] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * j], a[2 * j + 1]),
+                                 _mm512_unpackhi_ps(a[2 * j], a[2 * j + 1]));
+    for (int j = 0; j < 4; ++j)  // per 128 bits: that lane's sums of four vectors, in order
+        quads[j] = _mm512_add_ps(_mm512_shuffle_ps(pairs[2 * j], pairs[2 * j + 1], 0x44),
+                                 _mm512_shuffle_ps(pairs[2 * j], pairs[2 * j + 1], 0xee));
+    const V ab = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], 0x88),
+                               _mm512_shuffle_f32x4(quads[0], quads[1], 0xdd));
+    const V cd = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], 0x88),
+                               _mm512_shuffle_f32x4(quads[2], quads[3], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, 0x88), _mm512_shuffle_f32x4(ab, cd, 0xdd));
+}
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 using V = __m256;
 constexpr int W = 8;
@@ -54,6 +87,35 @@ inline float sum(V a) {
     return _mm_cvtss_f32(s);
 }
 inline void store(float* p, V a) { _mm256_storeu_ps(p, a); }
+inline V add(V a, V b) { return _mm256_add_ps(a, b); }
+inline V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+inline V max(V a, V b) { return _mm256_max_ps(a, b); }
+inline float max_lane(V a) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+inline V floor(V a) { return _mm256_floor_ps(a); }
+inline V pow2(V n) {
+    const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
+}
+inline V zero_below(V x, float limit, V r) {
+    return _mm256_and_ps(r, _mm256_cmp_ps(x, splat(limit), _CMP_GE_OQ));
+}
+inline V lane_sums(const V* a) {  // as the AVX-512 one, for 8 vectors
+    V pairs[4], quads[2];
+    for (int j = 0; j < 4; ++j)
+        pairs[j] = _mm256_add_ps(_mm256_unpacklo_ps(a[2 * j], a[2 * j + 1]),
+                                 _mm256_unpackhi_ps(a[2 * j], a[2 * j + 1]));
+    for (int j = 0; j < 2; ++j)
+        quads[j] = _mm256_add_ps(_mm256_shuffle_ps(pairs[2 * j], pairs[2 * j + 1], 0x44),
+                                 _mm256_shuffle_ps(pairs[2 * j], pairs[2 * j + 1], 0xee));
+    return _mm256_add_ps(_mm256_permute2f128_ps(quads[0], quads[1], 0x20),
+                         _mm256_permute2f128_ps(quads[0], quads[1], 0x31));
+}
 #else
 using V = float;
 constexpr int W = 1;
@@ -84,6 +146,20 @@ inline V splat(float x) { return x; }
 inline V fma(V a, V b, V c) { return a * b + c; }
 inline float sum(V a) { return a; }
 inline void store(float* p, V a) { *p = a; }
+inline V add(V a, V b) { return a + b; }
+inline V sub(V a, V b) { return a - b; }
+inline V mul(V a, V b) { return a * b; }
+inline V max(V a, V b) { return a > b ? a : b; }
+inline float max_lane(V a) { return a; }
+inline V floor(V a) { return std::floor(a); }
+inline V pow2(V n) {
+    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+inline V zero_below(V x, float limit, V r) { return x < limit ? 0.f : r; }
+inline V lane_sums(const V* a) { return a[0]; }
 #endif
 
 struct F32 {
@@ -99,58 +175,77 @@ struct BF16 {
     static V load(const T* p) { return load_bf16(p); }
 };
 
-// exp(x) for x <= 0 as 2^(x log2 e): a degree-6 polynomial for the fraction and the exponent
-// bits for the integer part (relative error about 2e-7), written so that the loop calling it
-// vectorizes; below -87 it returns 0, as float32's exp does.
-inline float exp_nonpositive(float x) {
-    float y = x * 1.44269504088896341f;
-    y = y < -126.f ? -126.f : y;
-    const float n = std::floor(y);
-    const float f = y - n;
-    float p = 1.535336188319500e-4f;
-    p = p * f + 1.339887440266574e-3f;
-    p = p * f + 9.618437357674640e-3f;
-    p = p * f + 5.550332471162809e-2f;
-    p = p * f + 2.402264791363012e-1f;
-    p = p * f + 6.931472028550421e-1f;
-    p = p * f + 1.0f;
-    const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-    float scale;
-    std::memcpy(&scale, &bits, sizeof scale);
-    return x < -87.f ? 0.f : p * scale;
+// exp(x) for x <= 0, W lanes at once, as 2^(x log2 e): a degree-6 polynomial for the fraction
+// and the exponent bits for the integer part (relative error about 2e-7); below -87 it returns
+// 0, as float32's exp does (and so for -inf, the padding of a row of scores)
+constexpr float EXP2_FRACTION[] = {1.535336188319500e-4f, 1.339887440266574e-3f,
+                                   9.618437357674640e-3f, 5.550332471162809e-2f,
+                                   2.402264791363012e-1f, 6.931472028550421e-1f, 1.0f};
+inline V exp_nonpositive(V x) {
+    const V y = max(mul(x, splat(1.44269504088896341f)), splat(-126.f));
+    const V n = floor(y);
+    const V f = sub(y, n);
+    V p = splat(EXP2_FRACTION[0]);
+    for (int i = 1; i < 7; ++i) p = fma(p, f, splat(EXP2_FRACTION[i]));
+    return zero_below(x, -87.f, mul(p, pow2(n)));
 }
 
-// q [G, E] (scaled), keys/values [length, E], scores [G, length], out [G, E]
+// Rows of scores are whole vectors: the padding past length scores -inf, which weighs 0.
+inline int64_t padded(int64_t length) { return (length + W - 1) / W * W; }
+
+// q [G, E] (scaled), keys/values [length, E], scores [G, padded(length)], out [G, E]
 template <class C, int E, int G>
 void one_task(const float* q, const typename C::T* keys, const typename C::T* values,
               int64_t length, float* scores, float* out) {
     constexpr int N = E / W;
+    const int64_t stride = padded(length);
     V qv[G][N];
     for (int g = 0; g < G; ++g)
         for (int i = 0; i < N; ++i) qv[g][i] = load_f32(q + g * E + i * W);
-    for (int64_t l = 0; l < length; ++l) {
+    // W keys at a time: their float32 copy, then per query row W dot products summed across
+    // lanes together (lane_sums), so one store writes W scores
+    alignas(64) float block[W * E];
+    int64_t l = 0;
+    for (; W > 1 && l + W <= length; l += W) {
+        const float* kb = block;
+        if constexpr (std::is_same_v<C, F32>) {
+            kb = keys + l * E;
+        } else {
+            for (int j = 0; j < W * N; ++j) store(block + j * W, C::load(keys + l * E + j * W));
+        }
+        for (int g = 0; g < G; ++g) {
+            V acc[W];
+            for (int j = 0; j < W; ++j) {
+                V a = zero();
+                for (int i = 0; i < N; ++i) a = fma(qv[g][i], load_f32(kb + j * E + i * W), a);
+                acc[j] = a;
+            }
+            store(scores + g * stride + l, lane_sums(acc));
+        }
+    }
+    for (; l < length; ++l) {
         V k[N];
         for (int i = 0; i < N; ++i) k[i] = C::load(keys + l * E + i * W);
         for (int g = 0; g < G; ++g) {
             V acc = zero();
             for (int i = 0; i < N; ++i) acc = fma(qv[g][i], k[i], acc);
-            scores[g * length + l] = sum(acc);
+            scores[g * stride + l] = sum(acc);
         }
     }
     for (int g = 0; g < G; ++g) {
-        float* s = scores + g * length;
-        float top = s[0];
-#pragma omp simd reduction(max : top)
-        for (int64_t l = 0; l < length; ++l) top = s[l] > top ? s[l] : top;
-        float total = 0.f;
-#pragma omp simd reduction(+ : total)
-        for (int64_t l = 0; l < length; ++l) {
-            s[l] = exp_nonpositive(s[l] - top);
-            total += s[l];
+        float* s = scores + g * stride;
+        for (int64_t l = length; l < stride; ++l) s[l] = -INFINITY;
+        V top = load_f32(s);
+        for (int64_t l = W; l < stride; l += W) top = max(top, load_f32(s + l));
+        const V shift = splat(max_lane(top));
+        V total = zero();
+        for (int64_t l = 0; l < stride; l += W) {
+            const V e = exp_nonpositive(sub(load_f32(s + l), shift));
+            store(s + l, e);
+            total = add(total, e);
         }
-        const float inv = 1.f / total;
-#pragma omp simd
-        for (int64_t l = 0; l < length; ++l) s[l] *= inv;
+        const V inv = splat(1.f / sum(total));
+        for (int64_t l = 0; l < stride; l += W) store(s + l, mul(load_f32(s + l), inv));
     }
     V o[G][N];
     for (int g = 0; g < G; ++g)
@@ -159,7 +254,7 @@ void one_task(const float* q, const typename C::T* keys, const typename C::T* va
         V v[N];
         for (int i = 0; i < N; ++i) v[i] = C::load(values + l * E + i * W);
         for (int g = 0; g < G; ++g) {
-            const V p = splat(scores[g * length + l]);
+            const V p = splat(scores[g * stride + l]);
             for (int i = 0; i < N; ++i) o[g][i] = fma(p, v[i], o[g][i]);
         }
     }
@@ -194,7 +289,8 @@ void run(const Call& c) {
             const int64_t row = t / c.K, head = t % c.K;
             const int64_t length = c.lengths[row];
             const int64_t base = c.slots[row] * c.slot_stride + head * c.head_stride;
-            if (static_cast<int64_t>(scores.size()) < G * length) scores.resize(G * length);
+            if (static_cast<int64_t>(scores.size()) < G * padded(length))
+                scores.resize(G * padded(length));
             one_task<C, E, G>(c.q + t * G * E, kc + base, vc + base, length, scores.data(),
                               c.out + t * G * E);
         }
