@@ -27,6 +27,8 @@ VARIANTS_DIR = ROOT / "bench" / ".variants"  # git-ignored: rebuilt when missing
 VARIANTS: dict[str, dict] = {
     "bf16": {"quantize": "bf16"},
     "int8": {"quantize": "int8", "smooth_alpha": 0.5},
+    # int8 with the QKV, gate/up and down inputs rotated (llmq.engine.rotation)
+    "int8 rotated": {"quantize": "int8", "smooth_alpha": 0.5, "rotate": True},
     # the same int8 variant with the float head it had before the int8 head (llmq.engine.head)
     "int8, float head": {"quantize": "int8", "smooth_alpha": 0.5, "keep_float": ["lm_head"]},
     "vocab 24k + int8": {"quantize": "int8", "smooth_alpha": 0.5, "vocab": 24576},
@@ -72,7 +74,8 @@ def build_variants(names: list[str]) -> dict[str, dict]:
                         smooth_alpha=opts.get("smooth_alpha"),
                         keep_float=tuple(opts.get("keep_float", ())),
                         kv_cache=opts.get("kv_cache", "float16"),
-                        distill_steps=opts.get("distill", 0), vocab=opts.get("vocab", 0))
+                        distill_steps=opts.get("distill", 0), vocab=opts.get("vocab", 0),
+                        rotate=opts.get("rotate", False))
 
         def run(folder: Path = folder, recipe: Recipe = recipe) -> dict:
             import shutil

@@ -33,9 +33,10 @@ def evaluate_model(name: str, base: str | None = None, new_tokens: int = 64) -> 
 
 
 def optimize_model(base: str, name: str, *, preset: str = "cpu", quantize: str | None = None,
-                   smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
-                   prune_ffn: float = 0.0, prune_kv_groups: int = 0, prune_layers: int = 0,
-                   prune_vocab: int = 0, reconstruct: bool = True, kv_cache: str | None = None,
+                   smooth_alpha: float | None = None, rotate: bool | None = None,
+                   keep_float: tuple[str, ...] = (), prune_ffn: float = 0.0,
+                   prune_kv_groups: int = 0, prune_layers: int = 0, prune_vocab: int = 0,
+                   reconstruct: bool = True, kv_cache: str | None = None,
                    distill_steps: int = 0, calibration: str | None = None,
                    output: str | None = None, measure: bool = True,
                    log: Callable[[str], None] = print) -> tuple[dict[str, Any], Any]:
@@ -43,7 +44,7 @@ def optimize_model(base: str, name: str, *, preset: str = "cpu", quantize: str |
     the measurements (``llmq.variants.optimize.Outcome``)."""
     from llmq.variants.optimize import create_variant, recipe_with
 
-    recipe = recipe_with(preset, quantize=quantize, smooth_alpha=smooth_alpha,
+    recipe = recipe_with(preset, quantize=quantize, smooth_alpha=smooth_alpha, rotate=rotate,
                          keep_float=keep_float, prune_ffn=prune_ffn,
                          prune_kv_groups=prune_kv_groups, prune_layers=prune_layers,
                          prune_vocab=prune_vocab, reconstruct=reconstruct, kv_cache=kv_cache,

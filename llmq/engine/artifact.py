@@ -26,6 +26,7 @@ from .fp8 import FP8Linear
 from .kernels import pack_linears
 from .model import LlamaModel
 from .quant import LAYER_LINEARS, BF16Linear, Int4Linear, Int8Linear
+from .rotation import RotatedInt8Linear
 from .tokenizer import TextTokenizer, load_tokenizer
 
 WEIGHTS = "model.safetensors"
@@ -33,7 +34,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 LINEAR_KINDS: dict[str, type[nn.Module]] = {
-    "int8": Int8Linear, "int4": Int4Linear, "bf16": BF16Linear, "fp8": FP8Linear}
+    "int8": Int8Linear, "int8-rotated": RotatedInt8Linear, "int4": Int4Linear,
+    "bf16": BF16Linear, "fp8": FP8Linear}
 
 
 def linear_schemes(model: LlamaModel) -> dict[str, str]:

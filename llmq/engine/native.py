@@ -1,13 +1,14 @@
 """llmq's own C++ kernels (``csrc/``), compiled for the CPU at hand the first time a process
 needs them and loaded with ctypes: no torch headers, so a build takes under a second.
 
-Two kernels live here. Decode attention (``decode_attention.cpp``), built for one model's
+Three kernels live here. Decode attention (``decode_attention.cpp``), built for one model's
 head dimension and group size at a time: written as products and sums for inductor it read
 the cache at about 9 GB/s and took a fifth of a decode step; this one reads each sequence's
 own cached positions once (per-slot lengths, not the longest slot's), converts them to
 float32 as it reads and keeps every sum in float32 (bench/kernels.py has the figures). And
 top-k over rows (``top_k.cpp``), for the greedy choice and the int8 head's candidates, which
-PyTorch's argmax and topk computed at a tenth of the speed.
+PyTorch's argmax and topk computed at a tenth of the speed. And the Hadamard transform of
+rotated int8 layers' inputs (``hadamard.cpp``, rotation.py).
 
 Libraries are built with ``-march=native``, so a built file is only reused on the same CPU:
 its name carries a hash of the source, the compiler, the flags and the CPU's model and flags.
@@ -53,7 +54,7 @@ def configure(enabled: bool, folder: str | Path | None = None) -> None:
     global _build_dir, _enabled
     _enabled = enabled
     _build_dir = Path(folder) if folder else None
-    for cached in (_library, _decode_library, _top_k_library):
+    for cached in (_library, _decode_library, _top_k_library, _hadamard_library):
         cached.cache_clear()
 
 
@@ -145,6 +146,25 @@ def _top_k_library() -> ctypes.CDLL | None:
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
                        ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def hadamard_library() -> ctypes.CDLL | None:
+    """The blocks-of-64 Hadamard transform (``hadamard.cpp``) where native kernels are on and
+    it builds here, else None (rotation.py then multiplies by the matrix)."""
+    return _hadamard_library() if _enabled else None
+
+
+@functools.cache
+def _hadamard_library() -> ctypes.CDLL | None:
+    lib = _library("hadamard.cpp")
+    if lib is not None:
+        fn = lib.llmq_hadamard64
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 4 + [ctypes.c_int]
+        fn = lib.llmq_hadamard64_quantize
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     return lib
 
 

@@ -34,6 +34,7 @@ from llmq.engine.prune import (
 )
 from llmq.engine.quant import LAYER_LINEARS, quantize_layers
 from llmq.engine.reconstruct import collect_grams
+from llmq.engine.rotation import ROTATED_LINEARS, rotate_layers, rotate_weights
 from llmq.engine.setup import configure_process
 from llmq.engine.smooth import smooth
 from llmq.engine.threads import on_compute_thread
@@ -66,6 +67,9 @@ class Recipe:
     # 542 tokens/s on the shared workload (bench/optimize.py); attention sums in float32
     kv_cache: str = "float16"
     distill_steps: int = 0  # after pruning: steps of distillation from the base (distill.py)
+    # int8 only: the QKV, gate/up and down projections quantize their input rotated by a
+    # block Hadamard matrix (llmq.engine.rotation): about a third of the KL
+    rotate: bool = False
 
     def validate(self) -> None:
         if self.quantize not in QUANTIZATIONS:
@@ -80,7 +84,12 @@ class Recipe:
         if self.kv_cache not in KV_CACHE_DTYPES[1:]:
             raise ValueError(f"KV cache must be one of {', '.join(KV_CACHE_DTYPES[1:])}, "
                              f"not {self.kv_cache!r}")
+        if self.rotate and self.quantize not in ("int8", "auto"):
+            raise ValueError(f"--rotate applies to int8 layers, not to {self.quantize}")
         for name in self.keep_float:
+            if self.rotate and name.rpartition(".")[2] in ROTATED_LINEARS:
+                raise ValueError(f"--keep-float {name!r}: a rotated layer must be int8 "
+                                 f"({', '.join(ROTATED_LINEARS)} rotate with --rotate)")
             if name != HEAD and name.rpartition(".")[2] not in LAYER_LINEARS:
                 raise ValueError(f"--keep-float {name!r}: expected {HEAD} or one of "
                                  f"{', '.join(LAYER_LINEARS)}, optionally as LAYER.NAME")
@@ -90,6 +99,7 @@ class Recipe:
         d["keep_float"] = list(self.keep_float)
         if self.quantize != "int8":
             d["smooth_alpha"] = None
+            d["rotate"] = False
         return d
 
 
@@ -97,7 +107,8 @@ def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
                 smooth_alpha: float | None = None, keep_float: tuple[str, ...] = (),
                 prune_ffn: float = 0.0, prune_kv_groups: int = 0,
                 prune_layers: int = 0, prune_vocab: int = 0, reconstruct: bool = True,
-                kv_cache: str | None = None, distill_steps: int = 0) -> Recipe:
+                kv_cache: str | None = None, distill_steps: int = 0,
+                rotate: bool | None = None) -> Recipe:
     """A preset with the parts a caller overrides (None, zero and empty leave the
     preset's); ``smooth_alpha=0`` turns smoothing off."""
     prune_recipe = PruneRecipe(prune_ffn, prune_kv_groups, prune_layers, reconstruct)
@@ -116,6 +127,8 @@ def recipe_with(preset_name: str = "cpu", *, quantize: str | None = None,
         updates["kv_cache"] = kv_cache
     if distill_steps:
         updates["distill_steps"] = distill_steps
+    if rotate is not None:
+        updates["rotate"] = rotate
     return replace(preset(preset_name), **updates)
 
 
@@ -142,7 +155,7 @@ def resolve_quantization(recipe: Recipe, config: ModelConfig, metrics: dict[str,
     log("linear kernels, ms per layer at 64 rows: "
         + ", ".join(f"{k} {v:.3f}" for k, v in timings.items())
         + f" (int8 through {int8_kernel()}) -> {chosen}")
-    return replace(recipe, quantize=chosen)
+    return replace(recipe, quantize=chosen, rotate=recipe.rotate and chosen == "int8")
 
 
 def head_scheme_for(recipe: Recipe, config: ModelConfig) -> str:
@@ -236,10 +249,14 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
         if not recipe.prune.empty:  # smoothing must fit the activations of the pruned model
             stats = collect_stats(LlamaModel.from_hf_weights(config, weights), sequences)
         weights = smooth(config, weights, stats, recipe.smooth_alpha)
+    if recipe.rotate:
+        weights = rotate_weights(config, weights)
     config = replace(config, kv_cache_dtype=recipe.kv_cache)
     variant = LlamaModel.from_hf_weights(config, weights)
     if recipe.quantize != "none":
         quantize_layers(variant, recipe.quantize, frozenset(recipe.keep_float))
+    if recipe.rotate:
+        rotate_layers(variant)
     head_scheme = head_scheme_for(recipe, config)
     if recipe.vocab or head_scheme:
         kept = (choose_tokens(base_model, sequences, recipe.vocab, always=tok.base_token_ids())
