@@ -8,7 +8,7 @@ first 16 workload prompts get the same 64 greedy tokens as the fp32 engine, with
 shared prefix.
 
     .venv/bin/python -m bench.optimize [--runs 3] [--quick] [--variants NAME ...] [--slots 64]
-        [--no-peer] [--openvino /tmp/ov/bin/python]
+        [--no-peer] [--openvino /tmp/ov/bin/python] [--llmq-only]
 """
 
 from __future__ import annotations
@@ -119,7 +119,7 @@ def describe_run(runs: int, limit: int | None) -> str:
 
 
 def run_configs(built: dict[str, dict], slots_wanted: list[int], no_peer: bool,
-                openvino: str | None) -> dict[str, dict]:
+                openvino: str | None, llmq_only: bool = False) -> dict[str, dict]:
     """What to measure: the base and every variant at the slots asked for, and the peers."""
     configs: dict[str, dict] = {}
     for slots in sorted(set(slots_wanted) | {64}):  # 64: the reference of every ratio
@@ -127,6 +127,8 @@ def run_configs(built: dict[str, dict], slots_wanted: list[int], no_peer: bool,
         for name, info in built.items():
             configs[f"{name}, {slots} slots"] = {"engine": "llmq", "slots": slots,
                                                  "model": info["path"]}
+    if llmq_only:
+        return configs
     configs["transformers fp32, batch 64 (left padding)"] = {"engine": "transformers",
                                                              "slots": 64}
     if not no_peer:
@@ -146,6 +148,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="16 prompts, 1 run: a smoke test")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--no-peer", action="store_true", help="skip CTranslate2")
+    ap.add_argument("--llmq-only", action="store_true",
+                    help="no peers at all: llmq's variants against its base, for more runs")
     ap.add_argument("--openvino", metavar="PYTHON",
                     help="a Python with openvino-genai and optimum-intel: OpenVINO peer rows")
     ap.add_argument("--slots", type=int, nargs="*", default=[32, 64], choices=[32, 64])
@@ -155,7 +159,7 @@ def main() -> None:
     built = build_variants(opts.variants)
     from llmq.variants.registry import builtin_model_path
 
-    configs = run_configs(built, opts.slots, opts.no_peer, opts.openvino)
+    configs = run_configs(built, opts.slots, opts.no_peer, opts.openvino, opts.llmq_only)
     peers = [name for name, cfg in configs.items() if cfg["engine"] != "llmq"]
     samples = measure(configs, runs, limit)
     tok_s = {k: median([s["tok_s"] for s in v]) for k, v in samples.items()}
