@@ -33,11 +33,10 @@ ROWS = {"int8 (the preset)": (0, 0), "rotated w_down input, blocks of 16": (16, 
 
 def block_hadamard(size: int, block: int, g: torch.Generator) -> torch.Tensor:
     """Random signs times a block-diagonal Sylvester Hadamard matrix: orthogonal."""
-    h = torch.ones(1, 1)
-    while h.shape[0] < block:
-        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    from llmq.engine.rotation import hadamard
+
     signs = (torch.randint(0, 2, (size,), generator=g) * 2 - 1).float()
-    return signs[:, None] * torch.block_diag(*[h / block ** 0.5] * (size // block))
+    return signs[:, None] * torch.block_diag(*[hadamard(block)] * (size // block))
 
 
 class RotatedInt8(nn.Module):

@@ -135,6 +135,13 @@ def onednn_int8_linear(x: torch.Tensor, qweight: torch.Tensor,
     """``x @ (qweight * scale[:, None]).T`` in float32, x quantized per row, through
     ``torch._int_mm``."""
     xq, x_scale = quantize_rows(x.float())
+    return onednn_int8_mm(xq, x_scale, qweight, scale)
+
+
+def onednn_int8_mm(xq: torch.Tensor, x_scale: torch.Tensor, qweight: torch.Tensor,
+                   scale: torch.Tensor) -> torch.Tensor:
+    """The product of rows already quantized (``quantize_rows``' codes and scales), in
+    float32."""
     return torch._int_mm(xq, qweight.t()).mul(scale).mul_(x_scale)
 
 

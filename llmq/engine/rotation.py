@@ -18,7 +18,7 @@ import torch
 
 from . import native
 from .config import ModelConfig
-from .int8_kernels import int8_kernel, quantize_rows
+from .int8_kernels import int8_kernel, onednn_int8_mm, quantize_rows
 from .quant import Int8Linear, int8_linear_any_rows
 
 BLOCK = 64
@@ -83,7 +83,7 @@ class RotatedInt8Linear(Int8Linear):
         if rows.device.type == "cpu" and int8_kernel() == "onednn":
             # the rotation and the quantization in one pass: the rotated floats never land
             xq, x_scale = hadamard_quantize(rows)
-            out = torch._int_mm(xq, self.qweight.t()).mul(self.scale).mul_(x_scale)
+            out = onednn_int8_mm(xq, x_scale, self.qweight, self.scale)
         else:
             out = int8_linear_any_rows(hadamard_blocks(rows), self.qweight, self.scale)
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
