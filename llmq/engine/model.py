@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
+from . import native, rotation
 from .config import ModelConfig
 from .head import OutputHead
 from .kernels import Linear, pack_linears
@@ -138,8 +138,11 @@ def attention_input(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin
     c = layer.config
     n_tok = x.shape[0]
     heads, kv_heads, dim = c.num_heads, c.num_kv_heads, c.head_dim
-    h = F.rms_norm(x, (c.hidden_size,), layer.attn_norm, c.rms_norm_eps)
-    qkv = layer.wqkv(h)  # [T, (H + 2K) * E]
+    if layer.fused_rotation:
+        qkv = rotation.rotated_qkv(layer, x)
+    else:
+        qkv = layer.wqkv(F.rms_norm(x, (c.hidden_size,), layer.attn_norm, c.rms_norm_eps))
+    # qkv: [T, (H + 2K) * E]
     k_end = (heads + kv_heads) * dim
     qk = apply_rope(qkv[:, :k_end].reshape(n_tok, heads + kv_heads, dim), cos, sin)
     return (qk[:, :heads], qk[:, heads:].reshape(n_tok * kv_heads, dim),
@@ -152,6 +155,8 @@ def attention_output_and_ffn(layer: DecoderLayer, x: torch.Tensor, attn: torch.T
     ``x [T, D]`` is left as it is (calibration hooks read it); ``attn`` is ``[T, H * E]``."""
     c = layer.config
     x = x + layer.wo(attn)
+    if layer.fused_rotation:
+        return x.add_(rotation.rotated_ffn(layer, x))
     h = F.rms_norm(x, (c.hidden_size,), layer.ffn_norm, c.rms_norm_eps)
     act = F.silu(layer.w_gate(h), inplace=True).mul_(layer.w_up(h))  # [T, F]
     return x.add_(layer.w_down(act))
@@ -182,6 +187,8 @@ class DecoderLayer(nn.Module):
         self.decode_attention: Callable[..., torch.Tensor] = decode_attention
         # llmq.engine.native's kernel for every row of a step, decode and prompt alike
         self.native_decode = False
+        # rotated int8 linears whose norms and SwiGLU rotate and quantize their input natively
+        self.fused_rotation = False
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
@@ -286,6 +293,7 @@ class LlamaModel(nn.Module):
         for layer in self.layers:
             layer.fused = compiled_halves() if wanted else None  # type: ignore[union-attr]
             layer.native_decode = native_decode  # type: ignore[union-attr]
+            layer.fused_rotation = cpu and rotation.fuses_producers(layer)  # type: ignore[union-attr]
             layer.decode_attention = (  # type: ignore[union-attr]
                 compiled_decode_attention() if cpu else decode_attention)
         return wanted

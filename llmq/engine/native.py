@@ -165,6 +165,13 @@ def _hadamard_library() -> ctypes.CDLL | None:
         fn = lib.llmq_hadamard64_quantize
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+        fn = lib.llmq_rms_norm_hadamard64_quantize
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_float] + [ctypes.c_void_p] * 2 + [
+            ctypes.c_int64] * 3 + [ctypes.c_int]
+        fn = lib.llmq_swiglu_hadamard64_quantize
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 7 + [ctypes.c_int64] * 2 + [ctypes.c_int]
     return lib
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmq.engine import native
@@ -67,11 +68,7 @@ def test_every_build_of_the_kernel_computes_the_blocks_times_the_matrix(
         march: str, tmp_path: Path) -> None:
     """Workers build with -march=native: AVX-512 here, AVX2 or plain C++ elsewhere; all three
     run on this CPU, on a strided input, and must give x times H block by block."""
-    flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
-    out_file = tmp_path / "hadamard.so"
-    subprocess.run([str(native.compiler()), *flags, "-o", str(out_file),
-                    str(native.CSRC / "hadamard.cpp")], check=True)
-    lib = ctypes.CDLL(str(out_file))
+    lib = build_for(march, tmp_path)
     g = torch.Generator().manual_seed(0)
     wide = torch.randn(7, 256, generator=g)
     x = wide[:, :192]  # rows 256 apart, 3 blocks each
@@ -93,6 +90,51 @@ def test_every_build_of_the_kernel_computes_the_blocks_times_the_matrix(
     assert lib.llmq_hadamard64(  # a width that is not whole blocks is refused
         ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(out.data_ptr()), ctypes.c_int64(7),
         ctypes.c_int64(100), ctypes.c_int64(256), ctypes.c_int64(192), 2) == 1
+
+
+def build_for(march: str, folder: Path) -> ctypes.CDLL:
+    flags = [f if f != "-march=native" else f"-march={march}" for f in native.FLAGS]
+    out_file = folder / "hadamard.so"
+    subprocess.run([str(native.compiler()), *flags, "-o", str(out_file),
+                    str(native.CSRC / "hadamard.cpp")], check=True)
+    return ctypes.CDLL(str(out_file))
+
+
+def assert_same_codes(got: tuple[torch.Tensor, torch.Tensor],
+                      want: tuple[torch.Tensor, torch.Tensor]) -> None:
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=0)
+    assert (got[0].int() - want[0].int()).abs().max() <= 1  # a rounding tie may fall either way
+    assert (got[0] == want[0]).float().mean() > 0.99
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
+@pytest.mark.parametrize("march", ["native", "haswell", "x86-64"])
+def test_every_build_fuses_the_norm_and_the_swiglu_with_the_rotation(
+        march: str, tmp_path: Path) -> None:
+    """The fused producers of rotated inputs against PyTorch's form of the same maths (RMSNorm
+    or SiLU x up of the dequantized int32 products, H, per-row int8), both signs of the gate
+    and gates past exp's range included."""
+    lib = build_for(march, tmp_path)
+    g = torch.Generator().manual_seed(2)
+    x, weight = torch.randn(9, 192, generator=g) * 4, torch.rand(192, generator=g) + 0.5
+    q, scale = torch.empty(9, 192, dtype=torch.int8), torch.empty(9, 1)
+    assert lib.llmq_rms_norm_hadamard64_quantize(
+        ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(weight.data_ptr()), ctypes.c_float(1e-5),
+        ctypes.c_void_p(q.data_ptr()), ctypes.c_void_p(scale.data_ptr()), ctypes.c_int64(9),
+        ctypes.c_int64(192), ctypes.c_int64(192), 2) == 0
+    assert_same_codes((q, scale), quantize_rows(hadamard_blocks(
+        F.rms_norm(x, (192,), weight, 1e-5))))
+    gate, up = (torch.randint(-2**20, 2**20, (9, 128), generator=g, dtype=torch.int32)
+                for _ in range(2))
+    gate_scale, up_scale = torch.rand(128, generator=g) * 1e-4, torch.rand(128, generator=g) * 1e-5
+    row_scale = torch.rand(9, 1, generator=g) + 0.5  # gates up to ~150 in magnitude
+    q, scale = torch.empty(9, 128, dtype=torch.int8), torch.empty(9, 1)
+    assert lib.llmq_swiglu_hadamard64_quantize(
+        *(ctypes.c_void_p(t.data_ptr()) for t in (gate, up, gate_scale, up_scale, row_scale, q,
+                                                   scale)), ctypes.c_int64(9), ctypes.c_int64(128),
+        2) == 0
+    act = F.silu(gate * gate_scale * row_scale) * (up * up_scale * row_scale)
+    assert_same_codes((q, scale), quantize_rows(hadamard_blocks(act)))
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
@@ -173,6 +215,7 @@ def test_a_rotated_variant_compiles_saves_and_loads_to_the_same_tokens(
             for layer in variant.layers:
                 layer.native_decode = False
             assert isinstance(variant.layers[0].wqkv, RotatedInt8Linear)
+            assert variant.layers[0].fused_rotation  # the fused producers, rotated_ffn's
             torch.testing.assert_close(sequence_logits(variant, tokens), before, rtol=1e-3,
                                        atol=1e-3)
     data = json.loads((out / "llmq-manifest.json").read_text())

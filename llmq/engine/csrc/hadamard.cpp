@@ -6,7 +6,12 @@
 // multiply-add (the partner's value plus or minus one's own). Rows are split over threads.
 // The second entry point also quantizes each rotated row to int8, as quantize_rows in
 // int8_kernels.py does (scale = max |x| / 127, round half to even), so that the rotated floats
-// never go to memory.
+// never go to memory. Two more fuse the rotation into the producers of a rotated layer's
+// input (llmq/engine/rotation.py, rotated_attention_input and rotated_ffn): RMSNorm, and
+// SwiGLU over the int32 outputs of the gate and up GEMMs, so that a decoder layer makes three
+// calls instead of four and its inputs go from the producer's operands to int8 in one pass.
+// Both leave the 1/8 of the transform out of the floats and put it into the row's scale
+// (quantization per row does not see a common factor).
 
 #include <immintrin.h>
 
@@ -41,6 +46,25 @@ inline V partner(V a, int h) {
     }
 }
 inline V butterfly(V a, V s, int h) { return _mm512_fmadd_ps(a, s, partner(a, h)); }
+inline V splat(float x) { return _mm512_set1_ps(x); }
+inline V mul(V a, V b) { return _mm512_mul_ps(a, b); }
+inline V fma(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+inline V div(V a, V b) { return _mm512_div_ps(a, b); }
+inline V load_i32(const int32_t* p) { return _mm512_cvtepi32_ps(_mm512_loadu_si512(p)); }
+inline float sum(V a) { return _mm512_reduce_add_ps(a); }
+inline V neg_abs(V a) { return _mm512_or_ps(a, _mm512_set1_ps(-0.f)); }
+inline V floor(V a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
+inline V pow2(V n) {  // 2^n for whole n in [-126, 127]
+    const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23));
+}
+inline V max(V a, V b) { return _mm512_max_ps(a, b); }
+inline V zero_below(V x, float limit, V r) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, splat(limit), _CMP_GE_OQ), r);
+}
+inline V where_nonnegative(V x, V a, V b) {  // a where x >= 0, else b
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_GE_OQ), b, a);
+}
 #elif defined(__AVX2__) && defined(__FMA__)
 using V = __m256;
 constexpr int W = 8;
@@ -62,6 +86,32 @@ inline V partner(V a, int h) {
     }
 }
 inline V butterfly(V a, V s, int h) { return _mm256_fmadd_ps(a, s, partner(a, h)); }
+inline V splat(float x) { return _mm256_set1_ps(x); }
+inline V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+inline V fma(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+inline V div(V a, V b) { return _mm256_div_ps(a, b); }
+inline V load_i32(const int32_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline float sum(V a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+inline V neg_abs(V a) { return _mm256_or_ps(a, _mm256_set1_ps(-0.f)); }
+inline V floor(V a) { return _mm256_floor_ps(a); }
+inline V pow2(V n) {
+    const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
+}
+inline V max(V a, V b) { return _mm256_max_ps(a, b); }
+inline V zero_below(V x, float limit, V r) {
+    return _mm256_and_ps(r, _mm256_cmp_ps(x, splat(limit), _CMP_GE_OQ));
+}
+inline V where_nonnegative(V x, V a, V b) {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GE_OQ));
+}
 #else
 using V = float;
 constexpr int W = 1;
@@ -72,13 +122,46 @@ inline V sub(V a, V b) { return a - b; }
 inline V scale(V a, float s) { return a * s; }
 inline V sign(int) { return 1.f; }
 inline V butterfly(V a, V, int) { return a; }  // never called: no stage inside a register
+inline V splat(float x) { return x; }
+inline V mul(V a, V b) { return a * b; }
+inline V fma(V a, V b, V c) { return a * b + c; }
+inline V div(V a, V b) { return a / b; }
+inline V load_i32(const int32_t* p) { return static_cast<float>(*p); }
+inline float sum(V a) { return a; }
+inline V neg_abs(V a) { return -std::fabs(a); }
+inline V floor(V a) { return std::floor(a); }
+inline V pow2(V n) { return std::ldexp(1.f, static_cast<int>(n)); }
+inline V max(V a, V b) { return a > b ? a : b; }
+inline V zero_below(V x, float limit, V r) { return x < limit ? 0.f : r; }
+inline V where_nonnegative(V x, V a, V b) { return x >= 0.f ? a : b; }
 #endif
+
+// exp(x) for x <= 0 as 2^(x log2 e): a degree-6 polynomial for the fraction and the exponent
+// bits for the integer part (relative error about 2e-7), 0 below -87 (decode_attention.cpp
+// takes its softmax's exp the same way)
+constexpr float EXP2_FRACTION[] = {1.535336188319500e-4f, 1.339887440266574e-3f,
+                                   9.618437357674640e-3f, 5.550332471162809e-2f,
+                                   2.402264791363012e-1f, 6.931472028550421e-1f, 1.0f};
+inline V exp_nonpositive(V x) {
+    const V y = max(mul(x, splat(1.44269504088896341f)), splat(-126.f));
+    const V n = floor(y);
+    const V f = sub(y, n);
+    V p = splat(EXP2_FRACTION[0]);
+    for (int i = 1; i < 7; ++i) p = fma(p, f, splat(EXP2_FRACTION[i]));
+    return zero_below(x, -87.f, mul(p, pow2(n)));
+}
+
+// g * sigmoid(g) with e = exp(-|g|) <= 1, so nothing overflows: 1 / (1 + e) for g >= 0,
+// e / (1 + e) below
+inline V silu(V g) {
+    const V e = exp_nonpositive(neg_abs(g));
+    return div(mul(g, where_nonnegative(g, splat(1.f), e)), add(splat(1.f), e));
+}
 
 constexpr int N = BLOCK / W;  // registers per block
 
-void one_block(const float* x, float* out, const V* signs) {
-    V r[N];
-    for (int i = 0; i < N; ++i) r[i] = load(x + i * W);
+// the unscaled transform (times 8) of a block held in registers
+inline void transform(V* r, const V* signs) {
     for (int h = N / 2; h >= 1; h /= 2)  // between registers: stride h registers
         for (int i = 0; i < N; i += 2 * h)
             for (int j = i; j < i + h; ++j) {
@@ -88,7 +171,47 @@ void one_block(const float* x, float* out, const V* signs) {
             }
     for (int s = 0, h = W / 2; h >= 1; ++s, h /= 2)  // inside registers: stride h lanes
         for (int i = 0; i < N; ++i) r[i] = butterfly(r[i], signs[s], h);
+}
+
+void one_block(const float* x, float* out, const V* signs) {
+    V r[N];
+    for (int i = 0; i < N; ++i) r[i] = load(x + i * W);
+    transform(r, signs);
     for (int i = 0; i < N; ++i) store(out + i * W, scale(r[i], 0.125f));
+}
+
+// RMSNorm of one row times the norm's weight, rotated (times 8) into ``rotated``
+void rms_norm_row(const float* x, const float* weight, float eps, int64_t cols, float* rotated,
+                  const V* signs) {
+    V squares = splat(0.f);
+    for (int64_t c = 0; c < cols; c += W) squares = fma(load(x + c), load(x + c), squares);
+    const V inv = splat(1.f / std::sqrt(sum(squares) / static_cast<float>(cols) + eps));
+    for (int64_t c = 0; c < cols; c += BLOCK) {
+        V r[N];
+        for (int i = 0; i < N; ++i)
+            r[i] = mul(mul(load(x + c + i * W), inv), load(weight + c + i * W));
+        transform(r, signs);
+        for (int i = 0; i < N; ++i) store(rotated + c + i * W, r[i]);
+    }
+}
+
+// silu(gate) * up of one row from the int32 GEMM outputs and their scales (per column times
+// the row's), rotated (times 8) into ``rotated``
+void swiglu_row(const int32_t* gate, const int32_t* up, const float* gate_scale,
+                const float* up_scale, float row_scale, int64_t cols, float* rotated,
+                const V* signs) {
+    const V rs = splat(row_scale);
+    for (int64_t c = 0; c < cols; c += BLOCK) {
+        V r[N];
+        for (int i = 0; i < N; ++i) {
+            const int64_t j = c + i * W;
+            const V g = mul(mul(load_i32(gate + j), load(gate_scale + j)), rs);
+            const V u = mul(mul(load_i32(up + j), load(up_scale + j)), rs);
+            r[i] = mul(silu(g), u);
+        }
+        transform(r, signs);
+        for (int i = 0; i < N; ++i) store(rotated + c + i * W, r[i]);
+    }
 }
 
 // per-row symmetric int8 of n floats (a multiple of 64): q = round(x / scale) to nearest even,
@@ -148,6 +271,53 @@ int llmq_hadamard64_quantize(const float* x, int8_t* q, float* scale, int64_t ro
             for (int64_t c = 0; c < cols; c += BLOCK)
                 one_block(x + row * x_stride + c, rotated.data() + c, signs);
             quantize_row(rotated.data(), cols, q + row * cols, scale + row);
+        }
+    }
+    return 0;
+}
+
+// quantize_rows(hadamard(rms_norm(x) * weight)) in one pass: x [rows, cols] float32 (row
+// stride in elements), weight [cols]; q [rows, cols] int8 and scale [rows], contiguous.
+// Returns 0, or 1 for widths that are not a multiple of 64.
+int llmq_rms_norm_hadamard64_quantize(const float* x, const float* weight, float eps, int8_t* q,
+                                      float* scale, int64_t rows, int64_t cols,
+                                      int64_t x_stride, int threads) {
+    if (cols % BLOCK) return 1;
+    V signs[4];
+    for (int s = 0, h = W / 2; h >= 1; ++s, h /= 2) signs[s] = sign(h);
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<float> rotated(cols);
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < rows; ++row) {
+            rms_norm_row(x + row * x_stride, weight, eps, cols, rotated.data(), signs);
+            quantize_row(rotated.data(), cols, q + row * cols, scale + row);
+            scale[row] *= 0.125f;
+        }
+    }
+    return 0;
+}
+
+// quantize_rows(hadamard(silu(g) * u)) in one pass, g and u the dequantized int32 products
+// gate [rows, cols] * gate_scale [cols] * row_scale [rows] (the same for up), all contiguous;
+// q [rows, cols] int8 and scale [rows]. Returns 0, or 1 for widths that are not a multiple
+// of 64.
+int llmq_swiglu_hadamard64_quantize(const int32_t* gate, const int32_t* up,
+                                    const float* gate_scale, const float* up_scale,
+                                    const float* row_scale, int8_t* q, float* scale,
+                                    int64_t rows, int64_t cols, int threads) {
+    if (cols % BLOCK) return 1;
+    V signs[4];
+    for (int s = 0, h = W / 2; h >= 1; ++s, h /= 2) signs[s] = sign(h);
+#pragma omp parallel num_threads(threads)
+    {
+        std::vector<float> rotated(cols);
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < rows; ++row) {
+            swiglu_row(gate + row * cols, up + row * cols, gate_scale, up_scale, row_scale[row],
+                       cols, rotated.data(), signs);
+            quantize_row(rotated.data(), cols, q + row * cols, scale + row);
+            scale[row] *= 0.125f;
         }
     }
     return 0;
