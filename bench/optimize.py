@@ -25,6 +25,9 @@ VARIANTS_DIR = ROOT / "bench" / ".variants"  # git-ignored: rebuilt when missing
 
 # name -> options as for `llmq model optimize`
 VARIANTS: dict[str, dict] = {
+    # what `llmq model optimize --preset cpu` builds here (kernels timed, rotation where it
+    # fuses); the build log says what it chose
+    "preset": {"preset": "cpu"},
     "bf16": {"quantize": "bf16"},
     "int8": {"quantize": "int8", "smooth_alpha": 0.5},
     # int8 with the QKV, gate/up and down inputs rotated (llmq.engine.rotation)
@@ -59,11 +62,12 @@ def variant_folder(name: str) -> Path:
 
 def build_variants(names: list[str]) -> dict[str, dict]:
     """Artifacts plus their held-out fidelity, built on a compute thread (threads.py)."""
+    from llmq.engine import native
     from llmq.engine.prune import PruneRecipe
     from llmq.engine.setup import configure_process
     from llmq.engine.threads import on_compute_thread
     from llmq.variants.evaluate import evaluate_models
-    from llmq.variants.optimize import Recipe, build
+    from llmq.variants.optimize import Recipe, build, preset
 
     configure_process(threads=2, compile=False)  # fidelity is measured on the eager path
     out = {}
@@ -76,14 +80,24 @@ def build_variants(names: list[str]) -> dict[str, dict]:
                         kv_cache=opts.get("kv_cache", "float16"),
                         distill_steps=opts.get("distill", 0), vocab=opts.get("vocab", 0),
                         rotate=opts.get("rotate", False))
+        if "preset" in opts:
+            recipe = preset(opts["preset"])
 
-        def run(folder: Path = folder, recipe: Recipe = recipe) -> dict:
+        # the preset decides with the native kernels on, as `llmq model optimize` does
+        def run(folder: Path = folder, recipe: Recipe = recipe,
+                native_on: bool = "preset" in opts) -> dict:
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)
-            base, variant, tok, _ = build("smollm2-135m", recipe, folder, log=lambda _: None)
+            native.configure(native_on)
+            try:
+                base, variant, tok, manifest = build("smollm2-135m", recipe, folder,
+                                                     log=lambda _: None)
+            finally:
+                native.configure(False)
             fid = evaluate_models(base, variant, tok)
-            return {"path": str(folder), "kl": fid.kl, "top1": fid.top1,
+            return {"path": str(folder), "recipe": manifest["recipe"], "kl": fid.kl,
+                    "top1": fid.top1,
                     "same_heldout": fid.same_outputs,
                     "size_mb": sum(f.stat().st_size for f in folder.iterdir()) / 1e6}
 

@@ -84,8 +84,9 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
               help="SmoothQuant strength for int8 (0 = off) [default: 0.5]")
 @click.option("--rotate/--no-rotate", default=None,
               help="int8: the QKV, gate/up and down projections quantize their input rotated "
-                   "by a block Hadamard matrix (held-out KL cut to about a third, about 15% "
-                   "slower) [default: the preset's; cpu: no]")
+                   "by a block Hadamard matrix (held-out KL cut to about a third; about 1% "
+                   "slower where it fuses into the norms and SwiGLU, oneDNN's int8 with a C++ "
+                   "compiler) [default: the preset's; cpu: where it applies and fuses]")
 @click.option("--keep-float", multiple=True,
               help="a linear left unquantized: wqkv, wo, w_gate, w_up, w_down, or LAYER.NAME, "
                    "or lm_head (int8 variants otherwise get an int8 head that re-ranks its "

@@ -148,13 +148,18 @@ class RotatedInt8Linear(Int8Linear):
         return super().extra_repr() + f", input rotated in blocks of {BLOCK}"
 
 
+def fuses_here() -> bool:
+    """Whether rotated layers on this CPU run rotated_qkv and rotated_ffn: the native kernel
+    builds and oneDNN's int8 GEMM is the one chosen."""
+    return int8_kernel() == "onednn" and native.hadamard_library() is not None
+
+
 def fuses_producers(layer: torch.nn.Module) -> bool:
-    """Whether ``layer`` (a DecoderLayer) can run rotated_qkv and rotated_ffn: every rotated
-    linear is one and the native kernel and oneDNN's int8 GEMM run here. Elsewhere its
-    RotatedInt8Linears rotate their own inputs."""
+    """Whether ``layer`` (a DecoderLayer on CPU) runs rotated_qkv and rotated_ffn: every
+    rotated linear is one, and ``fuses_here``. Elsewhere its RotatedInt8Linears rotate their
+    own inputs."""
     return (all(type(getattr(layer, name)) is RotatedInt8Linear for name in ROTATED_LINEARS)
-            and layer.attn_norm.device.type == "cpu" and int8_kernel() == "onednn"
-            and native.hadamard_library() is not None)
+            and fuses_here())
 
 
 def rotated_qkv(layer: Any, x: torch.Tensor) -> torch.Tensor:
@@ -181,14 +186,18 @@ def rotatable(config: ModelConfig) -> bool:
     return config.hidden_size % BLOCK == 0 and config.intermediate_size % BLOCK == 0
 
 
-def rotate_weights(config: ModelConfig, weights: dict[str, torch.Tensor], seed: int = 0
-                   ) -> dict[str, torch.Tensor]:
-    """Hugging Face-named weights for rotated layers (same function in float): the signs
-    folded into the producers, the rotated linears' weights times D H."""
+def check_rotatable(config: ModelConfig) -> None:
     if not rotatable(config):
         raise ValueError(f"rotation works in blocks of {BLOCK} channels: hidden size "
                          f"{config.hidden_size} and FFN size {config.intermediate_size} must be "
                          "multiples of it")
+
+
+def rotate_weights(config: ModelConfig, weights: dict[str, torch.Tensor], seed: int = 0
+                   ) -> dict[str, torch.Tensor]:
+    """Hugging Face-named weights for rotated layers (same function in float): the signs
+    folded into the producers, the rotated linears' weights times D H."""
+    check_rotatable(config)
     g = torch.Generator().manual_seed(seed)
     w = {k: v.float().clone() if ".layers." in k else v for k, v in weights.items()}
 

@@ -34,7 +34,14 @@ from llmq.engine.prune import (
 )
 from llmq.engine.quant import LAYER_LINEARS, quantize_layers
 from llmq.engine.reconstruct import collect_grams
-from llmq.engine.rotation import ROTATED_LINEARS, rotate_layers, rotate_weights
+from llmq.engine.rotation import (
+    ROTATED_LINEARS,
+    check_rotatable,
+    fuses_here,
+    rotatable,
+    rotate_layers,
+    rotate_weights,
+)
 from llmq.engine.setup import configure_process
 from llmq.engine.smooth import smooth
 from llmq.engine.threads import on_compute_thread
@@ -68,8 +75,10 @@ class Recipe:
     kv_cache: str = "float16"
     distill_steps: int = 0  # after pruning: steps of distillation from the base (distill.py)
     # int8 only: the QKV, gate/up and down projections quantize their input rotated by a
-    # block Hadamard matrix (llmq.engine.rotation): KL cut to about a third, ~15% slower
-    rotate: bool = False
+    # block Hadamard matrix (llmq.engine.rotation): KL cut to about a third, for ~1% of speed
+    # where the rotation fuses into the norms and SwiGLU. None: wherever it applies and
+    # fuses on the machine that builds (resolve_rotation)
+    rotate: bool | None = False
 
     def validate(self) -> None:
         if self.quantize not in QUANTIZATIONS:
@@ -139,7 +148,7 @@ def preset(name: str) -> Recipe:
     that is int8."""
     if name != "cpu":
         raise ValueError(f"unknown preset {name!r}")
-    return Recipe(quantize="auto", smooth_alpha=0.5)
+    return Recipe(quantize="auto", smooth_alpha=0.5, rotate=None)
 
 
 def resolve_quantization(recipe: Recipe, config: ModelConfig, metrics: dict[str, Any],
@@ -155,7 +164,25 @@ def resolve_quantization(recipe: Recipe, config: ModelConfig, metrics: dict[str,
     log("linear kernels, ms per layer at 64 rows: "
         + ", ".join(f"{k} {v:.3f}" for k, v in timings.items())
         + f" (int8 through {int8_kernel()}) -> {chosen}")
-    return replace(recipe, quantize=chosen, rotate=recipe.rotate and chosen == "int8")
+    return replace(recipe, quantize=chosen, rotate=recipe.rotate if chosen == "int8" else False)
+
+
+def resolve_rotation(recipe: Recipe, config: ModelConfig, log: Callable[[str], None]) -> Recipe:
+    """``rotate=None`` made concrete: rotated where the variant is int8, its widths are whole
+    blocks, no rotated linear is kept in float, and the rotation fuses into its producers on
+    this machine (oneDNN's int8 GEMM and the native kernel; FBGEMM's path would pay for an
+    extra pass)."""
+    if recipe.rotate is not None:
+        return recipe
+    kept = {name.rpartition(".")[2] for name in recipe.keep_float}
+    reasons = [why for why, failed in (
+        (f"{recipe.quantize} is not int8", recipe.quantize != "int8"),
+        ("widths are not multiples of 64", not rotatable(config)),
+        ("a rotated linear is kept in float", bool(kept & set(ROTATED_LINEARS))),
+        ("the rotation does not fuse here", not fuses_here())) if failed]
+    if recipe.quantize == "int8":
+        log("rotated int8 inputs: " + ("; ".join(f"no, {r}" for r in reasons) or "yes"))
+    return replace(recipe, rotate=not reasons)
 
 
 def head_scheme_for(recipe: Recipe, config: ModelConfig) -> str:
@@ -235,6 +262,8 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
                          "base instead")
     ckpt: Checkpoint = load_checkpoint(base_path, get_settings().cache_dir or None)
     recipe.prune.validate(ckpt.config)
+    if recipe.rotate and recipe.prune.empty:  # refused before calibration, not after it
+        check_rotatable(ckpt.config)
     base_model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)
     tok = ckpt.tokenizer
     chats = read_calibration(calibration)
@@ -244,7 +273,7 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
     stats = collect_stats(base_model, sequences)
     metrics: dict[str, Any] = {"calibration_tokens": stats.tokens}
     config, weights = prune_and_recover(ckpt, base_model, chats, stats, recipe, metrics, log)
-    recipe = resolve_quantization(recipe, config, metrics, log)
+    recipe = resolve_rotation(resolve_quantization(recipe, config, metrics, log), config, log)
     if recipe.quantize == "int8" and recipe.smooth_alpha:
         if not recipe.prune.empty:  # smoothing must fit the activations of the pruned model
             stats = collect_stats(LlamaModel.from_hf_weights(config, weights), sequences)

@@ -28,11 +28,12 @@ from llmq.engine.rotation import (
     rotate_weights,
 )
 from llmq.engine.tokenizer import TextTokenizer
-from llmq.variants.optimize import Recipe, build
+from llmq.variants.optimize import Recipe, build, preset, resolve_rotation
 
 from .test_optimize import PROMPTS, generate
 from .tiny import (
     HAS_COMPILER,
+    forced_int8_kernel,
     native_kernels,
     random_weights,
     smollm2_tokenizer,
@@ -188,6 +189,38 @@ def test_rotation_is_refused_where_it_cannot_apply(tiny: object, tmp_path: Path)
         build(str(tiny.gguf), Recipe(quantize="int8", rotate=True), tmp_path / "v",  # type: ignore[attr-defined]
               log=lambda _: None)
     assert not (tmp_path / "v").exists()
+
+
+def test_the_preset_rotates_int8_where_it_applies_and_fuses(tokenizer: TextTokenizer) -> None:
+    """``rotate=None`` (the cpu preset's): rotated only for int8, on whole blocks of 64, with
+    no rotated linear kept in float, and where oneDNN and the native kernel run the fused
+    producers; each refusal says why. An explicit choice is left as it is."""
+    assert preset("cpu").rotate is None
+    config, odd = tiny_config(tokenizer, intermediate_size=128), tiny_config(tokenizer)
+    auto = Recipe(quantize="int8", rotate=None)
+    said: list[str] = []
+
+    def rotates(recipe: Recipe, cfg: object = config) -> bool | None:
+        return resolve_rotation(recipe, cfg, said.append).rotate  # type: ignore[arg-type]
+
+    with forced_int8_kernel("onednn"):
+        assert rotates(auto) is False  # the tests' process: native kernels off
+        assert said.pop() == "rotated int8 inputs: no, the rotation does not fuse here"
+        if HAS_COMPILER:
+            with native_kernels():
+                assert rotates(auto) is True
+                assert said.pop() == "rotated int8 inputs: yes"
+                assert rotates(auto, odd) is False
+                assert "widths are not multiples of 64" in said.pop()
+                assert rotates(Recipe(quantize="int8", rotate=None, keep_float=("2.w_up",))
+                               ) is False
+                assert "kept in float" in said.pop()
+                assert rotates(Recipe(quantize="bf16", rotate=None)) is False
+                assert rotates(Recipe(quantize="int8", rotate=False)) is False
+                assert not said  # nothing to say where int8 is not the scheme or it is explicit
+                with forced_int8_kernel("fbgemm"):
+                    assert rotates(auto) is False
+    assert rotates(Recipe(quantize="int8", rotate=True), odd) is True  # refused by build
 
 
 def test_a_rotated_variant_compiles_saves_and_loads_to_the_same_tokens(
