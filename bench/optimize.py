@@ -74,14 +74,11 @@ def build_variants(names: list[str]) -> dict[str, dict]:
     for name in names:
         opts = VARIANTS[name]
         folder = variant_folder(name)
-        recipe = Recipe(prune=PruneRecipe(ffn=opts.get("ffn", 0.0)), quantize=opts["quantize"],
-                        smooth_alpha=opts.get("smooth_alpha"),
-                        keep_float=tuple(opts.get("keep_float", ())),
-                        kv_cache=opts.get("kv_cache", "float16"),
-                        distill_steps=opts.get("distill", 0), vocab=opts.get("vocab", 0),
-                        rotate=opts.get("rotate", False))
-        if "preset" in opts:
-            recipe = preset(opts["preset"])
+        recipe = preset(opts["preset"]) if "preset" in opts else Recipe(
+            prune=PruneRecipe(ffn=opts.get("ffn", 0.0)), quantize=opts["quantize"],
+            smooth_alpha=opts.get("smooth_alpha"), keep_float=tuple(opts.get("keep_float", ())),
+            kv_cache=opts.get("kv_cache", "float16"), distill_steps=opts.get("distill", 0),
+            vocab=opts.get("vocab", 0), rotate=opts.get("rotate", False))
 
         # the preset decides with the native kernels on, as `llmq model optimize` does
         def run(folder: Path = folder, recipe: Recipe = recipe,
