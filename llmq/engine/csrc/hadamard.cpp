@@ -7,7 +7,7 @@
 // The second entry point also quantizes each rotated row to int8, as quantize_rows in
 // int8_kernels.py does (scale = max |x| / 127, round half to even), so that the rotated floats
 // never go to memory. Two more fuse the rotation into the producers of a rotated layer's
-// input (llmq/engine/rotation.py, rotated_attention_input and rotated_ffn): RMSNorm, and
+// input (llmq/engine/rotation.py, rotated_qkv and rotated_ffn): RMSNorm, and
 // SwiGLU over the int32 outputs of the gate and up GEMMs, so that a decoder layer makes three
 // calls instead of four and its inputs go from the producer's operands to int8 in one pass.
 // Both leave the 1/8 of the transform out of the floats and put it into the row's scale
