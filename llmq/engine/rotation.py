@@ -154,6 +154,19 @@ def fuses_here() -> bool:
     return int8_kernel() == "onednn" and native.hadamard_library() is not None
 
 
+def unfused_here(model: torch.nn.Module) -> str | None:
+    """A warning when a CPU model's rotated layers cannot run fused here (a variant built
+    where they did), so each rotates its own input in a pass of its own; None otherwise."""
+    rotated = any(type(m) is RotatedInt8Linear and m.qweight.device.type == "cpu"
+                  for m in model.modules())
+    if not rotated or fuses_here():
+        return None
+    why = ("FBGEMM's int8 GEMM runs here" if int8_kernel() == "fbgemm" else
+           "llmq's native kernels are off (LLMQ_COMPILE=0) or do not build here")
+    return (f"its rotated int8 layers run unfused ({why}): an extra pass over every rotated "
+            "input; `llmq model optimize --preset cpu` here builds what is fastest here")
+
+
 def fuses_producers(layer: torch.nn.Module) -> bool:
     """Whether ``layer`` (a DecoderLayer on CPU) runs rotated_qkv and rotated_ffn: every
     rotated linear is one, and ``fuses_here``. Elsewhere its RotatedInt8Linears rotate their

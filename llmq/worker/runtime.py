@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from llmq.engine import kernel_timing
+from llmq.engine import kernel_timing, rotation
 from llmq.engine.engine import Engine, EngineConfig
 from llmq.engine.setup import configure_process
 from llmq.settings import Settings
@@ -35,7 +35,8 @@ def load(settings: Settings, model: str, device: str,
         cache_dir=settings.cache_dir or None)
     actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
     for warning in (kernel_timing.slow_here(engine.model, engine.model.config),
-                    kernel_timing.coarsened_here(engine.model)):
+                    kernel_timing.coarsened_here(engine.model),
+                    rotation.unfused_here(engine.model)):
         if warning:
             log.warning("model %s: %s", model, warning)
     return engine, WorkerIdentity.here(actual, model)

@@ -19,13 +19,16 @@ from llmq.engine.engine import Engine, EngineConfig
 from llmq.engine.fidelity import sequence_logits
 from llmq.engine.int8_kernels import quantize_rows
 from llmq.engine.model import LlamaModel
+from llmq.engine.quant import quantize_layers
 from llmq.engine.rotation import (
     ROTATED_LINEARS,
     RotatedInt8Linear,
     hadamard,
     hadamard_blocks,
     hadamard_quantize,
+    rotate_layers,
     rotate_weights,
+    unfused_here,
 )
 from llmq.engine.tokenizer import TextTokenizer
 from llmq.variants.optimize import Recipe, build, preset, resolve_rotation
@@ -221,6 +224,25 @@ def test_the_preset_rotates_int8_where_it_applies_and_fuses(tokenizer: TextToken
                 with forced_int8_kernel("fbgemm"):
                     assert rotates(auto) is False
     assert rotates(Recipe(quantize="int8", rotate=True), odd) is True  # refused by build
+
+
+def test_a_worker_warns_where_rotated_layers_cannot_fuse(rotatable_gguf: tuple[Path, dict],
+                                                        tokenizer: TextTokenizer) -> None:
+    _, weights = rotatable_gguf
+    config = tiny_config(tokenizer, intermediate_size=128)
+    plain = LlamaModel.from_hf_weights(config, weights)
+    quantize_layers(plain, "int8")
+    rotated = LlamaModel.from_hf_weights(config, rotate_weights(config, weights))
+    quantize_layers(rotated, "int8")
+    rotate_layers(rotated)
+    with forced_int8_kernel("fbgemm"):
+        assert "FBGEMM" in (unfused_here(rotated) or "")
+        assert unfused_here(plain) is None
+    with forced_int8_kernel("onednn"):
+        assert "native kernels are off" in (unfused_here(rotated) or "")
+        if HAS_COMPILER:
+            with native_kernels():
+                assert unfused_here(rotated) is None
 
 
 def test_a_rotated_variant_compiles_saves_and_loads_to_the_same_tokens(
