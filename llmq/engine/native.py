@@ -98,7 +98,8 @@ def _folder() -> Path:
 
 def _build(compiler: str, source: Path, defines: tuple[str, ...]) -> Path:
     flags = [*FLAGS, *(f"-D{d}" for d in defines)]
-    key = hashlib.sha256("\0".join([source.read_text(), compiler, *flags,
+    headers = [h.read_text() for h in sorted(CSRC.glob("*.h"))]  # what sources include
+    key = hashlib.sha256("\0".join([source.read_text(), *headers, compiler, *flags,
                                     _toolchain_identity(compiler)]).encode()).hexdigest()[:16]
     target = _folder() / f"{source.stem}-{'-'.join((*defines, key)).lower()}.so"
     if not target.is_file():

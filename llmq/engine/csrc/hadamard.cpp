@@ -136,20 +136,7 @@ inline V zero_below(V x, float limit, V r) { return x < limit ? 0.f : r; }
 inline V where_nonnegative(V x, V a, V b) { return x >= 0.f ? a : b; }
 #endif
 
-// exp(x) for x <= 0 as 2^(x log2 e): a degree-6 polynomial for the fraction and the exponent
-// bits for the integer part (relative error about 2e-7), 0 below -87 (decode_attention.cpp
-// takes its softmax's exp the same way)
-constexpr float EXP2_FRACTION[] = {1.535336188319500e-4f, 1.339887440266574e-3f,
-                                   9.618437357674640e-3f, 5.550332471162809e-2f,
-                                   2.402264791363012e-1f, 6.931472028550421e-1f, 1.0f};
-inline V exp_nonpositive(V x) {
-    const V y = max(mul(x, splat(1.44269504088896341f)), splat(-126.f));
-    const V n = floor(y);
-    const V f = sub(y, n);
-    V p = splat(EXP2_FRACTION[0]);
-    for (int i = 1; i < 7; ++i) p = fma(p, f, splat(EXP2_FRACTION[i]));
-    return zero_below(x, -87.f, mul(p, pow2(n)));
-}
+#include "vector_exp.h"  // exp_nonpositive, as the attention kernel's softmax takes it
 
 // g * sigmoid(g) with e = exp(-|g|) <= 1, so nothing overflows: 1 / (1 + e) for g >= 0,
 // e / (1 + e) below
