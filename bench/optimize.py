@@ -62,7 +62,6 @@ def variant_folder(name: str) -> Path:
 
 def build_variants(names: list[str]) -> dict[str, dict]:
     """Artifacts plus their held-out fidelity, built on a compute thread (threads.py)."""
-    from llmq.engine import native
     from llmq.engine.prune import PruneRecipe
     from llmq.engine.setup import configure_process
     from llmq.engine.threads import on_compute_thread
@@ -80,18 +79,19 @@ def build_variants(names: list[str]) -> dict[str, dict]:
             kv_cache=opts.get("kv_cache", "float16"), distill_steps=opts.get("distill", 0),
             vocab=opts.get("vocab", 0), rotate=opts.get("rotate", False))
 
-        # the preset decides with the native kernels on, as `llmq model optimize` does
+        # the preset decides as `llmq model optimize` does: with compiled layers and the
+        # native kernels on, so int8 is timed as the engine runs it (kernel_timing.py)
         def run(folder: Path = folder, recipe: Recipe = recipe,
-                native_on: bool = "preset" in opts) -> dict:
+                as_served: bool = "preset" in opts) -> dict:
             import shutil
 
             shutil.rmtree(folder, ignore_errors=True)
-            native.configure(native_on)
+            configure_process(threads=2, compile=as_served)
             try:
                 base, variant, tok, manifest = build("smollm2-135m", recipe, folder,
                                                      log=lambda _: None)
             finally:
-                native.configure(False)
+                configure_process(threads=2, compile=False)
             fid = evaluate_models(base, variant, tok)
             return {"path": str(folder), "recipe": manifest["recipe"], "kl": fid.kl,
                     "top1": fid.top1,
