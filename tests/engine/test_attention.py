@@ -36,6 +36,29 @@ def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return out
 
 
+def prompt_rows_case(dim: int, group: int, dtype: torch.dtype, g: torch.Generator
+                     ) -> tuple[torch.Tensor, ...]:
+    """Rows as a step of prompts and decodes packs them: a prompt of 37 rows (tiles of 16,
+    16 and 5 positions), a decode row, a chunk of 20 rows after 8 cached positions and a row
+    of the same slot that does not follow it; and the float64 answer, row by row. Past the
+    longest row of each slot lie stale, huge keys and values."""
+    kv_heads, length = 2, 64
+    slots = torch.tensor([0] * 37 + [2] + [1] * 20 + [1])
+    lengths = torch.cat([torch.arange(1, 38), torch.tensor([50]), torch.arange(9, 29),
+                         torch.tensor([40])])
+    q = torch.randn(len(slots), kv_heads, group, dim, generator=g) * dim ** -0.5
+    keys = torch.randn(3, kv_heads, length, dim, generator=g)
+    values = torch.randn(3, kv_heads, length, dim, generator=g)
+    for slot, seen in enumerate((37, 40, 50)):
+        keys[slot, :, seen:], values[slot, :, seen:] = 1e6, -1e6
+    keys, values = to_cache(keys, dtype), to_cache(values, dtype)
+    want = torch.empty(q.shape, dtype=torch.float64)
+    for row, (slot, n) in enumerate(zip(slots.tolist(), lengths.tolist(), strict=True)):
+        k, v = keys[slot, :, :n].double(), values[slot, :, :n].double()
+        want[row] = torch.softmax(q[row].double() @ k.transpose(-1, -2), dim=-1) @ v
+    return q, keys, values, slots, lengths, want
+
+
 def test_a_float16_cache_saturates_rather_than_overflows() -> None:
     stored = to_cache(torch.tensor([1e6, -1e6, 3.0]), torch.float16)
     assert stored.tolist() == [65504.0, -65504.0, 3.0]
@@ -70,6 +93,18 @@ def test_decode_attention_reads_only_each_slots_own_positions(dtype: torch.dtype
             rows = torch.tensor([3, 0, 2])
             got = native.decode_attention(q[rows], k_cache, v_cache, rows, lengths[rows])
             torch.testing.assert_close(got.double(), want[rows], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_native_attention_takes_prompt_rows_a_tile_at_a_time(dtype: torch.dtype) -> None:
+    """Consecutive positions of one slot go through the kernel as tiles of 16 rows that share
+    what they read, each row seeing up to its own position only."""
+    q, keys, values, slots, lengths, want = prompt_rows_case(
+        64, 3, dtype, torch.Generator().manual_seed(2))
+    with native_kernels():
+        got = native.decode_attention(q, keys, values, slots, lengths)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
 def test_a_float16_cache_keeps_the_models_logits(tiny: Tiny) -> None:

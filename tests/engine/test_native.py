@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from llmq.engine import native
-from tests.engine.test_attention import reference
+from tests.engine.test_attention import prompt_rows_case, reference
 from tests.engine.tiny import HAS_COMPILER, native_kernels
 
 pytestmark = pytest.mark.skipif(not HAS_COMPILER,
@@ -88,3 +88,11 @@ def test_the_avx2_and_plain_builds_compute_the_same(march: str, tmp_path: Path) 
             ctypes.c_int64(keys.stride(1)), 2) == 0
         torch.testing.assert_close(out.double(), reference(q, keys, values, lengths),
                                    rtol=1e-4, atol=1e-5)
+        # prompt rows: tiles of W consecutive positions (AVX2), one row at a time (plain)
+        pq, pk, pv, pslots, plengths, want = prompt_rows_case(32, 2, dtype, g)
+        out = torch.empty_like(pq)
+        assert lib.llmq_decode_attention(
+            *(ctypes.c_void_p(t.data_ptr()) for t in (pq, pk, pv, pslots, plengths, out)),
+            ctypes.c_int64(len(pslots)), pk.shape[1], 2, 32, code,
+            ctypes.c_int64(pk.stride(0)), ctypes.c_int64(pk.stride(1)), 2) == 0
+        torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-5)
