@@ -183,6 +183,18 @@ struct BF16 {
 // Rows of scores are whole vectors: the padding past length scores -inf, which weighs 0.
 inline int64_t padded(int64_t length) { return (length + W - 1) / W * W; }
 
+// Decode reads a sequence's keys and values from memory, not cache (the whole cache of a
+// layer is larger than L3): requests issued ahead of use keep more reads in flight than the
+// hardware prefetcher does while the cores compute. Prefetches never fault, so running past
+// the slot's end is harmless.
+constexpr int64_t PREFETCH_AHEAD = 4 * W;  // keys
+template <class T>
+inline void prefetch_rows(const T* p, int64_t count) {
+    const char* bytes = reinterpret_cast<const char*>(p);
+    for (int64_t b = 0; b < count * static_cast<int64_t>(sizeof(T)); b += 64)
+        __builtin_prefetch(bytes + b);
+}
+
 // q [G, E] (scaled), keys/values [length, E], scores [G, padded(length)], out [G, E]
 template <class C, int E, int G>
 void one_task(const float* q, const typename C::T* keys, const typename C::T* values,
@@ -195,8 +207,11 @@ void one_task(const float* q, const typename C::T* keys, const typename C::T* va
     // W keys at a time: their float32 copy, then per query row W dot products summed across
     // lanes together (lane_sums), so one store writes W scores
     alignas(64) float block[W * E];
+    prefetch_rows(keys, PREFETCH_AHEAD * E);
     int64_t l = 0;
     for (; W > 1 && l + W <= length; l += W) {
+        prefetch_rows(keys + (l + PREFETCH_AHEAD) * E, W * E);
+        prefetch_rows(values + l * E, W * E);  // read after the softmax: in cache by then
         const float* kb = block;
         if constexpr (std::is_same_v<C, F32>) {
             kb = keys + l * E;
