@@ -204,7 +204,19 @@ class DecoderLayer(nn.Module):
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
         """Writes the step's keys and values into the cache, then attends over it."""
         k_cache, v_cache = cache  # [S, K, L, E] each
-        dim = self.config.head_dim
+        c = self.config
+        dim = c.head_dim
+        if self.native_decode:
+            # one call writes the step's keys and values and attends every row, decode and
+            # prompt alike: a prompt row is a row that sees its slot up to its own position,
+            # which the call has just written; 1.6-1.9x PyTorch's flash attention on 64-400-
+            # token prompts (bench/kernels.py), and the writes, the conversions to the cache's
+            # dtype and q's scaling cost no eager passes of their own
+            n_tok = q.shape[0]
+            out = native.decode_attention(
+                q.reshape(n_tok, c.num_kv_heads, c.group_size, dim).float(), k_cache, v_cache,
+                step.row_slots, step.row_lengths, dim ** -0.5, (k, v, step.cache_rows))
+            return out.to(q.dtype).view_as(q)
         k_cache.view(-1, dim).index_copy_(0, step.cache_rows, to_cache(k, k_cache.dtype))
         v_cache.view(-1, dim).index_copy_(0, step.cache_rows, to_cache(v, v_cache.dtype))
         return self._attention(q, k, v, k_cache, v_cache, step)
@@ -231,14 +243,6 @@ class DecoderLayer(nn.Module):
                    ) -> torch.Tensor:
         c = self.config
         kv_heads, dim = c.num_kv_heads, c.head_dim
-        if self.native_decode:
-            # one call for the decode rows and every prompt segment: a prompt row is a row
-            # that sees its slot up to its own position, which the step has just written;
-            # 1.6-1.9x PyTorch's flash attention on 64-400-token prompts (bench/kernels.py)
-            n_tok = q.shape[0]
-            qd = q.reshape(n_tok, kv_heads, c.group_size, dim) * (dim ** -0.5)
-            return native.decode_attention(qd.float(), k_cache, v_cache, step.row_slots,
-                                           step.row_lengths).to(q.dtype).view_as(q)
         out = torch.empty_like(q)
         nd = step.num_decode
         if nd:

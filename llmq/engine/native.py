@@ -131,12 +131,16 @@ def _library(source: str, defines: tuple[str, ...] = ()) -> ctypes.CDLL | None:
 def _decode_library(head_dim: int, group: int) -> ctypes.CDLL | None:
     lib = _library("decode_attention.cpp", (f"LLMQ_HEAD_DIM={head_dim}", f"LLMQ_GROUP={group}"))
     if lib is not None:
-        fn = lib.llmq_decode_attention
-        fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64, ctypes.c_int, ctypes.c_int,
-                                               ctypes.c_int, ctypes.c_int, ctypes.c_int64,
-                                               ctypes.c_int64, ctypes.c_int]
+        declare_decode_attention(lib)
     return lib
+
+
+def declare_decode_attention(lib: ctypes.CDLL) -> None:
+    """The argument types of ``llmq_decode_attention`` in a build of decode_attention.cpp."""
+    fn = lib.llmq_decode_attention
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] + [ctypes.c_int] * 4 + [
+        ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float] + [ctypes.c_void_p] * 3
 
 
 @functools.cache
@@ -184,11 +188,16 @@ def serves(config: ModelConfig, cache_dtype: torch.dtype) -> bool:
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                     slots: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+                     slots: torch.Tensor, lengths: torch.Tensor, q_scale: float = 1.0,
+                     new: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+                     ) -> torch.Tensor:
     """Attention of one query position per row over its slot's first ``lengths[row]`` cached
-    positions. q ``[B, K, G, E]`` float32 (scaled); keys and values ``[S, K, L, E]`` (the
-    whole layer cache, positions contiguous); slots and lengths ``[B]`` int64. Returns
-    ``[B, K, G, E]`` float32."""
+    positions. q ``[B, K, G, E]`` float32, multiplied by ``q_scale`` as it is read; keys and
+    values ``[S, K, L, E]`` (the whole layer cache, positions contiguous); slots and lengths
+    ``[B]`` int64. ``new``: the step's own keys and values ``[B * K, E]`` float32 and their
+    rows in the caches viewed as ``[S * K * L, E]``, written first, in the same call (as
+    ``model.to_cache`` converts them and ``index_copy_`` writes them). Returns ``[B, K, G, E]``
+    float32."""
     rows, kv_heads, group, dim = q.shape
     lib = _decode_library(dim, group)
     assert lib is not None, "check serves() first"
@@ -197,11 +206,20 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     q = q.contiguous()
     slots = slots.to(torch.int64).contiguous()  # held while the kernel reads them
     lengths = lengths.to(torch.int64).contiguous()
+    written: list[torch.Tensor] = []
+    if new is not None:
+        assert keys.is_contiguous() and values.is_contiguous(), "writes address whole caches"
+        k_new, v_new, cache_rows = new
+        written = [k_new.float().contiguous(), v_new.float().contiguous(),
+                   cache_rows.to(torch.int64).contiguous()]
+        assert written[0].shape == written[1].shape == (rows * kv_heads, dim)
+        assert written[2].shape == (rows * kv_heads,)
     out = torch.empty_like(q)
     status = lib.llmq_decode_attention(
         q.data_ptr(), keys.data_ptr(), values.data_ptr(), slots.data_ptr(),
         lengths.data_ptr(), out.data_ptr(), rows, kv_heads, group, dim,
-        CACHE_DTYPES[keys.dtype], keys.stride(0), keys.stride(1), torch.get_num_threads())
+        CACHE_DTYPES[keys.dtype], keys.stride(0), keys.stride(1), torch.get_num_threads(),
+        q_scale, *(t.data_ptr() for t in written) if written else (None, None, None))
     if status:
         raise ValueError(f"native decode attention was not built for head dim {dim}, group "
                          f"{group}, {keys.dtype}")

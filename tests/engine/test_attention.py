@@ -59,6 +59,37 @@ def prompt_rows_case(dim: int, group: int, dtype: torch.dtype, g: torch.Generato
     return q, keys, values, slots, lengths, want
 
 
+# floats whose conversion to a 16-bit cache is easy to get wrong: saturation, float16's
+# subnormals and its underflow, and ties that round to even in float16 and in bfloat16
+AWKWARD = [1e6, -1e6, 7e4, -7e4, 65519.0, 65520.0, -65504.5, 1e-6, -3e-8, 6e-8, 2.9e-8,
+           1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -8, -(1 + 3 * 2 ** -8), 0.0, -0.0]
+
+
+def written_case(keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+                 lengths: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """A step's own keys and values for rows (``slots``, ``lengths``) of caches like ``keys``
+    and ``values``, each row written at its last position, with AWKWARD among them; their rows
+    in the caches viewed as ``[S * K * L, E]``; and the caches as ``index_copy_`` of
+    ``to_cache`` leaves them."""
+    _, kv_heads, length, dim = keys.shape
+    k_new = torch.randn(len(slots) * kv_heads, dim, generator=g)
+    v_new = torch.randn(len(slots) * kv_heads, dim, generator=g)
+    k_new.view(-1)[: len(AWKWARD)] = torch.tensor(AWKWARD)
+    v_new.view(-1)[-len(AWKWARD):] = torch.tensor(AWKWARD)
+    cache_rows = ((slots[:, None] * kv_heads + torch.arange(kv_heads)) * length
+                  + (lengths - 1)[:, None]).reshape(-1)
+    want_k, want_v = keys.clone(), values.clone()
+    want_k.view(-1, dim).index_copy_(0, cache_rows, to_cache(k_new, keys.dtype))
+    want_v.view(-1, dim).index_copy_(0, cache_rows, to_cache(v_new, values.dtype))
+    return k_new, v_new, cache_rows, want_k, want_v
+
+
+def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
+    ints = {4: torch.int32, 2: torch.int16}[got.element_size()]
+    assert got.dtype == want.dtype
+    assert torch.equal(got.view(ints), want.view(ints))
+
+
 def test_a_float16_cache_saturates_rather_than_overflows() -> None:
     stored = to_cache(torch.tensor([1e6, -1e6, 3.0]), torch.float16)
     assert stored.tolist() == [65504.0, -65504.0, 3.0]
@@ -104,6 +135,30 @@ def test_native_attention_takes_prompt_rows_a_tile_at_a_time(dtype: torch.dtype)
         64, 3, dtype, torch.Generator().manual_seed(2))
     with native_kernels():
         got = native.decode_attention(q, keys, values, slots, lengths)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_native_attention_writes_the_steps_keys_then_attends(dtype: torch.dtype) -> None:
+    """The engine hands the kernel the step's own keys and values and an unscaled q: it
+    writes them bit for bit as ``to_cache`` and ``index_copy_`` would, and every row, prompt
+    rows included, then attends over what was written."""
+    g = torch.Generator().manual_seed(3)
+    q, keys, values, slots, lengths, _ = prompt_rows_case(64, 3, dtype, g)
+    k_new, v_new, cache_rows, want_k, want_v = written_case(keys, values, slots, lengths, g)
+    k_new.view(-1)[: len(AWKWARD)] = 0.5  # huge keys would make the reference's softmax moot
+    want_k.view(-1, 64).index_copy_(0, cache_rows, to_cache(k_new, dtype))
+    scale = 64 ** -0.5
+    with native_kernels():
+        got = native.decode_attention(q / scale, keys, values, slots, lengths, scale,
+                                      (k_new, v_new, cache_rows))
+    assert_same_bits(keys, want_k)
+    assert_same_bits(values, want_v)
+    want = torch.empty(q.shape, dtype=torch.float64)
+    for row, (slot, n) in enumerate(zip(slots.tolist(), lengths.tolist(), strict=True)):
+        k, v = want_k[slot, :, :n].double(), want_v[slot, :, :n].double()
+        want[row] = torch.softmax(q[row].double() @ k.transpose(-1, -2), dim=-1) @ v
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 

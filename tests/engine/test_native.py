@@ -14,7 +14,12 @@ import pytest
 import torch
 
 from llmq.engine import native
-from tests.engine.test_attention import prompt_rows_case, reference
+from tests.engine.test_attention import (
+    assert_same_bits,
+    prompt_rows_case,
+    reference,
+    written_case,
+)
 from tests.engine.tiny import HAS_COMPILER, native_kernels
 
 pytestmark = pytest.mark.skipif(not HAS_COMPILER,
@@ -75,24 +80,33 @@ def test_the_avx2_and_plain_builds_compute_the_same(march: str, tmp_path: Path) 
     assert torch.equal(indices, x.topk(4, dim=-1).indices)
 
     lib = build("decode_attention.cpp", "-DLLMQ_HEAD_DIM=32", "-DLLMQ_GROUP=2")
+    native.declare_decode_attention(lib)
+
+    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+               lengths: torch.Tensor, scale: float = 1.0,
+               new: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        out = torch.empty_like(q)
+        assert lib.llmq_decode_attention(
+            q.data_ptr(), keys.data_ptr(), values.data_ptr(), slots.data_ptr(),
+            lengths.data_ptr(), out.data_ptr(), len(slots), keys.shape[1], 2, 32,
+            native.CACHE_DTYPES[keys.dtype], keys.stride(0), keys.stride(1), 2, scale,
+            *([t.data_ptr() for t in new] or [None] * 3)) == 0
+        return out
+
     slots, kv_heads, length = 5, 2, 40
     q = torch.randn(slots, kv_heads, 2, 32, generator=g) * 32 ** -0.5
     rows, lengths = torch.arange(slots), torch.tensor([1, 40, 17, 3, 29])
-    for dtype, code in native.CACHE_DTYPES.items():
+    for dtype in native.CACHE_DTYPES:
         keys = torch.randn(slots, kv_heads, length, 32, generator=g).to(dtype)
         values = torch.randn(slots, kv_heads, length, 32, generator=g).to(dtype)
-        out = torch.empty_like(q)
-        assert lib.llmq_decode_attention(
-            *(ctypes.c_void_p(t.data_ptr()) for t in (q, keys, values, rows, lengths, out)),
-            ctypes.c_int64(slots), kv_heads, 2, 32, code, ctypes.c_int64(keys.stride(0)),
-            ctypes.c_int64(keys.stride(1)), 2) == 0
-        torch.testing.assert_close(out.double(), reference(q, keys, values, lengths),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(attend(q, keys, values, rows, lengths).double(),
+                                   reference(q, keys, values, lengths), rtol=1e-4, atol=1e-5)
         # prompt rows: tiles of W consecutive positions (AVX2), one row at a time (plain)
         pq, pk, pv, pslots, plengths, want = prompt_rows_case(32, 2, dtype, g)
-        out = torch.empty_like(pq)
-        assert lib.llmq_decode_attention(
-            *(ctypes.c_void_p(t.data_ptr()) for t in (pq, pk, pv, pslots, plengths, out)),
-            ctypes.c_int64(len(pslots)), pk.shape[1], 2, 32, code,
-            ctypes.c_int64(pk.stride(0)), ctypes.c_int64(pk.stride(1)), 2) == 0
-        torch.testing.assert_close(out.double(), want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(attend(pq, pk, pv, pslots, plengths).double(), want,
+                                   rtol=1e-4, atol=1e-5)
+        # the step's own keys and values, written by the call as to_cache converts them
+        k_new, v_new, cache_rows, want_k, want_v = written_case(pk, pv, pslots, plengths, g)
+        attend(pq, pk, pv, pslots, plengths, 1.0, (k_new, v_new, cache_rows))
+        assert_same_bits(pk, want_k)
+        assert_same_bits(pv, want_v)

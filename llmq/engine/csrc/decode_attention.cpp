@@ -164,17 +164,62 @@ inline V zero_below(V x, float limit, V r) { return x < limit ? 0.f : r; }
 inline V lane_sums(const V* a) { return a[0]; }
 #endif
 
+// float32 to the cache's storage exactly as PyTorch's to_cache (model.py) does it: float16
+// saturates at +-65504 and, like bfloat16, rounds to nearest even; NaN stays NaN.
+inline uint32_t bits_of(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    return u;
+}
+inline float float_of(uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+}
+inline uint16_t half_of(float f) {  // round to nearest even, as F16C's conversion
+    uint32_t u = bits_of(f);
+    const uint32_t sign = u & 0x80000000u;
+    u ^= sign;
+    uint32_t h;
+    if (u >= (127u + 16u) << 23) {  // past float16's range: inf, or NaN
+        h = u > 0x7f800000u ? 0x7e00u : 0x7c00u;
+    } else if (u < 113u << 23) {  // a float16 subnormal: the addition rounds it
+        const uint32_t magic = ((127u - 15u) + (23u - 10u) + 1u) << 23;
+        h = bits_of(float_of(u) + float_of(magic)) - magic;
+    } else {
+        const uint32_t odd = (u >> 13) & 1u;
+        h = (u + ((15u - 127u) << 23) + 0xfffu + odd) >> 13;
+    }
+    return static_cast<uint16_t>(h | (sign >> 16));
+}
+inline uint16_t bfloat_of(float f) {  // round to nearest even, as c10::BFloat16
+    const uint32_t u = bits_of(f);
+    if (f != f) return 0x7fc0;
+    return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+constexpr float HALF_MAX = 65504.f;
+inline float saturated(float x) {  // NaN passes: max and min return it
+    return x != x ? x : (x < -HALF_MAX ? -HALF_MAX : (x > HALF_MAX ? HALF_MAX : x));
+}
+
 struct F32 {
     using T = float;
     static V load(const T* p) { return load_f32(p); }
+    static void put(const float* src, T* dst, int n) { std::memcpy(dst, src, n * sizeof(T)); }
 };
 struct F16 {
     using T = uint16_t;
     static V load(const T* p) { return load_f16(p); }
+    static void put(const float* src, T* dst, int n) {
+        for (int i = 0; i < n; ++i) dst[i] = half_of(saturated(src[i]));
+    }
 };
 struct BF16 {
     using T = uint16_t;
     static V load(const T* p) { return load_bf16(p); }
+    static void put(const float* src, T* dst, int n) {
+        for (int i = 0; i < n; ++i) dst[i] = bfloat_of(src[i]);
+    }
 };
 
 // exp(x) for x <= 0 (-inf, the padding of a row of scores, gives 0)
@@ -197,13 +242,13 @@ inline void prefetch_rows(const T* p, int64_t count) {
 
 // q [G, E] (scaled), keys/values [length, E], scores [G, padded(length)], out [G, E]
 template <class C, int E, int G>
-void one_task(const float* q, const typename C::T* keys, const typename C::T* values,
-              int64_t length, float* scores, float* out) {
+void one_task(const float* q, float q_scale, const typename C::T* keys,
+              const typename C::T* values, int64_t length, float* scores, float* out) {
     constexpr int N = E / W;
     const int64_t stride = padded(length);
     V qv[G][N];
     for (int g = 0; g < G; ++g)
-        for (int i = 0; i < N; ++i) qv[g][i] = load_f32(q + g * E + i * W);
+        for (int i = 0; i < N; ++i) qv[g][i] = mul(load_f32(q + g * E + i * W), splat(q_scale));
     // W keys at a time: their float32 copy, then per query row W dot products summed across
     // lanes together (lane_sums), so one store writes W scores
     alignas(64) float block[W * E];
@@ -277,7 +322,7 @@ void one_task(const float* q, const typename C::T* keys, const typename C::T* va
 // prompt attention on a Zen 5 EPYC, 2 threads, float16 cache: 22 prompts of 185 rows in
 // 3.7-4.3 ms against 5.2-5.3, 10 of 400 in 6.1-6.7 ms against 9.2 (a /tmp script).
 template <class C, int E, int G>
-void tile_task(const float* q, int64_t q_row_stride, const typename C::T* keys,
+void tile_task(const float* q, int64_t q_row_stride, float q_scale, const typename C::T* keys,
                const typename C::T* values, int64_t len0, int n, float* out,
                int64_t out_row_stride, float* space) {
     constexpr int M = W * G;  // query rows of a full tile, G vectors of W
@@ -293,7 +338,7 @@ void tile_task(const float* q, int64_t q_row_stride, const typename C::T* keys,
         const int r = m / G;
         limit[m] = static_cast<float>(r < n ? len0 + r : len0);  // padding rows: as row 0
         for (int e = 0; e < E; ++e)
-            qt[e * M + m] = r < n ? q[r * q_row_stride + (m % G) * E + e] : 0.f;
+            qt[e * M + m] = r < n ? q[r * q_row_stride + (m % G) * E + e] * q_scale : 0.f;
     }
     for (int i = 0; i < E * M; ++i) ot[i] = 0.f;
     V run_max[G], run_sum[G];
@@ -379,6 +424,12 @@ struct Call {
     int K;
     int64_t slot_stride, head_stride;
     int threads;
+    float q_scale;  // q's rows are multiplied by it as they are read
+    // the step's own keys and values [rows * K, E] float32, written first to cache_rows [rows
+    // * K] (rows of the layer's cache viewed as [S * K * L, E]); null when already written
+    const float* k_new;
+    const float* v_new;
+    const int64_t* cache_rows;
 };
 
 // A task: one KV head of a tile of rows, [first, first + count) of the call's rows, where a
@@ -410,6 +461,15 @@ void run(const Call& c) {
     const int64_t row_stride = static_cast<int64_t>(c.K) * G * E;
 #pragma omp parallel num_threads(c.threads)
     {
+        if (c.k_new != nullptr) {  // every row's keys before any row attends: prompt rows see
+            T* kw = const_cast<T*>(kc);  // the keys of the step's earlier positions
+            T* vw = const_cast<T*>(vc);
+#pragma omp for schedule(static)
+            for (int64_t i = 0; i < c.rows * c.K; ++i) {
+                C::put(c.k_new + i * E, kw + c.cache_rows[i] * E, E);
+                C::put(c.v_new + i * E, vw + c.cache_rows[i] * E, E);
+            }
+        }
         std::vector<float> scores;
         std::vector<float> tile_space(W > 1 ? 2 * E * W * G + 16 : 0);
         // whole cache lines: a vector load across two lines cost tiles a fifth of their time
@@ -423,16 +483,16 @@ void run(const Call& c) {
             const int64_t at = task.first * row_stride + task.head * G * E;
             if constexpr (W > 1) {
                 if (task.count > 1) {
-                    tile_task<C, E, G>(c.q + at, row_stride, kc + base, vc + base, length,
-                                       task.count, c.out + at, row_stride,
-                                       tile);
+                    tile_task<C, E, G>(c.q + at, row_stride, c.q_scale, kc + base,
+                                       vc + base, length, task.count, c.out + at,
+                                       row_stride, tile);
                     continue;
                 }
             }
             if (static_cast<int64_t>(scores.size()) < G * padded(length))
                 scores.resize(G * padded(length));
-            one_task<C, E, G>(c.q + at, kc + base, vc + base, length, scores.data(),
-                              c.out + at);
+            one_task<C, E, G>(c.q + at, c.q_scale, kc + base, vc + base, length,
+                              scores.data(), c.out + at);
         }
     }
 }
@@ -448,16 +508,20 @@ int build_for(const Call& c, int G, int E) {
 
 extern "C" {
 
-// q [rows, K, G, E] float32 (already scaled); caches [S, K, L, E] in dtype (0 float32,
-// 1 float16, 2 bfloat16) with the given strides in elements, positions contiguous; slots and
-// lengths [rows]; out [rows, K, G, E] float32. Returns 0, or 1 for a head dimension or group
-// size other than the build's (LLMQ_HEAD_DIM, LLMQ_GROUP) or an unknown dtype.
+// q [rows, K, G, E] float32, multiplied by q_scale as it is read; caches [S, K, L, E] in
+// dtype (0 float32, 1 float16, 2 bfloat16) with the given strides in elements, positions
+// contiguous; slots and lengths [rows]; out [rows, K, G, E] float32. With k_new, v_new and
+// cache_rows (else null), the step's keys and values are first written into the caches (each
+// [S, K, L, E] contiguous, as its own [S * K * L, E] rows), converted as to_cache does.
+// Returns 0, or 1 for a head dimension or group size other than the build's (LLMQ_HEAD_DIM,
+// LLMQ_GROUP) or an unknown dtype.
 int llmq_decode_attention(const float* q, const void* k_cache, const void* v_cache,
                           const int64_t* slots, const int64_t* lengths, float* out,
                           int64_t rows, int K, int G, int E, int dtype,
-                          int64_t slot_stride, int64_t head_stride, int threads) {
+                          int64_t slot_stride, int64_t head_stride, int threads, float q_scale,
+                          const float* k_new, const float* v_new, const int64_t* cache_rows) {
     const Call c{q, k_cache, v_cache, slots, lengths, out, rows, K, slot_stride, head_stride,
-                 threads};
+                 threads, q_scale, k_new, v_new, cache_rows};
     switch (dtype) {
         case 0: return build_for<F32>(c, G, E);
         case 1: return build_for<F16>(c, G, E);
