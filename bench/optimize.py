@@ -28,6 +28,8 @@ VARIANTS: dict[str, dict] = {
     # what `llmq model optimize --preset cpu` builds here (kernels timed, rotation where it
     # fuses); the build log says what it chose
     "preset": {"preset": "cpu"},
+    # the preset with int8 keys and values (a float32 scale per position and head)
+    "preset, int8 KV cache": {"preset": "cpu", "kv_cache": "int8"},
     "bf16": {"quantize": "bf16"},
     "int8": {"quantize": "int8", "smooth_alpha": 0.5},
     # int8 with the QKV, gate/up and down inputs rotated (llmq.engine.rotation)
@@ -62,6 +64,8 @@ def variant_folder(name: str) -> Path:
 
 def build_variants(names: list[str]) -> dict[str, dict]:
     """Artifacts plus their held-out fidelity, built on a compute thread (threads.py)."""
+    from dataclasses import replace
+
     from llmq.engine.prune import PruneRecipe
     from llmq.engine.setup import configure_process
     from llmq.engine.threads import on_compute_thread
@@ -73,7 +77,8 @@ def build_variants(names: list[str]) -> dict[str, dict]:
     for name in names:
         opts = VARIANTS[name]
         folder = variant_folder(name)
-        recipe = preset(opts["preset"]) if "preset" in opts else Recipe(
+        recipe = replace(preset(opts["preset"]), **{
+            k: v for k, v in opts.items() if k == "kv_cache"}) if "preset" in opts else Recipe(
             prune=PruneRecipe(ffn=opts.get("ffn", 0.0)), quantize=opts["quantize"],
             smooth_alpha=opts.get("smooth_alpha"), keep_float=tuple(opts.get("keep_float", ())),
             kv_cache=opts.get("kv_cache", "float16"), distill_steps=opts.get("distill", 0),

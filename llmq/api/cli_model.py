@@ -106,9 +106,9 @@ def model_eval(name: str, base: str | None, new_tokens: int, as_json: bool) -> N
 @click.option("--distill-steps", type=click.IntRange(min=0), default=0,
               help="after pruning, steps of distillation from the base (4 sequences each, "
                    "about 4.5 s a step on 2 CPU cores; resumable) [default: 0]")
-@click.option("--kv-cache", type=click.Choice(["float32", "float16", "bfloat16"]),
-              help="storage of the KV cache; attention sums in float32 either way "
-                   "[default: float16]")
+@click.option("--kv-cache", type=click.Choice(["float32", "float16", "bfloat16", "int8"]),
+              help="storage of the KV cache (int8: codes and a scale per position and head); "
+                   "attention sums in float32 either way [default: float16]")
 @click.option("--calibration", type=click.Path(exists=True, dir_okay=False),
               help="JSONL of calibration prompts (default: the set shipped with llmq)")
 @click.option("--output", type=click.Path(file_okay=False),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-KV_CACHE_DTYPES = ("", "float32", "float16", "bfloat16")
+KV_CACHE_DTYPES = ("", "float32", "float16", "bfloat16", "int8")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,9 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     head_tokens: int = 0  # rows of a vocabulary-pruned output head (0: the whole vocabulary)
-    kv_cache_dtype: str = ""  # "float16" etc.: the KV cache's storage ("": the model's dtype)
+    # "float16" etc.: the KV cache's storage ("": the model's dtype; "int8": codes with a
+    # float32 scale per position and head, kv_cache.to_cache)
+    kv_cache_dtype: str = ""
     head_scheme: str = ""  # "int8": an int8 output head (llmq.engine.head; "": float)
 
     @property
@@ -46,6 +48,9 @@ class ModelConfig:
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"KV cache dtype must be one of {', '.join(KV_CACHE_DTYPES[1:])}, "
                              f"not {self.kv_cache_dtype!r}")
+        if self.kv_cache_dtype == "int8" and self.head_dim % 4:
+            raise ValueError(f"an int8 KV cache needs a head dimension that is a multiple of 4 "
+                             f"(its rows end in a float32 scale), not {self.head_dim}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"

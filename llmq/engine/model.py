@@ -20,13 +20,12 @@ from . import native, rotation
 from .config import ModelConfig
 from .head import OutputHead
 from .kernels import Linear, pack_linears
-from .memory import zeros_lazily
+from .kv_cache import KVCache, from_cache, to_cache
 from .rope import apply_rope, rope_inv_freq
 
 FusedHalves = tuple[Callable[..., Any], Callable[..., Any]]
 _compiled: FusedHalves | None = None
 _compiled_decode: Callable[..., torch.Tensor] | None = None
-_FLOAT16_MAX = 65504.0
 
 
 def compiled_halves() -> FusedHalves:
@@ -44,14 +43,6 @@ def compiled_decode_attention() -> Callable[..., torch.Tensor]:
     if _compiled_decode is None:
         _compiled_decode = torch.compile(decode_attention_reduced, dynamic=True)
     return _compiled_decode
-
-
-def to_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``x`` in the cache's dtype. float16 saturates rather than overflows: one infinite key
-    would turn the masked products of decode attention (0 x inf) into NaN."""
-    if dtype == torch.float16 and x.dtype != dtype:
-        x = x.clamp(-_FLOAT16_MAX, _FLOAT16_MAX)
-    return x.to(dtype)
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -109,26 +100,6 @@ class StepInputs:
     # native kernel needs to attend for decode and prompt rows alike, in one call
     row_slots: torch.Tensor  # [T] long
     row_lengths: torch.Tensor  # [T] long
-
-
-class KVCache(nn.Module):
-    """Keys and values of every layer and slot, allocated once: ``[layers, 2, S, K, L, E]``.
-
-    It must start as zeros: decode attention reads every slot up to the longest one and masks
-    the rest, and a masked NaN left in never-written memory would still poison the product.
-    On CPU the zeros come from calloc (via numpy), which maps zero pages lazily, so the OS
-    commits only the pages that steps write, however large the cache."""
-
-    def __init__(self, config: ModelConfig, slots: int, length: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
-        super().__init__()
-        shape = (config.num_layers, 2, slots, config.num_kv_heads, length, config.head_dim)
-        self.register_buffer("kv", zeros_lazily(shape, dtype, device), persistent=False)
-        self.slots = slots
-        self.length = length
-
-    def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.kv[index, 0], self.kv[index, 1]
 
 
 def attention_input(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -217,8 +188,9 @@ class DecoderLayer(nn.Module):
                 q.reshape(n_tok, c.num_kv_heads, c.group_size, dim).float(), k_cache, v_cache,
                 step.row_slots, step.row_lengths, dim ** -0.5, (k, v, step.cache_rows))
             return out.to(q.dtype).view_as(q)
-        k_cache.view(-1, dim).index_copy_(0, step.cache_rows, to_cache(k, k_cache.dtype))
-        v_cache.view(-1, dim).index_copy_(0, step.cache_rows, to_cache(v, v_cache.dtype))
+        width = k_cache.shape[-1]
+        k_cache.view(-1, width).index_copy_(0, step.cache_rows, to_cache(k, k_cache.dtype))
+        v_cache.view(-1, width).index_copy_(0, step.cache_rows, to_cache(v, v_cache.dtype))
         return self._attention(q, k, v, k_cache, v_cache, step)
 
     def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -234,8 +206,10 @@ class DecoderLayer(nn.Module):
             full = qd.new_zeros(span, kv_heads, group, dim)
             full[step.decode_slots] = qd
             qd = full
-        od = self.decode_attention(qd, k_cache[:span, :, :length], v_cache[:span, :, :length],
-                                   step.decode_bias)
+        keys, values = k_cache[:span, :, :length], v_cache[:span, :, :length]
+        if keys.dtype == torch.int8:  # PyTorch's forms read floats
+            keys, values = from_cache(keys, q.dtype), from_cache(values, q.dtype)
+        od = self.decode_attention(qd, keys, values, step.decode_bias)
         return od if step.decode_contiguous else od[step.decode_slots]
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -257,8 +231,8 @@ class DecoderLayer(nn.Module):
                 vs = v[rows].view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0).to(q.dtype)
             else:
                 end = seg.start + n
-                ks = k_cache[seg.slot:seg.slot + 1, :, :end].to(q.dtype)  # [1, K, end, E]
-                vs = v_cache[seg.slot:seg.slot + 1, :, :end].to(q.dtype)
+                ks = from_cache(k_cache[seg.slot:seg.slot + 1, :, :end], q.dtype)
+                vs = from_cache(v_cache[seg.slot:seg.slot + 1, :, :end], q.dtype)  # [1, K, end, E]
             os_ = F.scaled_dot_product_attention(
                 qs, ks, vs, attn_mask=seg.mask, is_causal=seg.mask is None, enable_gqa=True
             )  # [1, H, n, E]

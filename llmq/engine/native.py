@@ -42,7 +42,7 @@ FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17")
 VECTOR = 16  # floats per AVX-512 register: a head dimension is whole registers of them
 MAX_HEAD_DIM, MAX_GROUP = 256, 8  # the kernel keeps G x E floats of output in registers
 MAX_TOP_K = 16
-CACHE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+CACHE_DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.int8: 3}
 
 _build_dir: Path | None = None
 _enabled = False
@@ -193,11 +193,11 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                      ) -> torch.Tensor:
     """Attention of one query position per row over its slot's first ``lengths[row]`` cached
     positions. q ``[B, K, G, E]`` float32, multiplied by ``q_scale`` as it is read; keys and
-    values ``[S, K, L, E]`` (the whole layer cache, positions contiguous); slots and lengths
-    ``[B]`` int64. ``new``: the step's own keys and values ``[B * K, E]`` float32 and their
-    rows in the caches viewed as ``[S * K * L, E]``, written first, in the same call (as
-    ``model.to_cache`` converts them and ``index_copy_`` writes them). Returns ``[B, K, G, E]``
-    float32."""
+    values ``[S, K, L, R]`` (the whole layer cache, positions contiguous; R = E, or E + 4 for
+    int8: kv_cache.py); slots and lengths ``[B]`` int64. ``new``: the step's own keys and
+    values ``[B * K, E]`` float32 and their rows in the caches viewed as ``[S * K * L, R]``,
+    written first, in the same call (as ``kv_cache.to_cache`` converts them and
+    ``index_copy_`` writes them). Returns ``[B, K, G, E]`` float32."""
     rows, kv_heads, group, dim = q.shape
     lib = _decode_library(dim, group)
     assert lib is not None, "check serves() first"

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .model import KVCache, LlamaModel, PrefillSegment, StepInputs
+from .kv_cache import KVCache
+from .model import LlamaModel, PrefillSegment, StepInputs
 from .scheduler import Sequence, StepPlan
 
 

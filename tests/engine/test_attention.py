@@ -13,11 +13,11 @@ import torch
 from llmq.contract import SamplingParams
 from llmq.engine import native
 from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+from llmq.engine.kv_cache import from_cache, to_cache
 from llmq.engine.model import (
     LlamaModel,
     compiled_decode_attention,
     decode_attention,
-    to_cache,
 )
 from llmq.engine.runner import ModelRunner
 from tests.conftest import Tiny
@@ -30,10 +30,17 @@ def reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     """Slot by slot, over its own positions only, in float64."""
     out = torch.empty(q.shape, dtype=torch.float64)
     for s, n in enumerate(lengths.tolist()):
-        k, v = keys[s, :, :n].double(), values[s, :, :n].double()  # [K, n, E]
+        k = from_cache(keys[s, :, :n], torch.float64)  # [K, n, E]
+        v = from_cache(values[s, :, :n], torch.float64)
         probs = torch.softmax(q[s].double() @ k.transpose(-1, -2), dim=-1)  # [K, G, n]
         out[s] = probs @ v
     return out
+
+
+def as_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x [..., E]`` stored as a cache of ``dtype`` stores it: ``[..., R]``."""
+    rows = to_cache(x.reshape(-1, x.shape[-1]), dtype)
+    return rows.view(*x.shape[:-1], rows.shape[-1])
 
 
 def prompt_rows_case(dim: int, group: int, dtype: torch.dtype, g: torch.Generator
@@ -51,10 +58,11 @@ def prompt_rows_case(dim: int, group: int, dtype: torch.dtype, g: torch.Generato
     values = torch.randn(3, kv_heads, length, dim, generator=g)
     for slot, seen in enumerate((37, 40, 50)):
         keys[slot, :, seen:], values[slot, :, seen:] = 1e6, -1e6
-    keys, values = to_cache(keys, dtype), to_cache(values, dtype)
+    keys, values = as_cache(keys, dtype), as_cache(values, dtype)
     want = torch.empty(q.shape, dtype=torch.float64)
     for row, (slot, n) in enumerate(zip(slots.tolist(), lengths.tolist(), strict=True)):
-        k, v = keys[slot, :, :n].double(), values[slot, :, :n].double()
+        k = from_cache(keys[slot, :, :n], torch.float64)
+        v = from_cache(values[slot, :, :n], torch.float64)
         want[row] = torch.softmax(q[row].double() @ k.transpose(-1, -2), dim=-1) @ v
     return q, keys, values, slots, lengths, want
 
@@ -65,13 +73,13 @@ AWKWARD = [1e6, -1e6, 7e4, -7e4, 65519.0, 65520.0, -65504.5, 1e-6, -3e-8, 6e-8, 
            1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 2 ** -8, -(1 + 3 * 2 ** -8), 0.0, -0.0]
 
 
-def written_case(keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+def written_case(dim: int, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
                  lengths: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
     """A step's own keys and values for rows (``slots``, ``lengths``) of caches like ``keys``
     and ``values``, each row written at its last position, with AWKWARD among them; their rows
     in the caches viewed as ``[S * K * L, E]``; and the caches as ``index_copy_`` of
     ``to_cache`` leaves them."""
-    _, kv_heads, length, dim = keys.shape
+    _, kv_heads, length, width = keys.shape
     k_new = torch.randn(len(slots) * kv_heads, dim, generator=g)
     v_new = torch.randn(len(slots) * kv_heads, dim, generator=g)
     k_new.view(-1)[: len(AWKWARD)] = torch.tensor(AWKWARD)
@@ -79,13 +87,13 @@ def written_case(keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
     cache_rows = ((slots[:, None] * kv_heads + torch.arange(kv_heads)) * length
                   + (lengths - 1)[:, None]).reshape(-1)
     want_k, want_v = keys.clone(), values.clone()
-    want_k.view(-1, dim).index_copy_(0, cache_rows, to_cache(k_new, keys.dtype))
-    want_v.view(-1, dim).index_copy_(0, cache_rows, to_cache(v_new, values.dtype))
+    want_k.view(-1, width).index_copy_(0, cache_rows, to_cache(k_new, keys.dtype))
+    want_v.view(-1, width).index_copy_(0, cache_rows, to_cache(v_new, values.dtype))
     return k_new, v_new, cache_rows, want_k, want_v
 
 
 def assert_same_bits(got: torch.Tensor, want: torch.Tensor) -> None:
-    ints = {4: torch.int32, 2: torch.int16}[got.element_size()]
+    ints = {4: torch.int32, 2: torch.int16, 1: torch.int8}[got.element_size()]
     assert got.dtype == want.dtype
     assert torch.equal(got.view(ints), want.view(ints))
 
@@ -127,7 +135,7 @@ def test_decode_attention_reads_only_each_slots_own_positions(dtype: torch.dtype
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
 def test_native_attention_takes_prompt_rows_a_tile_at_a_time(dtype: torch.dtype) -> None:
     """Consecutive positions of one slot go through the kernel as tiles of 16 rows that share
     what they read, each row seeing up to its own position only."""
@@ -139,16 +147,16 @@ def test_native_attention_takes_prompt_rows_a_tile_at_a_time(dtype: torch.dtype)
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
 def test_native_attention_writes_the_steps_keys_then_attends(dtype: torch.dtype) -> None:
     """The engine hands the kernel the step's own keys and values and an unscaled q: it
     writes them bit for bit as ``to_cache`` and ``index_copy_`` would, and every row, prompt
     rows included, then attends over what was written."""
     g = torch.Generator().manual_seed(3)
     q, keys, values, slots, lengths, _ = prompt_rows_case(64, 3, dtype, g)
-    k_new, v_new, cache_rows, want_k, want_v = written_case(keys, values, slots, lengths, g)
+    k_new, v_new, cache_rows, want_k, want_v = written_case(64, keys, values, slots, lengths, g)
     k_new.view(-1)[: len(AWKWARD)] = 0.5  # huge keys would make the reference's softmax moot
-    want_k.view(-1, 64).index_copy_(0, cache_rows, to_cache(k_new, dtype))
+    want_k.view(-1, keys.shape[-1]).index_copy_(0, cache_rows, to_cache(k_new, dtype))
     scale = 64 ** -0.5
     with native_kernels():
         got = native.decode_attention(q / scale, keys, values, slots, lengths, scale,
@@ -157,22 +165,24 @@ def test_native_attention_writes_the_steps_keys_then_attends(dtype: torch.dtype)
     assert_same_bits(values, want_v)
     want = torch.empty(q.shape, dtype=torch.float64)
     for row, (slot, n) in enumerate(zip(slots.tolist(), lengths.tolist(), strict=True)):
-        k, v = want_k[slot, :, :n].double(), want_v[slot, :, :n].double()
+        k = from_cache(want_k[slot, :, :n], torch.float64)
+        v = from_cache(want_v[slot, :, :n], torch.float64)
         want[row] = torch.softmax(q[row].double() @ k.transpose(-1, -2), dim=-1) @ v
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
-def test_a_float16_cache_keeps_the_models_logits(tiny: Tiny) -> None:
+@pytest.mark.parametrize(("kv", "tolerance"), [("float16", 2e-3), ("int8", 2e-2)])
+def test_a_half_or_int8_cache_keeps_the_models_logits(tiny: Tiny, kv: str,
+                                                      tolerance: float) -> None:
     exact = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
-    half = LlamaModel.from_hf_weights(replace(tiny.config, kv_cache_dtype="float16"),
-                                      tiny.weights)
-    assert ModelRunner(half, 1, 8).cache.kv.dtype == torch.float16
+    small = LlamaModel.from_hf_weights(replace(tiny.config, kv_cache_dtype=kv), tiny.weights)
+    assert ModelRunner(small, 1, 8).cache.kv.dtype == getattr(torch, kv)
     tokens = tiny.tokenizer.encode("Summarize in two sentences: the mountain is tall and "
                                    "the valley below it is deep and green.")
     want = chunked_logits(exact, tokens, len(tokens))  # one prefill: no cache read at all
-    got = chunked_logits(half, tokens, 3)  # every later chunk reads float16 keys and values
-    assert not torch.equal(got, want)  # the cache really was read, in float16
-    torch.testing.assert_close(got, want, rtol=0, atol=2e-3 * float(want.abs().max()))
+    got = chunked_logits(small, tokens, 3)  # every later chunk reads the stored keys, values
+    assert not torch.equal(got, want)  # the cache really was read, in its dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=tolerance * float(want.abs().max()))
     assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
@@ -190,7 +200,7 @@ def test_the_native_kernel_decodes_what_the_eager_path_decodes(tiny: Tiny) -> No
         finally:
             engine.close()  # its loop thread must not outlive the test
 
-    for kv in ("float32", "float16"):
+    for kv in ("float32", "float16", "int8"):
         model = LlamaModel.from_hf_weights(replace(tiny.config, kv_cache_dtype=kv),
                                            tiny.weights)
         eager = generate(model)

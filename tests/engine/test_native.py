@@ -15,6 +15,7 @@ import torch
 
 from llmq.engine import native
 from tests.engine.test_attention import (
+    as_cache,
     assert_same_bits,
     prompt_rows_case,
     reference,
@@ -97,8 +98,8 @@ def test_the_avx2_and_plain_builds_compute_the_same(march: str, tmp_path: Path) 
     q = torch.randn(slots, kv_heads, 2, 32, generator=g) * 32 ** -0.5
     rows, lengths = torch.arange(slots), torch.tensor([1, 40, 17, 3, 29])
     for dtype in native.CACHE_DTYPES:
-        keys = torch.randn(slots, kv_heads, length, 32, generator=g).to(dtype)
-        values = torch.randn(slots, kv_heads, length, 32, generator=g).to(dtype)
+        keys = as_cache(torch.randn(slots, kv_heads, length, 32, generator=g), dtype)
+        values = as_cache(torch.randn(slots, kv_heads, length, 32, generator=g), dtype)
         torch.testing.assert_close(attend(q, keys, values, rows, lengths).double(),
                                    reference(q, keys, values, lengths), rtol=1e-4, atol=1e-5)
         # prompt rows: tiles of W consecutive positions (AVX2), one row at a time (plain)
@@ -106,7 +107,7 @@ def test_the_avx2_and_plain_builds_compute_the_same(march: str, tmp_path: Path) 
         torch.testing.assert_close(attend(pq, pk, pv, pslots, plengths).double(), want,
                                    rtol=1e-4, atol=1e-5)
         # the step's own keys and values, written by the call as to_cache converts them
-        k_new, v_new, cache_rows, want_k, want_v = written_case(pk, pv, pslots, plengths, g)
+        k_new, v_new, cache_rows, want_k, want_v = written_case(32, pk, pv, pslots, plengths, g)
         attend(pq, pk, pv, pslots, plengths, 1.0, (k_new, v_new, cache_rows))
         assert_same_bits(pk, want_k)
         assert_same_bits(pv, want_v)

@@ -30,6 +30,10 @@ inline V load_f32(const float* p) { return _mm512_loadu_ps(p); }
 inline V load_f16(const uint16_t* p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
+inline V load_i8(const int8_t* p) {
+    const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes));
+}
 inline V load_bf16(const uint16_t* p) {
     __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
@@ -74,6 +78,10 @@ constexpr int W = 8;
 inline V load_f32(const float* p) { return _mm256_loadu_ps(p); }
 inline V load_f16(const uint16_t* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline V load_i8(const int8_t* p) {
+    const __m128i codes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(codes));
 }
 inline V load_bf16(const uint16_t* p) {
     __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
@@ -137,6 +145,7 @@ inline V load_f16(const uint16_t* p) {
     std::memcpy(&f, &bits, sizeof f);
     return f;
 }
+inline V load_i8(const int8_t* p) { return static_cast<float>(*p); }
 inline V load_bf16(const uint16_t* p) {
     const uint32_t bits = static_cast<uint32_t>(*p) << 16;
     float f;
@@ -164,7 +173,7 @@ inline V zero_below(V x, float limit, V r) { return x < limit ? 0.f : r; }
 inline V lane_sums(const V* a) { return a[0]; }
 #endif
 
-// float32 to the cache's storage exactly as PyTorch's to_cache (model.py) does it: float16
+// float32 to the cache's storage exactly as PyTorch's to_cache (kv_cache.py) does it: float16
 // saturates at +-65504 and, like bfloat16, rounds to nearest even; NaN stays NaN.
 inline uint32_t bits_of(float f) {
     uint32_t u;
@@ -202,13 +211,21 @@ inline float saturated(float x) {  // NaN passes: max and min return it
     return x != x ? x : (x < -HALF_MAX ? -HALF_MAX : (x > HALF_MAX ? HALF_MAX : x));
 }
 
+// A cache dtype: its element T, how W of them load as float32 and how a row is written. A
+// row of the cache is E elements, and for int8 also its float32 scale (EXTRA bytes after the
+// codes: one scale per position and head, what kv_cache.to_cache writes); scale() is the factor
+// every element of a row is multiplied by as it is read.
 struct F32 {
     using T = float;
+    static constexpr int EXTRA = 0;
+    static float scale(const T*, int) { return 1.f; }
     static V load(const T* p) { return load_f32(p); }
     static void put(const float* src, T* dst, int n) { std::memcpy(dst, src, n * sizeof(T)); }
 };
 struct F16 {
     using T = uint16_t;
+    static constexpr int EXTRA = 0;
+    static float scale(const T*, int) { return 1.f; }
     static V load(const T* p) { return load_f16(p); }
     static void put(const float* src, T* dst, int n) {
         for (int i = 0; i < n; ++i) dst[i] = half_of(saturated(src[i]));
@@ -216,11 +233,42 @@ struct F16 {
 };
 struct BF16 {
     using T = uint16_t;
+    static constexpr int EXTRA = 0;
+    static float scale(const T*, int) { return 1.f; }
     static V load(const T* p) { return load_bf16(p); }
     static void put(const float* src, T* dst, int n) {
         for (int i = 0; i < n; ++i) dst[i] = bfloat_of(src[i]);
     }
 };
+// int8 codes of x / s, s = max |x| / 127 over the row (1 / 127 for a row of zeros), rounded
+// to nearest even, as kv_cache.to_cache quantizes them
+struct I8 {
+    using T = int8_t;
+    static constexpr int EXTRA = sizeof(float);
+    static float scale(const T* row, int n) {
+        float s;
+        std::memcpy(&s, row + n, sizeof s);
+        return s;
+    }
+    static V load(const T* p) { return load_i8(p); }
+    static void put(const float* src, T* dst, int n) {
+        float top = 0.f;
+        for (int i = 0; i < n; ++i) top = std::fmax(top, std::fabs(src[i]));
+        const float s = (top > 0.f ? top : 1.f) / 127.f;
+        for (int i = 0; i < n; ++i) {
+            const float c = std::nearbyint(src[i] / s);
+            dst[i] = static_cast<int8_t>(c < -127.f ? -127.f : (c > 127.f ? 127.f : c));
+        }
+        std::memcpy(dst + n, &s, sizeof s);
+    }
+};
+
+// W elements of a row as float32, times the row's scale s where the dtype has one
+template <class C>
+inline V load_scaled(const typename C::T* p, V s) {
+    if constexpr (C::EXTRA > 0) return mul(C::load(p), s);
+    return C::load(p);
+}
 
 // exp(x) for x <= 0 (-inf, the padding of a row of scores, gives 0)
 #include "vector_exp.h"
@@ -251,17 +299,23 @@ void one_task(const float* q, float q_scale, const typename C::T* keys,
         for (int i = 0; i < N; ++i) qv[g][i] = mul(load_f32(q + g * E + i * W), splat(q_scale));
     // W keys at a time: their float32 copy, then per query row W dot products summed across
     // lanes together (lane_sums), so one store writes W scores
+    constexpr int64_t RS = E + C::EXTRA / static_cast<int>(sizeof(typename C::T));  // a row
     alignas(64) float block[W * E];
-    prefetch_rows(keys, PREFETCH_AHEAD * E);
+    prefetch_rows(keys, PREFETCH_AHEAD * RS);
     int64_t l = 0;
     for (; W > 1 && l + W <= length; l += W) {
-        prefetch_rows(keys + (l + PREFETCH_AHEAD) * E, W * E);
-        prefetch_rows(values + l * E, W * E);  // read after the softmax: in cache by then
+        prefetch_rows(keys + (l + PREFETCH_AHEAD) * RS, W * RS);
+        prefetch_rows(values + l * RS, W * RS);  // read after the softmax: in cache by then
         const float* kb = block;
         if constexpr (std::is_same_v<C, F32>) {
             kb = keys + l * E;
         } else {
-            for (int j = 0; j < W * N; ++j) store(block + j * W, C::load(keys + l * E + j * W));
+            for (int j = 0; j < W; ++j) {
+                const typename C::T* row = keys + (l + j) * RS;
+                const V s = splat(C::scale(row, E));
+                for (int i = 0; i < N; ++i)
+                    store(block + j * E + i * W, load_scaled<C>(row + i * W, s));
+            }
         }
         for (int g = 0; g < G; ++g) {
             V acc[W];
@@ -274,8 +328,10 @@ void one_task(const float* q, float q_scale, const typename C::T* keys,
         }
     }
     for (; l < length; ++l) {
+        const typename C::T* row = keys + l * RS;
+        const V s = splat(C::scale(row, E));
         V k[N];
-        for (int i = 0; i < N; ++i) k[i] = C::load(keys + l * E + i * W);
+        for (int i = 0; i < N; ++i) k[i] = load_scaled<C>(row + i * W, s);
         for (int g = 0; g < G; ++g) {
             V acc = zero();
             for (int i = 0; i < N; ++i) acc = fma(qv[g][i], k[i], acc);
@@ -301,10 +357,12 @@ void one_task(const float* q, float q_scale, const typename C::T* keys,
     for (int g = 0; g < G; ++g)
         for (int i = 0; i < N; ++i) o[g][i] = zero();
     for (int64_t l = 0; l < length; ++l) {
+        const typename C::T* row = values + l * RS;
+        const float s = C::scale(row, E);
         V v[N];
-        for (int i = 0; i < N; ++i) v[i] = C::load(values + l * E + i * W);
+        for (int i = 0; i < N; ++i) v[i] = C::load(row + i * W);
         for (int g = 0; g < G; ++g) {
-            const V p = splat(scores[g * stride + l]);
+            const V p = splat(scores[g * stride + l] * s);
             for (int i = 0; i < N; ++i) o[g][i] = fma(p, v[i], o[g][i]);
         }
     }
@@ -326,6 +384,7 @@ void tile_task(const float* q, int64_t q_row_stride, float q_scale, const typena
                const typename C::T* values, int64_t len0, int n, float* out,
                int64_t out_row_stride, float* space) {
     constexpr int M = W * G;  // query rows of a full tile, G vectors of W
+    constexpr int64_t RS = E + C::EXTRA / static_cast<int>(sizeof(typename C::T));  // a row
     constexpr int JB = W >= 16 ? 4 : W >= 2 ? 2 : 1;  // keys scored together (JB * G sums)
     constexpr int EB = W >= 16 ? 8 : W >= 2 ? 4 : 1;  // output elements summed together
     float* qt = space;  // 2 * E * M floats: up to 256 KB (E 256, G 8), not for the stack
@@ -349,11 +408,16 @@ void tile_task(const float* q, int64_t q_row_stride, float q_scale, const typena
     const int64_t total = len0 + n - 1;  // keys the last row sees
     for (int64_t l0 = 0; l0 < total; l0 += W) {
         const int nb = static_cast<int>(total - l0 < W ? total - l0 : W);
-        for (int j = 0; j < W; ++j)
+        for (int j = 0; j < W; ++j) {
+            const typename C::T* k_row = keys + (l0 + j) * RS;
+            const typename C::T* v_row = values + (l0 + j) * RS;
+            const V ks = splat(j < nb ? C::scale(k_row, E) : 0.f);
+            const V vs = splat(j < nb ? C::scale(v_row, E) : 0.f);
             for (int i = 0; i < E / W; ++i) {
-                store(kf + j * E + i * W, j < nb ? C::load(keys + (l0 + j) * E + i * W) : zero());
-                store(vf + j * E + i * W, j < nb ? C::load(values + (l0 + j) * E + i * W) : zero());
+                store(kf + j * E + i * W, j < nb ? load_scaled<C>(k_row + i * W, ks) : zero());
+                store(vf + j * E + i * W, j < nb ? load_scaled<C>(v_row + i * W, vs) : zero());
             }
+        }
         for (int j = 0; j < W; j += JB) {
             V acc[JB][G];
             for (int b = 0; b < JB; ++b)
@@ -446,6 +510,7 @@ void run(const Call& c) {
     using T = typename C::T;
     const T* kc = static_cast<const T*>(c.k_cache);
     const T* vc = static_cast<const T*>(c.v_cache);
+    constexpr int64_t RS = E + C::EXTRA / static_cast<int>(sizeof(T));  // a row of the cache
     std::vector<Task> tasks;
     tasks.reserve(c.rows * c.K);
     for (int64_t row = 0; row < c.rows;) {
@@ -466,8 +531,8 @@ void run(const Call& c) {
             T* vw = const_cast<T*>(vc);
 #pragma omp for schedule(static)
             for (int64_t i = 0; i < c.rows * c.K; ++i) {
-                C::put(c.k_new + i * E, kw + c.cache_rows[i] * E, E);
-                C::put(c.v_new + i * E, vw + c.cache_rows[i] * E, E);
+                C::put(c.k_new + i * E, kw + c.cache_rows[i] * RS, E);
+                C::put(c.v_new + i * E, vw + c.cache_rows[i] * RS, E);
             }
         }
         std::vector<float> scores;
@@ -508,13 +573,14 @@ int build_for(const Call& c, int G, int E) {
 
 extern "C" {
 
-// q [rows, K, G, E] float32, multiplied by q_scale as it is read; caches [S, K, L, E] in
-// dtype (0 float32, 1 float16, 2 bfloat16) with the given strides in elements, positions
-// contiguous; slots and lengths [rows]; out [rows, K, G, E] float32. With k_new, v_new and
-// cache_rows (else null), the step's keys and values are first written into the caches (each
-// [S, K, L, E] contiguous, as its own [S * K * L, E] rows), converted as to_cache does.
-// Returns 0, or 1 for a head dimension or group size other than the build's (LLMQ_HEAD_DIM,
-// LLMQ_GROUP) or an unknown dtype.
+// q [rows, K, G, E] float32, multiplied by q_scale as it is read; caches [S, K, L, R] in
+// dtype (0 float32, 1 float16, 2 bfloat16, 3 int8 with R = E + 4: codes and their float32
+// scale) with the given strides in elements, positions contiguous; slots and lengths [rows];
+// out [rows, K, G, E] float32. With k_new, v_new and cache_rows (else null), the step's keys
+// and values [rows * K, E] are first written into the caches (each [S, K, L, R] contiguous,
+// as its own [S * K * L, R] rows), converted as to_cache does. Returns 0, or 1 for a head
+// dimension or group size other than the build's (LLMQ_HEAD_DIM, LLMQ_GROUP) or an unknown
+// dtype.
 int llmq_decode_attention(const float* q, const void* k_cache, const void* v_cache,
                           const int64_t* slots, const int64_t* lengths, float* out,
                           int64_t rows, int K, int G, int E, int dtype,
@@ -526,6 +592,7 @@ int llmq_decode_attention(const float* q, const void* k_cache, const void* v_cac
         case 0: return build_for<F32>(c, G, E);
         case 1: return build_for<F16>(c, G, E);
         case 2: return build_for<BF16>(c, G, E);
+        case 3: return build_for<I8>(c, G, E);
     }
     return 1;
 }
