@@ -180,9 +180,9 @@ class DecoderLayer(nn.Module):
         if self.native_decode:
             # one call writes the step's keys and values and attends every row, decode and
             # prompt alike: a prompt row is a row that sees its slot up to its own position,
-            # which the call has just written; 1.6-1.9x PyTorch's flash attention on 64-400-
-            # token prompts (bench/kernels.py), and the writes, the conversions to the cache's
-            # dtype and q's scaling cost no eager passes of their own
+            # which the call has just written; 2.5-3.6x PyTorch's flash attention on 64-400-
+            # token prompts (bench/kernels.py, a Zen 5 EPYC), and the writes, the conversions
+            # to the cache's dtype and q's scaling cost no eager passes of their own
             n_tok = q.shape[0]
             out = native.decode_attention(
                 q.reshape(n_tok, c.num_kv_heads, c.group_size, dim).float(), k_cache, v_cache,
