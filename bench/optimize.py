@@ -77,12 +77,13 @@ def build_variants(names: list[str]) -> dict[str, dict]:
     for name in names:
         opts = VARIANTS[name]
         folder = variant_folder(name)
-        recipe = replace(preset(opts["preset"]), **{
-            k: v for k, v in opts.items() if k == "kv_cache"}) if "preset" in opts else Recipe(
+        recipe = preset(opts["preset"]) if "preset" in opts else Recipe(
             prune=PruneRecipe(ffn=opts.get("ffn", 0.0)), quantize=opts["quantize"],
             smooth_alpha=opts.get("smooth_alpha"), keep_float=tuple(opts.get("keep_float", ())),
             kv_cache=opts.get("kv_cache", "float16"), distill_steps=opts.get("distill", 0),
             vocab=opts.get("vocab", 0), rotate=opts.get("rotate", False))
+        if "preset" in opts and "kv_cache" in opts:
+            recipe = replace(recipe, kv_cache=opts["kv_cache"])
 
         # the preset decides as `llmq model optimize` does: with compiled layers and the
         # native kernels on, so int8 is timed as the engine runs it (kernel_timing.py)

@@ -48,7 +48,8 @@ def compiled_decode_attention() -> Callable[..., torch.Tensor]:
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                      bias: torch.Tensor) -> torch.Tensor:
     """Attention for one query position per slot. q ``[S, K, G, E]`` (scaled), keys and
-    values ``[S, K, L, E]`` in the cache's dtype, bias ``[S, 1, 1, L]`` (0 or -inf); returns
+    values ``[S, K, L, E]`` in the cache's float dtype (an int8 cache dequantized first),
+    bias ``[S, 1, 1, L]`` (0 or -inf); returns
     ``[S, K, G, E]`` in q's dtype. The eager form: two batched matmuls in q's dtype."""
     scores = torch.matmul(q, keys.to(q.dtype).transpose(-1, -2))  # [S, K, G, L]
     scores += bias
@@ -87,7 +88,7 @@ class StepInputs:
 
     tokens: torch.Tensor  # [T] long
     positions: torch.Tensor  # [T] long
-    cache_rows: torch.Tensor  # [T * K] long: rows of the cache viewed as [S * K * L, E]
+    cache_rows: torch.Tensor  # [T * K] long: rows of the cache viewed as [S * K * L, R]
     num_decode: int  # rows [0, num_decode) are one decode token each
     decode_slots: torch.Tensor | None  # [num_decode] long
     decode_span: int  # decode attention covers slots [0, decode_span)
@@ -174,7 +175,7 @@ class DecoderLayer(nn.Module):
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs) -> torch.Tensor:
         """Writes the step's keys and values into the cache, then attends over it."""
-        k_cache, v_cache = cache  # [S, K, L, E] each
+        k_cache, v_cache = cache  # [S, K, L, R] each (kv_cache.py)
         c = self.config
         dim = c.head_dim
         if self.native_decode:

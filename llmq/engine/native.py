@@ -5,7 +5,9 @@ Three kernels live here. Decode attention (``decode_attention.cpp``), built for 
 head dimension and group size at a time: written as products and sums for inductor it read
 the cache at about 9 GB/s and took a fifth of a decode step; this one reads each sequence's
 own cached positions once (per-slot lengths, not the longest slot's), converts them to
-float32 as it reads and keeps every sum in float32 (bench/kernels.py has the figures). And
+float32 as it reads and keeps every sum in float32 (bench/kernels.py has the figures); it
+also takes prompt rows, a tile of positions at a time, and writes the step's own keys and
+values into the cache before it attends. And
 top-k over rows (``top_k.cpp``), for the greedy choice and the int8 head's candidates, which
 PyTorch's argmax and topk computed at a tenth of the speed. And the Hadamard transform of
 rotated int8 layers' inputs (``hadamard.cpp``, rotation.py).

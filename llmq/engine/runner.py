@@ -98,7 +98,7 @@ class ModelRunner:
         return step, sampled_sequences(plan)
 
     def _cache_rows(self, slots: list[int], positions: list[int]) -> torch.Tensor:
-        """Row of each (token, KV head) in the cache viewed as ``[S * K * L, E]``."""
+        """Row of each (token, KV head) in the cache viewed as ``[S * K * L, R]``."""
         heads, length = self.model.config.num_kv_heads, self.cache.length
         slot_t = torch.tensor(slots, dtype=torch.long)[:, None]
         pos_t = torch.tensor(positions, dtype=torch.long)[:, None]
