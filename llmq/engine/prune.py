@@ -111,16 +111,10 @@ def prune(config: ModelConfig, weights: dict[str, torch.Tensor], stats: Calibrat
     for i in range(c.num_layers):
         p = f"model.layers.{i}."
         if keep_ffn < c.intermediate_size:
-            down = w[p + "mlp.down_proj.weight"]  # [D, F]
-            gram = grams.weighted(i, "w_down") if grams is not None else None
-            square = (gram.diagonal().float() if gram is not None else
-                      stats.mean_square(i, "w_down"))
-            score = square.sqrt() * down.float().norm(dim=0)
-            idx = torch.topk(score, keep_ffn).indices.sort().values
+            idx, down = ffn_channels(w[p + "mlp.down_proj.weight"], stats, grams, i, keep_ffn)
             w[p + "mlp.gate_proj.weight"] = w[p + "mlp.gate_proj.weight"][idx]
             w[p + "mlp.up_proj.weight"] = w[p + "mlp.up_proj.weight"][idx]
-            w[p + "mlp.down_proj.weight"] = (refit(down, gram, idx) if gram is not None
-                                             else down[:, idx])
+            w[p + "mlp.down_proj.weight"] = down
         if keep_groups < c.num_kv_heads:
             _prune_groups(c, w, p, keep_groups,
                           grams.weighted(i, "wo") if grams is not None else None,
@@ -136,6 +130,17 @@ def prune(config: ModelConfig, weights: dict[str, torch.Tensor], stats: Calibrat
     report = PruneReport(removed, total_params(c), total_params(pruned),
                          flops_per_token(c), flops_per_token(pruned))
     return pruned, w, report
+
+
+def ffn_channels(down: torch.Tensor, stats: CalibrationStats, grams: Grams | None,
+                 layer: int, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``keep`` FFN channels of ``layer`` worth most (sorted indices) and its down
+    projection ``[D, keep]`` over them, re-fitted when ``grams`` are given."""
+    gram = grams.weighted(layer, "w_down") if grams is not None else None
+    square = gram.diagonal().float() if gram is not None else stats.mean_square(layer, "w_down")
+    score = square.sqrt() * down.float().norm(dim=0)
+    idx = torch.topk(score, keep).indices.sort().values
+    return idx, (refit(down, gram, idx) if gram is not None else down[:, idx])
 
 
 def _prune_groups(c: ModelConfig, w: dict[str, torch.Tensor], p: str, keep: int,
