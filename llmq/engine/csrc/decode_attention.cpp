@@ -263,6 +263,10 @@ struct I8 {
     }
 };
 
+// Elements of one cached row (a position of a head): E, and for int8 the scale's bytes
+template <class C, int E>
+constexpr int64_t ROW = E + C::EXTRA / static_cast<int>(sizeof(typename C::T));
+
 // W elements of a row as float32, times the row's scale s where the dtype has one
 template <class C>
 inline V load_scaled(const typename C::T* p, V s) {
@@ -299,7 +303,7 @@ void one_task(const float* q, float q_scale, const typename C::T* keys,
         for (int i = 0; i < N; ++i) qv[g][i] = mul(load_f32(q + g * E + i * W), splat(q_scale));
     // W keys at a time: their float32 copy, then per query row W dot products summed across
     // lanes together (lane_sums), so one store writes W scores
-    constexpr int64_t RS = E + C::EXTRA / static_cast<int>(sizeof(typename C::T));  // a row
+    constexpr int64_t RS = ROW<C, E>;
     alignas(64) float block[W * E];
     prefetch_rows(keys, PREFETCH_AHEAD * RS);
     int64_t l = 0;
@@ -384,7 +388,7 @@ void tile_task(const float* q, int64_t q_row_stride, float q_scale, const typena
                const typename C::T* values, int64_t len0, int n, float* out,
                int64_t out_row_stride, float* space) {
     constexpr int M = W * G;  // query rows of a full tile, G vectors of W
-    constexpr int64_t RS = E + C::EXTRA / static_cast<int>(sizeof(typename C::T));  // a row
+    constexpr int64_t RS = ROW<C, E>;
     constexpr int JB = W >= 16 ? 4 : W >= 2 ? 2 : 1;  // keys scored together (JB * G sums)
     constexpr int EB = W >= 16 ? 8 : W >= 2 ? 4 : 1;  // output elements summed together
     float* qt = space;  // 2 * E * M floats: up to 256 KB (E 256, G 8), not for the stack
@@ -490,7 +494,7 @@ struct Call {
     int threads;
     float q_scale;  // q's rows are multiplied by it as they are read
     // the step's own keys and values [rows * K, E] float32, written first to cache_rows [rows
-    // * K] (rows of the layer's cache viewed as [S * K * L, E]); null when already written
+    // * K] (rows of the layer's cache viewed as [S * K * L, R]); null when already written
     const float* k_new;
     const float* v_new;
     const int64_t* cache_rows;
@@ -510,7 +514,7 @@ void run(const Call& c) {
     using T = typename C::T;
     const T* kc = static_cast<const T*>(c.k_cache);
     const T* vc = static_cast<const T*>(c.v_cache);
-    constexpr int64_t RS = E + C::EXTRA / static_cast<int>(sizeof(T));  // a row of the cache
+    constexpr int64_t RS = ROW<C, E>;
     std::vector<Task> tasks;
     tasks.reserve(c.rows * c.K);
     for (int64_t row = 0; row < c.rows;) {
