@@ -17,7 +17,7 @@ from torch import nn
 from llmq.engine import native
 from llmq.engine.engine import Engine, EngineConfig
 from llmq.engine.fidelity import sequence_logits
-from llmq.engine.int8_kernels import quantize_rows
+from llmq.engine.int8_kernels import fbgemm_available, quantize_rows
 from llmq.engine.model import LlamaModel
 from llmq.engine.quant import quantize_layers
 from llmq.engine.rotation import (
@@ -262,16 +262,23 @@ def test_a_rotated_variant_compiles_saves_and_loads_to_the_same_tokens(
         assert generate(loaded) == eager
     if HAS_COMPILER:  # workers run the custom op, native, inside inductor's graphs
         tokens = tok.encode(PROMPTS[0])
-        before = sequence_logits(variant, tokens)
-        with native_kernels():
-            assert variant.fuse_layers()
-            # prompt rows through the native attention read their keys rounded to the float16
-            # cache, a difference of its own (test_attention.py): off, to compare the rest
-            for layer in variant.layers:
-                layer.native_decode = False
-            assert isinstance(variant.layers[0].wqkv, RotatedInt8Linear)
-            assert variant.layers[0].fused_rotation  # the fused producers, rotated_ffn's
-            torch.testing.assert_close(sequence_logits(variant, tokens), before, rtol=1e-3,
-                                       atol=1e-3)
+        # each int8 GEMM this CPU has, whichever it would choose: the producers fuse under
+        # oneDNN's and not under FBGEMM's (the AVX2-only CPUs' choice), and both keep the logits
+        for kernel in ("onednn", "fbgemm") if fbgemm_available() else ("onednn",):
+            with forced_int8_kernel(kernel):
+                for layer in variant.layers:  # eager
+                    layer.fused, layer.fused_rotation = None, False
+                before = sequence_logits(variant, tokens)
+                with native_kernels():
+                    assert variant.fuse_layers()
+                    # prompt rows through the native attention read their keys rounded to the
+                    # float16 cache, a difference of its own (test_attention.py): off, to
+                    # compare the rest
+                    for layer in variant.layers:
+                        layer.native_decode = False
+                    assert isinstance(variant.layers[0].wqkv, RotatedInt8Linear)
+                    assert variant.layers[0].fused_rotation is (kernel == "onednn")
+                    torch.testing.assert_close(sequence_logits(variant, tokens), before,
+                                               rtol=1e-3, atol=1e-3)
     data = json.loads((out / "llmq-manifest.json").read_text())
     assert data["recipe"]["rotate"] is True
