@@ -30,31 +30,12 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from bench.common import markdown_table, record, workload
-from bench.services import free_port, scratch_postgres
+from tests.private_servers import RedisServer, scratch_postgres
 
 WORKERS = 3
 KILL_EVERY = 20.0
 FAST_LIVENESS = {"LLMQ_HEARTBEAT_SECONDS": "2", "LLMQ_WORKER_TIMEOUT": "10",
                  "LLMQ_REAPER_SECONDS": "5", "LLMQ_RESEND_AFTER": "30", "LLMQ_THREADS": "1"}
-
-
-class Redis:
-    """A redis-server without persistence that can be restarted on its port (empty)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.port, self.folder = free_port(), folder
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.folder)], stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -119,8 +100,8 @@ class Outcome:
 
 
 def one_run(chaos: bool, opts: argparse.Namespace, tmp: Path) -> Outcome:
-    redis = Redis(tmp / f"redis-{chaos}")
-    redis.folder.mkdir()
+    (tmp / f"redis-{chaos}").mkdir()
+    redis = RedisServer(tmp / f"redis-{chaos}")  # no persistence: a restart comes back empty
     redis.start()
     with scratch_postgres() as pg_url:
         env = {**os.environ, "LLMQ_DATABASE_URL": pg_url,
@@ -152,7 +133,7 @@ def one_run(chaos: bool, opts: argparse.Namespace, tmp: Path) -> Outcome:
                     kills += 1
                     next_kill += KILL_EVERY
                     if kills == 2 and not restarted:  # once, between two kills
-                        redis.kill()
+                        redis.stop()
                         redis.start()
                         restarted = True
                 time.sleep(1.0)
@@ -166,7 +147,7 @@ def one_run(chaos: bool, opts: argparse.Namespace, tmp: Path) -> Outcome:
                     w.wait(60)
                 except subprocess.TimeoutExpired:
                     os.killpg(w.pid, signal.SIGKILL)
-            redis.kill()
+            redis.stop()
         engine = create_engine(pg_url)
         with engine.connect() as conn:
             tokens = int(conn.execute(text("SELECT coalesce(sum(completion_tokens), 0) FROM "

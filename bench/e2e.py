@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import markdown_table, median, record, run_child, workload
-from bench.services import private_redis, scratch_postgres
+from tests.private_servers import private_redis, scratch_postgres
 
 NEW_TOKENS = 32
 SLOTS = 64

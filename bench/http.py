@@ -23,7 +23,7 @@ import httpx
 import openai
 
 from bench.common import markdown_table, median, record
-from bench.services import private_redis, scratch_postgres
+from tests.private_servers import private_redis, scratch_postgres
 
 LLMQ = [sys.executable, "-m", "llmq"]
 

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from llmq.db.session import get_engine
-from tests.service.conftest import RedisServer
+from tests.private_servers import RedisServer
 
 # VmHWM, not getrusage: ru_maxrss survives exec, so a child of pytest would start at
 # pytest's own peak

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmq.api import service
-from tests.service.conftest import RedisServer
+from tests.private_servers import RedisServer
 from tests.service.test_end_to_end import prompts_file, wait_done
 from tests.service.workers import Worker, count_rows, llmq_json
 

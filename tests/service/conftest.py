@@ -1,77 +1,18 @@
 """Real services for the service tests: a private redis-server on a free port, a fresh
 PostgreSQL database per test (dropped afterwards) or a SQLite file, and settings pointed at
-them through the environment, as a user would."""
+them through the environment, as a user would (the servers: tests/private_servers.py)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from llmq.db.session import dispose_engines
 from llmq.settings import get_settings
 from tests.conftest import Tiny
-
-PG_ADMIN_URL = os.environ.get("LLMQ_TEST_PG_URL",
-                              "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RedisServer:
-    """A redis-server of our own; tests may kill and restart it."""
-
-    def __init__(self, workdir: Path, appendonly: bool = False) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.appendonly = appendonly  # every write logged and replayed at start
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (make test installs nothing system-wide;"
-                        " .ci/run does)")
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
-             "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("private redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-
-    def flush(self) -> None:
-        import redis
-
-        redis.Redis.from_url(self.url).flushall()
+from tests.private_servers import RedisServer, scratch_postgres
 
 
 @pytest.fixture(autouse=True)
@@ -93,18 +34,8 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 def _pg_database() -> Iterator[str]:
-    name = f"llmq_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with scratch_postgres(before_drop=dispose_engines) as url:
         yield url
-    finally:
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import RedisServer, _pg_database, free_port
+from tests.private_servers import RedisServer, free_port
+
+from .conftest import _pg_database
 from .workers import LLMQ, Worker, llmq, llmq_json
 
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from tests.conftest import Tiny
+from tests.private_servers import free_port
 
-from .conftest import free_port
 from .workers import llmq
 
 

@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from tests.conftest import Tiny
+from tests.private_servers import RedisServer
 
-from .conftest import RedisServer
 from .http_stack import Stack, database, run_stack
 from .workers import llmq, llmq_json
 

@@ -16,8 +16,7 @@ from llmq.api.http.app import create_app
 from llmq.db.migrate import upgrade
 from llmq.db.session import dispose_engines
 from llmq.settings import get_settings
-
-from .conftest import RedisServer
+from tests.private_servers import RedisServer
 
 APP = create_app()
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
