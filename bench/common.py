@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -59,22 +60,95 @@ def commit() -> str:
 
 
 def machine() -> str:
-    from llmq.engine.cpu import cpu_description
+    from llmq.engine.host.cpu import cpu_description
 
     return f"{cpu_description()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
+CURRENT_BEGIN = "<!-- current figures: written by bench/common.py from the history below -->"
+CURRENT_END = "<!-- end of current figures -->"
+HISTORY = "# History"
+HEADER = f"""# Benchmarks
+
+Every benchmark under bench/ records its run here. First the current figures: the newest run
+of each benchmark on each CPU kind (a CPU's model and the SIMD flags that choose its kernels),
+with its date, commit and command; figures from different CPU kinds are not comparable. Then
+the history, every run in the order it ran. `bench/common.py`'s `record` keeps both.
+
+{CURRENT_BEGIN}
+{CURRENT_END}
+
+{HISTORY}
+"""
+
+
+STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC, commit [^,]+, ")
+
+
 def record(title: str, table: str, notes: str = "") -> None:
-    """Appends one dated section to BENCHMARKS.md."""
+    """Appends one dated section to the history of BENCHMARKS.md, with the command that ran
+    it, and rewrites the current figures at the top."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    section = f"\n## {title}\n\n{stamp}, commit {commit()}, {machine()}\n\n{table}\n"
+    command = " ".join(["python -m", _module_name(), *sys.argv[1:]])
+    section = (f"\n## {title}\n\n{stamp}, commit {commit()}, {machine()}\n\n"
+               f"Command: `{command}`\n\n{table}\n")
     if notes:
         section += f"\n{notes}\n"
-    if not RECORD.exists():
-        RECORD.write_text("# Benchmarks\n\nFigures appended by the scripts in bench/; newest last."
-                          "\n")
-    with RECORD.open("a") as f:
-        f.write(section)
+    text = RECORD.read_text() if RECORD.exists() else HEADER
+    RECORD.write_text(with_current_figures(text.rstrip("\n") + "\n" + section))
+
+
+def _module_name() -> str:
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem
+
+
+def history_sections(text: str) -> list[tuple[str, str]]:
+    """``(title, body)`` of every run in the history, oldest first."""
+    history = text.split(f"\n{HISTORY}\n", 1)[-1]
+    sections = []
+    for chunk in ("\n" + history).split("\n## ")[1:]:
+        title, _, body = chunk.partition("\n")
+        sections.append((title.strip(), body.strip("\n")))
+    return sections
+
+
+def cpu_kind(body: str) -> str:
+    """The CPU of a run, from its stamp line ("DATE UTC, commit C, CPU, N cores, Python V")."""
+    stamp = body.lstrip("\n").split("\n", 1)[0]
+    parts = stamp.split(", ")
+    cpu = ", ".join(p for p in parts[2:] if not p.endswith(" cores") and
+                    not p.startswith("Python "))
+    return cpu if "(" in cpu else f"{cpu} (flags not recorded)"
+
+
+def with_current_figures(text: str) -> str:
+    """``text`` with its current-figures block rebuilt from its history."""
+    if CURRENT_BEGIN not in text:  # a record of the old form: every section is history
+        _, _, sections = text.partition("\n## ")
+        text = HEADER + ("\n## " + sections if sections else "")
+    newest: dict[tuple[str, str], str] = {}
+    for title, body in history_sections(text):
+        if not STAMP.match(body):  # a section written by hand: history only
+            continue
+        newest.pop((title, cpu_kind(body)), None)  # re-inserted: newest order last
+        newest[(title, cpu_kind(body))] = body
+    index = ["| benchmark | CPU | run | command |", "|---|---|---|---|"]
+    blocks = []
+    for (title, cpu), body in sorted(newest.items()):
+        stamp = body.split("\n", 1)[0]
+        when, commit_ = stamp.split(", ")[0], stamp.split(", ")[1].removeprefix("commit ")
+        script = title.rsplit("bench/", 1)[-1].rstrip(")").removesuffix(".py")
+        command = next((line.removeprefix("Command: ")
+                        for line in body.splitlines() if line.startswith("Command: `")),
+                       f"`python -m bench.{script}` (options not recorded)")
+        index.append(f"| {title} | {cpu} | {when}, {commit_} | {command} |")
+        blocks.append(f"### {title}, on {cpu}\n\n{body}")
+    current = "\n\n".join(["## Current figures", "\n".join(index), *blocks])
+    head, rest = text.split(CURRENT_BEGIN, 1)
+    tail = rest.split(CURRENT_END, 1)[1]
+    return f"{head}{CURRENT_BEGIN}\n{current}\n{CURRENT_END}{tail}"
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

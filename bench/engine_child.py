@@ -14,14 +14,16 @@ from bench.common import peak_rss_mb, workload
 
 def run_llmq(args: dict) -> dict:
     from llmq.contract import SamplingParams
-    from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
-    from llmq.engine.setup import configure_process
+    from llmq.engine.config import EngineConfig
+    from llmq.engine.engine import Engine
+    from llmq.engine.generation import GenerationRequest
+    from llmq.engine.host.process import configure_process
     from llmq.variants.registry import resolve
 
     configure_process(threads=args.get("threads", 2))
     engine = Engine.load(resolve(args.get("model", "smollm2-135m")), EngineConfig(
-        num_slots=args["slots"], slot_length=512, threads=args.get("threads", 2),
-        max_step_tokens=args.get("step_tokens", 4096),
+        slots=args["slots"], slot_length=512, threads=args.get("threads", 2),
+        step_tokens=args.get("step_tokens", 4096),
         prefix_cache_entries=args.get("prefix_entries", 16)))
     prompts = workload(args.get("limit"))
     if args.get("repeat_to"):
@@ -84,7 +86,7 @@ def convert_ctranslate2(out_dir: str, quantization: str) -> None:
     import ctranslate2
     from safetensors.torch import save_file
 
-    from llmq.engine.loader import load_checkpoint
+    from llmq.engine.model.loader import load_checkpoint
     from llmq.variants.registry import builtin_model_path
 
     hf_dir = Path(out_dir).with_suffix(".hf")
@@ -102,7 +104,7 @@ def convert_ctranslate2(out_dir: str, quantization: str) -> None:
 def run_ctranslate2(args: dict) -> dict:
     import ctranslate2
 
-    from llmq.engine.tokenizer import load_tokenizer
+    from llmq.engine.model.tokenizer import load_tokenizer
     from llmq.variants.registry import builtin_model_path
 
     out_dir = args["ct2_dir"]

@@ -41,7 +41,7 @@ def sync() -> None:
 
 def prepare(folder: Path) -> None:
     from bench.common import WORKLOAD
-    from llmq.engine.loader import load_checkpoint
+    from llmq.engine.model.loader import load_checkpoint
     from llmq.variants.registry import builtin_model_path
 
     ckpt = load_checkpoint(builtin_model_path("smollm2-135m"))
@@ -74,15 +74,15 @@ def random_weights(config: Any, seed: int = 0) -> dict[str, torch.Tensor]:
 
 def load(folder: Path) -> tuple[Any, Any, dict[str, torch.Tensor]]:
     from llmq.engine.config import ModelConfig
-    from llmq.engine.tokenizer import load_tokenizer
+    from llmq.engine.model.tokenizer import load_tokenizer
 
     config = ModelConfig.from_hf(json.loads((folder / "config.json").read_text()))
     return config, load_tokenizer(folder), random_weights(config)
 
 
 def build(recipe: str, config: Any, weights: dict[str, torch.Tensor]) -> Any:
-    from llmq.engine.model import LlamaModel
-    from llmq.engine.quant import quantize_layers
+    from llmq.engine.kernels.quantized import quantize_layers
+    from llmq.engine.model.decoder import LlamaModel
 
     dtype = torch.float32 if recipe == "float32" else torch.bfloat16
     model = LlamaModel.from_hf_weights(config, weights, dtype=dtype, device=DEVICE)
@@ -95,14 +95,16 @@ def build(recipe: str, config: Any, weights: dict[str, torch.Tensor]) -> Any:
 
 def measure(recipe: str, slots: int, folder: Path) -> dict[str, Any]:
     from llmq.contract import SamplingParams
-    from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+    from llmq.engine.config import EngineConfig
+    from llmq.engine.engine import Engine
+    from llmq.engine.generation import GenerationRequest
 
     config, tokenizer, weights = load(folder)
     chats = [json.loads(x)["messages"] for x in (folder / "prompts.jsonl").read_text().split("\n")
              if x.strip()]
     chats = [chats[i % len(chats)] for i in range(slots)]
     engine = Engine(build(recipe, config, weights), tokenizer, EngineConfig(
-        num_slots=slots, slot_length=512, prefix_cache_entries=0, device=DEVICE))
+        slots=slots, slot_length=512, prefix_cache_entries=0, device=DEVICE))
     params = SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True)
     engine.generate([GenerationRequest(messages=m, params=params) for m in chats[:2]])
     runs = []
@@ -128,7 +130,7 @@ def time_distillation(batch: int, folder: Path) -> dict[str, Any]:
     length of the recovery text's (a calibration prompt and 128 sampled tokens)."""
     from dataclasses import replace
 
-    from llmq.engine.distill import DistillSettings, distill
+    from llmq.engine.compress.distill import DistillSettings, distill
 
     config, _, teacher = load(folder)
     keep = int(config.intermediate_size * 0.9)
@@ -158,7 +160,7 @@ def time_distillation(batch: int, folder: Path) -> dict[str, Any]:
 
 
 def run(folder: Path) -> None:
-    from llmq.engine.setup import configure_process
+    from llmq.engine.host.process import configure_process
 
     configure_process(threads=4, compile=False)
     if DEVICE == "cuda":

@@ -69,12 +69,14 @@ def sampled_text(model: Any, tok: Any, chats: list, samples: int, new_tokens: in
                  ) -> list[list[int]]:
     """The base's sampled continuations of every calibration prompt, ``samples`` seeds each."""
     from llmq.contract import SamplingParams
-    from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+    from llmq.engine.config import EngineConfig
+    from llmq.engine.engine import Engine
+    from llmq.engine.generation import GenerationRequest
 
     requests = [GenerationRequest(messages=m, params=SamplingParams(
         max_tokens=new_tokens, temperature=0.8, seed=seed, ignore_eos=True))
         for seed in range(samples) for m in chats]
-    engine = Engine(model, tok, EngineConfig(num_slots=min(256, len(requests)),
+    engine = Engine(model, tok, EngineConfig(slots=min(256, len(requests)),
                                              slot_length=1024, prefix_cache_entries=0))
     outputs = engine.generate_here(requests)
     engine.close()
@@ -86,9 +88,9 @@ def calibrated(ckpt: Any, samples: int, new_tokens: int) -> dict[str, Any]:
     """What every student starts from: the base on the CPU and on the device, its
     calibration statistics and re-fit Gram matrices, the training text, and the base's
     held-out greedy outputs."""
-    from llmq.engine.calibrate import collect_stats
-    from llmq.engine.model import LlamaModel
-    from llmq.engine.reconstruct import collect_grams
+    from llmq.engine.compress.calibrate import collect_stats
+    from llmq.engine.compress.reconstruct import collect_grams
+    from llmq.engine.model.decoder import LlamaModel
     from llmq.variants.evaluate import greedy_outputs, heldout_messages
     from llmq.variants.optimize import CALIBRATION_NEW_TOKENS, read_calibration
     from llmq.variants.recovery import RECOVERY_SAMPLES
@@ -112,9 +114,9 @@ def recovery_curve(ckpt: Any, ready: dict[str, Any], ffn: float, steps: tuple[in
                    batch: int, lr: float, folder: Path) -> None:
     """One JSON line per point of ``steps``: the student's held-out fidelity after that many
     steps in all (each round resumes the one before, Adam's moments included)."""
-    from llmq.engine.distill import DistillSettings, distill
-    from llmq.engine.model import LlamaModel
-    from llmq.engine.prune import PruneRecipe, flops_per_token, prune
+    from llmq.engine.compress.distill import DistillSettings, distill
+    from llmq.engine.compress.prune import PruneRecipe, flops_per_token, prune
+    from llmq.engine.model.decoder import LlamaModel
     from llmq.variants.evaluate import evaluate_models
 
     config, weights, _ = prune(ckpt.config, ckpt.weights, ready["stats"], PruneRecipe(ffn=ffn),
@@ -147,8 +149,8 @@ def recovery_curve(ckpt: Any, ready: dict[str, Any], ffn: float, steps: tuple[in
 
 
 def run(folder: Path, args: argparse.Namespace) -> None:
-    from llmq.engine.loader import load_checkpoint
-    from llmq.engine.setup import configure_process
+    from llmq.engine.host.process import configure_process
+    from llmq.engine.model.loader import load_checkpoint
 
     configure_process(threads=args.threads, compile=False)
     if DEVICE == "cuda":

@@ -23,13 +23,15 @@ EXAMPLES = ROOT / "examples" / "structured.jsonl"
 def token_streams() -> tuple[list[dict], list[list[int]], object]:
     from llmq.api.inputs import read_input
     from llmq.contract import SamplingParams
-    from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
-    from llmq.engine.setup import configure_process
+    from llmq.engine.config import EngineConfig
+    from llmq.engine.engine import Engine
+    from llmq.engine.generation import GenerationRequest
+    from llmq.engine.host.process import configure_process
     from llmq.variants.registry import builtin_model_path
 
     configure_process()
     engine = Engine.load(builtin_model_path("smollm2-135m"),
-                         EngineConfig(num_slots=64, slot_length=1024))
+                         EngineConfig(slots=64, slot_length=1024))
     accepted = read_input(EXAMPLES).accepted
     params = [SamplingParams.from_stored(a.params) for a in accepted]
     results = engine.generate(GenerationRequest(messages=a.input["messages"], params=p)

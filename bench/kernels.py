@@ -3,7 +3,7 @@ fp32 GEMM through PyTorch's default (MKL) against oneDNN on a pre-packed weight,
 attention through explicit matmuls against PyTorch's fused kernel, for decode (one query per
 sequence, 64 sequences) and for a prompt of ~200 tokens (the fused kernel wins there); the
 low-precision GEMMs of the model variants; llmq's decode attention, eager, through inductor,
-and native (llmq.engine.native, what CPU engines run), over float32 and half-precision
+and native (llmq.engine.kernels.native, what CPU engines run), over float32 and half-precision
 caches; and prompt attention through PyTorch's flash kernel against the native one, which
 CPU engines now run for prompt rows too.
 
@@ -52,7 +52,7 @@ def gemm_rows() -> list[list[str]]:
 
 def low_precision_rows() -> list[list[str]]:
     """The matmuls of the quantized variants at the FFN's shape, as GFLOP/s (or GOP/s)."""
-    from llmq.engine.quant import BF16Linear, Int4Linear, Int8Linear
+    from llmq.engine.kernels.quantized import BF16Linear, Int4Linear, Int8Linear
 
     rows = []
     for tokens in (64, 2048):
@@ -131,11 +131,11 @@ def attention_rows() -> list[list[str]]:
 
 
 def decode_cache_rows() -> list[list[str]]:
-    """llmq's decode attention (llmq/engine/model.py, native.py) as a step runs it: every
-    layer's cache once in turn (30 layers, 64 slots x 260 of 512 positions), so reads come
+    """llmq's decode attention (llmq/engine/model/decoder.py, kernels/native.py) as a step runs
+    it: every layer's cache once in turn (30 layers, 64 slots x 260 of 512 positions), so reads come
     from memory, not from a cache warmed by the previous call."""
-    from llmq.engine import native
-    from llmq.engine.model import compiled_decode_attention, decode_attention
+    from llmq.engine.kernels import native
+    from llmq.engine.model.decoder import compiled_decode_attention, decode_attention
 
     layers, slots, kv, group, dim, length, used = 30, 64, 3, 3, 64, 512, 260
     q = torch.randn(slots, kv, group, dim) * dim ** -0.5
@@ -171,7 +171,7 @@ def prompt_attention_rows() -> list[list[str]]:
     """A prompt's causal attention in one layer, nothing cached before it: PyTorch's flash
     kernel on the step's own keys (what engines ran until the native path took prompt rows)
     against llmq's native kernel, one row per prompt position over the slot's cache."""
-    from llmq.engine import native
+    from llmq.engine.kernels import native
 
     kv, group, dim, length = 3, 3, 64, 512
     rows = []
@@ -216,7 +216,8 @@ def main() -> None:
            "GEMM: F.linear (MKL) vs oneDNN on a weight packed once. Attention: fused "
            "scaled_dot_product_attention vs explicit matmuls with the G query heads of a KV "
            "head stacked as rows. Low precision: the kernels of llmq's quantized linears "
-           "(llmq/engine/quant.py). Middle of 3 timings of 30 calls each. Decode attention: "
+           "(llmq/engine/kernels/quantized.py). Middle of 3 timings of 30 calls each. "
+           "Decode attention: "
            "llmq's three forms of it over 30 layers' caches in turn, 64 slots x 260 positions; "
            "middle of 3 timings of 3 passes. Prompt attention: one prompt in one layer, "
            "nothing cached before it, middle of 3 timings of 30 calls.")

@@ -40,7 +40,7 @@ def export(python: str, hf: Path, variants_dir: Path) -> dict[str, Path]:
 
 def configs(python: str, variants_dir: Path, slots: int = 64) -> dict[str, dict]:
     """bench/optimize.py's configurations for the OpenVINO rows."""
-    from llmq.engine.loader import load_checkpoint
+    from llmq.engine.model.loader import load_checkpoint
     from llmq.variants.registry import builtin_model_path
 
     hf_cache = variants_dir / "hf-cache"

@@ -32,9 +32,9 @@ VARIANTS: dict[str, dict] = {
     "preset, int8 KV cache": {"preset": "cpu", "kv_cache": "int8"},
     "bf16": {"quantize": "bf16"},
     "int8": {"quantize": "int8", "smooth_alpha": 0.5},
-    # int8 with the QKV, gate/up and down inputs rotated (llmq.engine.rotation)
+    # int8 with the QKV, gate/up and down inputs rotated (llmq.engine.kernels.rotated)
     "int8 rotated": {"quantize": "int8", "smooth_alpha": 0.5, "rotate": True},
-    # the same int8 variant with the float head it had before the int8 head (llmq.engine.head)
+    # the same int8 variant with the float head it had before the int8 head (llmq.engine.model.head)
     "int8, float head": {"quantize": "int8", "smooth_alpha": 0.5, "keep_float": ["lm_head"]},
     "vocab 24k + int8": {"quantize": "int8", "smooth_alpha": 0.5, "vocab": 24576},
     "vocab 16k + int8": {"quantize": "int8", "smooth_alpha": 0.5, "vocab": 16384},
@@ -66,9 +66,9 @@ def build_variants(names: list[str]) -> dict[str, dict]:
     """Artifacts plus their held-out fidelity, built on a compute thread (threads.py)."""
     from dataclasses import replace
 
-    from llmq.engine.prune import PruneRecipe
-    from llmq.engine.setup import configure_process
-    from llmq.engine.threads import on_compute_thread
+    from llmq.engine.compress.prune import PruneRecipe
+    from llmq.engine.host.process import configure_process
+    from llmq.engine.host.threads import on_compute_thread
     from llmq.variants.evaluate import evaluate_models
     from llmq.variants.optimize import Recipe, build, preset
 
@@ -86,7 +86,7 @@ def build_variants(names: list[str]) -> dict[str, dict]:
             recipe = replace(recipe, kv_cache=opts["kv_cache"])
 
         # the preset decides as `llmq model optimize` does: with compiled layers and the
-        # native kernels on, so int8 is timed as the engine runs it (kernel_timing.py)
+        # native kernels on, so int8 is timed as the engine runs it (kernels/timing.py)
         def run(folder: Path = folder, recipe: Recipe = recipe,
                 as_served: bool = "preset" in opts) -> dict:
             import shutil

@@ -99,12 +99,13 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="configurations whose name starts so")
     ap.add_argument("--slots", type=int, default=32)
     opts = ap.parse_args()
-    from llmq.engine.setup import configure_process
+    from llmq.engine.host.process import configure_process
     from llmq.settings import get_settings
-    from llmq.worker.embedded import load_engine
+    from llmq.worker.runtime import load_engine
 
     configure_process()
-    engine, ident = load_engine(get_settings().model, slots=opts.slots)
+    settings = get_settings()
+    engine, ident = load_engine(settings, settings.model, settings.device, slots=opts.slots)
     rows, texts = [], {}
     for name, config in CONFIGS.items():
         if opts.only and not any(name.startswith(o) for o in opts.only):

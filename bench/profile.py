@@ -25,14 +25,16 @@ def main() -> None:
     import torch
 
     from llmq.contract import SamplingParams
-    from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
-    from llmq.engine.setup import configure_process
-    from llmq.engine.threads import on_compute_thread
+    from llmq.engine.config import EngineConfig
+    from llmq.engine.engine import Engine
+    from llmq.engine.generation import GenerationRequest
+    from llmq.engine.host.process import configure_process
+    from llmq.engine.host.threads import on_compute_thread
     from llmq.variants.registry import resolve
 
     configure_process(threads=2)
     engine = Engine.load(resolve(args.model), EngineConfig(
-        num_slots=args.slots, slot_length=512, threads=2, max_step_tokens=4096))
+        slots=args.slots, slot_length=512, threads=2, step_tokens=4096))
     params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)
 
     def requests() -> list[GenerationRequest]:

@@ -1,7 +1,7 @@
 """How much of what structured pruning costs the local reconstruction recovers, on SmolLM2:
 each recipe pruned plainly (the weight-times-activation ranking, nothing re-fitted), with
-reconstruction (llmq/engine/reconstruct.py), and with reconstruction then distillation
-(llmq/engine/distill.py), in fp32 so that quantization does not blur the comparison.
+reconstruction (llmq/engine/compress/reconstruct.py), and with reconstruction then distillation
+(llmq/engine/compress/distill.py), in fp32 so that quantization does not blur the comparison.
 Fidelity on llmq's held-out prompts as `llmq model optimize` measures it; the statistics
 are collected once and shared by every row. No timings: parameters and FLOPs per
 token are counted.
@@ -28,19 +28,19 @@ def main() -> None:
                     help="steps of distillation after the re-fit (0: no distilled rows)")
     args = ap.parse_args()
 
-    from llmq.engine.threads import on_compute_thread
+    from llmq.engine.host.threads import on_compute_thread
 
     on_compute_thread(lambda: run(args.recipes, args.distill_steps))
 
 
 def run(names: list[str], distill_steps: int) -> None:
-    from llmq.engine.calibrate import collect_stats
-    from llmq.engine.distill import DistillSettings, distill
-    from llmq.engine.loader import load_checkpoint
-    from llmq.engine.model import LlamaModel
-    from llmq.engine.prune import PruneRecipe, prune
-    from llmq.engine.reconstruct import collect_grams
-    from llmq.engine.setup import configure_process
+    from llmq.engine.compress.calibrate import collect_stats
+    from llmq.engine.compress.distill import DistillSettings, distill
+    from llmq.engine.compress.prune import PruneRecipe, prune
+    from llmq.engine.compress.reconstruct import collect_grams
+    from llmq.engine.host.process import configure_process
+    from llmq.engine.model.decoder import LlamaModel
+    from llmq.engine.model.loader import load_checkpoint
     from llmq.variants.evaluate import (
         evaluate_models,
         greedy_outputs,
@@ -92,7 +92,7 @@ def run(names: list[str], distill_steps: int) -> None:
 
 def report_rows(rows: list[list[str]], calibrate_s: float, positions: int, recover_s: float,
                 distill_steps: int) -> None:
-    from llmq.engine.distill import DistillSettings
+    from llmq.engine.compress.distill import DistillSettings
     from llmq.variants.optimize import CALIBRATION_NEW_TOKENS
 
     table = markdown_table(["pruned", "recovery", "params", "FLOPs/token vs base", "KL",
@@ -102,7 +102,7 @@ def report_rows(rows: list[list[str]], calibrate_s: float, positions: int, recov
              f"the 16 calibration prompts with {CALIBRATION_NEW_TOKENS} greedy tokens each "
              f"({calibrate_s:.0f} s); recovery text: {positions} positions of "
              f"the base's sampled continuations of the same prompts, generated and "
-             f"collected in {recover_s:.0f} s. Distillation (llmq/engine/distill.py): "
+             f"collected in {recover_s:.0f} s. Distillation (llmq/engine/compress/distill.py): "
              f"{distill_steps} steps of Adam (lr {DistillSettings(1).lr}) on batches of 4 "
              f"of those sequences, every decoder linear and norm trained, KL to the base on "
              f"the logits.")

@@ -1,6 +1,6 @@
 """Which layers of SmolLM2 can spare FFN channels: each layer alone loses a share of its
-channels (ranked and re-fitted as `llmq model optimize` does, llmq/engine/prune.py), and the
-KL to the base is measured on the calibration text; then the layers that cost least lose
+channels (ranked and re-fitted as `llmq model optimize` does, engine/compress/prune.py), and
+the KL to the base is measured on the calibration text; then the layers that cost least lose
 that share together, against the same number of channels taken evenly from every layer, on
 the held-out prompts as `llmq model optimize` measures them. No training, fp32 throughout:
 the question is whether an uneven cut keeps what an even one loses (the even FFN -10% cost
@@ -29,7 +29,7 @@ def main() -> None:
                     help="how many of the cheapest layers lose that share together")
     args = ap.parse_args()
 
-    from llmq.engine.threads import on_compute_thread
+    from llmq.engine.host.threads import on_compute_thread
 
     on_compute_thread(lambda: run(args.ratio, args.layers))
 
@@ -38,13 +38,13 @@ def run(ratio: float, counts: list[int]) -> None:
     import torch
     import torch.nn.functional as F
 
-    from llmq.engine.calibrate import collect_stats
-    from llmq.engine.fidelity import sequence_logits
-    from llmq.engine.loader import load_checkpoint
-    from llmq.engine.model import LlamaModel
-    from llmq.engine.prune import CHANNEL_MULTIPLE, ffn_channels
-    from llmq.engine.reconstruct import collect_grams
-    from llmq.engine.setup import configure_process
+    from llmq.engine.compress.calibrate import collect_stats
+    from llmq.engine.compress.fidelity import sequence_logits
+    from llmq.engine.compress.prune import CHANNEL_MULTIPLE, ffn_channels
+    from llmq.engine.compress.reconstruct import collect_grams
+    from llmq.engine.host.process import configure_process
+    from llmq.engine.model.decoder import LlamaModel
+    from llmq.engine.model.loader import load_checkpoint
     from llmq.variants.evaluate import (
         evaluate_models,
         greedy_outputs,

@@ -33,7 +33,7 @@ ROWS = {"int8 (the preset)": (0, 0), "rotated w_down input, blocks of 16": (16, 
 
 def block_hadamard(size: int, block: int, g: torch.Generator) -> torch.Tensor:
     """Random signs times a block-diagonal Sylvester Hadamard matrix: orthogonal."""
-    from llmq.engine.rotation import hadamard
+    from llmq.engine.kernels.rotated import hadamard
 
     signs = (torch.randint(0, 2, (size,), generator=g) * 2 - 1).float()
     return signs[:, None] * torch.block_diag(*[hadamard(block)] * (size // block))
@@ -44,7 +44,7 @@ class RotatedInt8(nn.Module):
 
     def __init__(self, weight: torch.Tensor, rotation: torch.Tensor) -> None:
         super().__init__()
-        from llmq.engine.quant import Int8Linear
+        from llmq.engine.kernels.quantized import Int8Linear
 
         self.rotation = rotation
         self.inner = Int8Linear.from_float(weight @ rotation)
@@ -59,19 +59,19 @@ def main() -> None:
     ap.add_argument("--rows", nargs="*", default=list(ROWS), choices=list(ROWS))
     args = ap.parse_args()
 
-    from llmq.engine.threads import on_compute_thread
+    from llmq.engine.host.threads import on_compute_thread
 
     on_compute_thread(lambda: run(args.rows))
 
 
 def run(names: list[str]) -> None:
-    from llmq.engine.calibrate import collect_stats
-    from llmq.engine.head import rebuild_head
-    from llmq.engine.loader import load_checkpoint
-    from llmq.engine.model import LlamaModel
-    from llmq.engine.quant import quantize_layers
-    from llmq.engine.setup import configure_process
-    from llmq.engine.smooth import smooth
+    from llmq.engine.compress.calibrate import collect_stats
+    from llmq.engine.compress.head import rebuild_head
+    from llmq.engine.compress.smooth import smooth
+    from llmq.engine.host.process import configure_process
+    from llmq.engine.kernels.quantized import quantize_layers
+    from llmq.engine.model.decoder import LlamaModel
+    from llmq.engine.model.loader import load_checkpoint
     from llmq.variants import registry
     from llmq.variants.evaluate import evaluate_models, greedy_outputs
     from llmq.variants.optimize import CALIBRATION_NEW_TOKENS, read_calibration

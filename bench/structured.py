@@ -44,13 +44,15 @@ def main() -> None:
     opts = ap.parse_args()
     from llmq.api.inputs import read_input
     from llmq.contract import SamplingParams, TextFormat
-    from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
-    from llmq.engine.setup import configure_process
+    from llmq.engine.config import EngineConfig
+    from llmq.engine.engine import Engine
+    from llmq.engine.generation import GenerationRequest
+    from llmq.engine.host.process import configure_process
     from llmq.variants.registry import builtin_model_path
 
     configure_process()
     engine = Engine.load(builtin_model_path("smollm2-135m"),
-                         EngineConfig(num_slots=opts.slots, slot_length=1024))
+                         EngineConfig(slots=opts.slots, slot_length=1024))
     accepted = read_input(EXAMPLES).accepted * opts.copies
     params = [SamplingParams.from_stored(a.params) for a in accepted]
 

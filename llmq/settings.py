@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
     compile: bool = Field(True, description="fuse int8 layers' quantize passes with inductor "
                           "and build llmq's decode attention kernel for this CPU")
+    int8_kernel: Literal["auto", "onednn", "fbgemm"] = Field(
+        "auto", description="the int8 GEMM of int8 variants on CPU (auto: the faster one here, "
+        "timed at start)")
     verify_artifacts: bool = Field(
         True, description="check a variant's files against its manifest's hashes at load")
 
@@ -69,7 +72,7 @@ class Settings(BaseSettings):
         600.0, ge=0, description="how long a worker waits out a database outage, holding its "
         "claims and finished results, before it gives up on a message")
 
-    # liveness: heartbeats, the reaper and the reconciler (llmq.worker.liveness)
+    # liveness: heartbeats (llmq.worker.heartbeat), the reaper and the reconciler (reaper.py)
     heartbeat_seconds: float = Field(10.0, gt=0, description="how often a worker heartbeats")
     worker_timeout: float = Field(
         60.0, gt=0, description="silence after which a worker's requests go back to the queue")
@@ -99,12 +102,6 @@ class Settings(BaseSettings):
     api_retry_after: int = Field(30, ge=1, description="Retry-After of a 429, seconds")
     api_request_timeout: float = Field(
         600.0, gt=0, description="how long /v1/chat/completions waits for its result (504)")
-
-    # fault injection, for the fault tests only: a worker that starts a request whose prompt
-    # contains the marker exits at once, as on a segfault (crash), or its engine stops
-    # stepping for good, as on a hung kernel (wedge)
-    fault_crash_marker: str | None = None
-    fault_wedge_marker: str | None = None
 
     # nightly pipeline
     pipeline_cron: str = Field("0 2 * * *", description="when beat runs the pipelines")

@@ -1,5 +1,6 @@
 """Shared fixtures. The engine tests use a tiny random-weight model of the same architecture
-and the real SmolLM2 tokenizer; tests/engine/test_smollm2.py loads the real SmolLM2 weights."""
+and the real SmolLM2 tokenizer; tests/engine/model/test_smollm2.py loads the real SmolLM2
+weights."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import pytest
 import torch
 
 from llmq.engine.config import ModelConfig
-from llmq.engine.setup import configure_process
-from llmq.engine.tokenizer import TextTokenizer
+from llmq.engine.host.process import configure_process
+from llmq.engine.model.tokenizer import TextTokenizer
 
 from .engine.tiny import hf_model, random_weights, smollm2_tokenizer, tiny_config, write_gguf
 

@@ -7,7 +7,7 @@ import statistics
 import time
 from typing import Any
 
-from llmq.contract import FinishReason, RequestKind
+from llmq.contract import FinishReason, RequestKind, ResultLine, Usage
 from llmq.db.models import Request, RequestState, Result
 
 
@@ -36,27 +36,27 @@ def parsed(req: Request, res: Result | None) -> Any:
         return None
 
 
-def result_line(req: Request, res: Result | None) -> dict[str, Any]:
+def result_line(req: Request, res: Result | None) -> ResultLine:
     timing: dict[str, Any] = {}
-    usage = {"prompt_tokens": None, "completion_tokens": None}
+    usage = Usage(prompt_tokens=None, completion_tokens=None)
     if res is not None:
-        usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens}
+        usage = Usage(prompt_tokens=res.prompt_tokens, completion_tokens=res.completion_tokens)
         timing = {
             "queue_ms": res.queue_ms, "prefill_ms": res.prefill_ms,
             "decode_ms": res.decode_ms, "total_ms": res.total_ms,
             "engine_batch_size": res.engine_batch_size, "device": res.device,
             "worker": f"{res.worker_host}:{res.worker_pid}", "model": res.model,
         }
-    return {
-        "custom_id": req.custom_id,
-        "status": req.state,
-        "text": res.text if res is not None else None,
-        "finish_reason": res.finish_reason if res is not None else None,
-        "parsed": parsed(req, res),
-        "usage": usage,
-        "error": req.last_error,
-        "timing": timing,
-    }
+    return ResultLine(
+        custom_id=req.custom_id,
+        status=req.state,
+        text=res.text if res is not None else None,
+        finish_reason=res.finish_reason if res is not None else None,
+        parsed=parsed(req, res),
+        usage=usage,
+        error=req.last_error,
+        timing=timing,
+    )
 
 
 def openai_finish_reason(reason: str) -> str:

@@ -20,7 +20,8 @@ def start_pipeline(source: str, *, name: str | None = None, model: str | None = 
     """Opens a run over SOURCE's new, changed or failed documents and drives it: here on the
     embedded engine (``local``), or by handing it to the workers (and, with ``wait``, polling
     until it completes). Returns the run's status."""
-    from llmq.worker.pipeline.run import run_local, send_advance, start_run
+    from llmq.worker.dispatch import send_advance
+    from llmq.worker.pipeline.run import run_local, start_run
 
     run_id = start_run(source, name=name, model=model, chunk_tokens=chunk_tokens,
                        overlap_tokens=overlap)

@@ -129,7 +129,7 @@ def store_requests(batch_id: str, model: str, records: Iterator[Accepted | Rejec
 def enqueue(batch_id: str, ids: Sequence[int], model: str, device: str, priority: str) -> int:
     """Sends the messages (chunks of request ids) to the queue of the batch's model and
     device, and stamps the requests enqueued."""
-    from llmq.worker.celery_app import enqueue_requests
+    from llmq.worker.dispatch import enqueue_requests
 
     try:
         return len(enqueue_requests(ids, model, device, priority))
@@ -155,7 +155,7 @@ class Sender:
         self.failure: Exception | None = None
 
     def __call__(self, ids: list[int]) -> None:
-        from llmq.worker.celery_app import enqueue_requests
+        from llmq.worker.dispatch import enqueue_requests
 
         if ids and self.failure is None:
             try:

@@ -1,4 +1,7 @@
-"""Architecture hyper-parameters, read from a checkpoint rather than hard-coded to one model."""
+"""The two configurations of the engine: a model's architecture (``ModelConfig``, read from its
+checkpoint rather than hard-coded to one model) and an engine's run-time shape
+(``EngineConfig``: slots, context, step size, device; the worker fills it from the LLMQ_
+settings of the same names)."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ class ModelConfig:
     # "float16" etc.: the KV cache's storage ("": the model's dtype; "int8": codes with a
     # float32 scale per position and head, kv_cache.to_cache)
     kv_cache_dtype: str = ""
-    head_scheme: str = ""  # "int8": an int8 output head (llmq.engine.head; "": float)
+    head_scheme: str = ""  # "int8": an int8 output head (llmq.engine.model.head; "": float)
 
     @property
     def plain_head(self) -> bool:
@@ -113,3 +116,16 @@ class ModelConfig:
             "attention_bias": False,
             "mlp_bias": False,
         }
+
+
+@dataclass
+class EngineConfig:
+    """Field names match the settings that fill them (``LLMQ_SLOTS`` -> ``slots``)."""
+
+    slots: int = 32
+    slot_length: int = 2048
+    step_tokens: int = 4096
+    prefix_cache_entries: int = 16
+    threads: int | None = None  # None: what configure_process set
+    device: str = "cpu"  # cpu | cuda | auto
+    dtype: str = "auto"  # auto (cpu: float32, cuda: bfloat16) | float32 | bfloat16 | float16

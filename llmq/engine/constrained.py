@@ -15,7 +15,7 @@ import torch
 
 from llmq.contract import SamplingParams
 
-from .tokenizer import TextTokenizer
+from .model.tokenizer import TextTokenizer
 
 
 class GrammarTokenizer:

@@ -19,36 +19,32 @@ import torch
 
 from llmq.contract import FinishReason
 
-from .artifact import load_variant
+from .config import EngineConfig
 from .constrained import Constraint, GrammarTokenizer, MaskWorker, apply_masks
-from .devices import pick_device, pick_dtype
-from .files import is_variant
-from .loader import load_checkpoint
-from .loops import cut_at_stop, loop_cut
-from .model import LlamaModel
-from .penalties import TokenHistory, penalize
-from .requests import (  # re-exported: the engine's public types
+from .generation import (
     ENGINE_CLOSED,
     STEP_FAILED,
-    EngineConfig,
     ErrorCause,
     GenerationRequest,
     GenerationResult,
     Timing,
 )
+from .host.devices import pick_device, pick_dtype
+from .host.process import compile_enabled
+from .host.threads import compute_threads
+from .model.artifact import load_variant
+from .model.decoder import LlamaModel
+from .model.loader import load_checkpoint
+from .model.manifest import is_variant
+from .model.tokenizer import TextTokenizer
+from .penalties import TokenHistory, penalize
 from .runner import ModelRunner, sampled_sequences
 from .sampling import make_generator, sample
 from .scheduler import Scheduler, SchedulerConfig
 from .scheduler import Sequence as SeqState
-from .setup import compile_enabled
-from .threads import compute_threads
-from .tokenizer import TextTokenizer
+from .stops import cut_at_stop, loop_cut
 
 log = logging.getLogger(__name__)
-
-__all__ = ["ENGINE_CLOSED", "STEP_FAILED", "Engine", "EngineConfig", "ErrorCause",
-           "GenerationRequest", "GenerationResult", "Timing"]
-
 
 @dataclass(eq=False)
 class _Live:
@@ -72,17 +68,17 @@ class Engine:
                  config: EngineConfig | None = None, name: str = "model") -> None:
         self.config = config or EngineConfig()
         if compile_enabled():
-            model.fuse_layers()
+            model.choose_paths()
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
         slot_length = min(self.config.slot_length, model.config.max_position_embeddings)
         self.scheduler = Scheduler(SchedulerConfig(
-            num_slots=self.config.num_slots, slot_length=slot_length,
-            max_step_tokens=self.config.max_step_tokens,
+            slots=self.config.slots, slot_length=slot_length,
+            step_tokens=self.config.step_tokens,
             prefix_cache_entries=self.config.prefix_cache_entries,
         ))
-        self.runner = ModelRunner(model, self.config.num_slots, slot_length)
+        self.runner = ModelRunner(model, self.config.slots, slot_length)
         self.eos_ids = frozenset(model.config.eos_token_ids) | frozenset(tokenizer.eos_token_ids)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake = threading.Event()

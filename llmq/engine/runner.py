@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from .kv_cache import KVCache
-from .model import LlamaModel, PrefillSegment, StepInputs
+from .model.decoder import LlamaModel, PrefillSegment, StepInputs
+from .model.kv_cache import KVCache
 from .scheduler import Sequence, StepPlan
 
 
@@ -16,10 +16,10 @@ def sampled_sequences(plan: StepPlan) -> list[Sequence]:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_slots: int, slot_length: int) -> None:
+    def __init__(self, model: LlamaModel, slots: int, slot_length: int) -> None:
         self.model = model
         self.device = model.device
-        self.cache = KVCache(model.config, num_slots, slot_length, model.kv_dtype,
+        self.cache = KVCache(model.config, slots, slot_length, model.kv_dtype,
                              self.device)
         # kept prefixes: key -> [layers, 2, K, n, E]
         self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}

@@ -89,9 +89,9 @@ class StepPlan:
 
 @dataclass
 class SchedulerConfig:
-    num_slots: int = 32
+    slots: int = 32
     slot_length: int = 2048  # cache positions per slot: prompt + generated tokens must fit
-    max_step_tokens: int = 4096  # tokens per forward pass (decodes + prefill chunks)
+    step_tokens: int = 4096  # tokens per forward pass (decodes + prefill chunks)
     prefix_cache_entries: int = 16  # 0 disables prefix caching
     min_prefix_tokens: int = 16  # shorter shared prefixes are not worth a cache entry
     prefix_peers: int = 8  # waiting sequences compared when looking for a shared prefix
@@ -145,7 +145,7 @@ class Scheduler:
         self.config = config
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self._free_slots = list(range(config.num_slots))
+        self._free_slots = list(range(config.slots))
         self.prefixes = PrefixIndex(config.prefix_cache_entries)
         # prompt tokens admitted, and how many of them came from kept prefixes (as vLLM's
         # prefix_cache_queries / prefix_cache_hits count them), for the workers' metrics
@@ -154,7 +154,7 @@ class Scheduler:
 
     def stats(self) -> dict[str, int]:
         """Occupancy and prefix-cache counters (plain ints: read from any thread)."""
-        return {"slots": self.config.num_slots, "running": len(self.running),
+        return {"slots": self.config.slots, "running": len(self.running),
                 "waiting": len(self.waiting), "prompt_tokens": self.prompt_tokens_admitted,
                 "prefix_hit_tokens": self.prefix_hit_tokens}
 
@@ -200,7 +200,7 @@ class Scheduler:
 
     def schedule(self) -> StepPlan:
         plan = StepPlan()
-        budget = self.config.max_step_tokens
+        budget = self.config.step_tokens
         for seq in self.running:
             if not seq.prefilling:
                 pos = seq.num_tokens - 1

@@ -9,12 +9,14 @@ from importlib.resources import files
 from typing import Any
 
 from llmq.contract import SamplingParams
-from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
-from llmq.engine.fidelity import Fidelity, compare
-from llmq.engine.model import LlamaModel
-from llmq.engine.setup import configure_process
-from llmq.engine.threads import on_compute_thread
-from llmq.engine.tokenizer import TextTokenizer
+from llmq.engine.compress.fidelity import Fidelity, compare
+from llmq.engine.config import EngineConfig
+from llmq.engine.engine import Engine
+from llmq.engine.generation import GenerationRequest
+from llmq.engine.host.process import configure_process
+from llmq.engine.host.threads import on_compute_thread
+from llmq.engine.model.decoder import LlamaModel
+from llmq.engine.model.tokenizer import TextTokenizer
 from llmq.settings import get_settings
 from llmq.variants import registry
 
@@ -34,7 +36,7 @@ def heldout_messages() -> list[list[dict[str, str]]]:
 def greedy_outputs(model: LlamaModel, tokenizer: TextTokenizer,
                    chats: list[list[dict[str, Any]]], new_tokens: int) -> list[list[int]]:
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
-    eng = Engine(model, tokenizer, EngineConfig(num_slots=len(chats), slot_length=512))
+    eng = Engine(model, tokenizer, EngineConfig(slots=len(chats), slot_length=512))
     return [r.token_ids for r in eng.generate_here(
         GenerationRequest(messages=m, params=params) for m in chats)]
 
@@ -52,10 +54,11 @@ def evaluate_models(base: LlamaModel, variant: LlamaModel, tokenizer: TextTokeni
 
 def evaluate(name: str, base: str, new_tokens: int = 64) -> Fidelity:
     settings = get_settings()
-    configure_process(settings.threads, settings.compile, settings.cache_dir or None)
+    configure_process(settings.threads, settings.compile, settings.cache_dir or None,
+                      settings.int8_kernel)
 
     def run() -> Fidelity:
-        engines = {which: Engine.load(registry.resolve(which), EngineConfig(num_slots=1))
+        engines = {which: Engine.load(registry.resolve(which), EngineConfig(slots=1))
                    for which in (base, name)}
         return evaluate_models(engines[base].model, engines[name].model,
                                engines[base].tokenizer, new_tokens)
@@ -84,7 +87,7 @@ def measure_speed(model: LlamaModel, tokenizer: TextTokenizer, slots: int = 64) 
     chats = heldout_messages()
     chats = [chats[i % len(chats)] for i in range(SPEED_REQUESTS)]
     params = SamplingParams(max_tokens=SPEED_NEW_TOKENS, ignore_eos=True)
-    eng = Engine(model, tokenizer, EngineConfig(num_slots=slots, slot_length=512))
+    eng = Engine(model, tokenizer, EngineConfig(slots=slots, slot_length=512))
     eng.generate_here(GenerationRequest(messages=m, params=SamplingParams(
         max_tokens=4, ignore_eos=True)) for m in chats[:4])
     start = time.perf_counter()

@@ -13,28 +13,28 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llmq.engine import kernel_timing
-from llmq.engine.artifact import save_variant
-from llmq.engine.calibrate import CalibrationStats, collect_stats
-from llmq.engine.config import KV_CACHE_DTYPES, ModelConfig
-from llmq.engine.cpu import cpu_description
-from llmq.engine.distill import DistillSettings, Weights
-from llmq.engine.fidelity import Fidelity
-from llmq.engine.files import is_variant, sha256_file
-from llmq.engine.head import rebuild_head
-from llmq.engine.int8_kernels import int8_kernel
-from llmq.engine.loader import Checkpoint, load_checkpoint
-from llmq.engine.model import LlamaModel
-from llmq.engine.prune import (
+from llmq.engine.compress.calibrate import CalibrationStats, collect_stats
+from llmq.engine.compress.distill import DistillSettings, Weights
+from llmq.engine.compress.fidelity import Fidelity
+from llmq.engine.compress.head import rebuild_head
+from llmq.engine.compress.prune import (
     PruneRecipe,
     flops_per_token,
     params_per_token,
     prune,
     total_params,
 )
-from llmq.engine.quant import LAYER_LINEARS, quantize_layers
-from llmq.engine.reconstruct import collect_grams
-from llmq.engine.rotation import (
+from llmq.engine.compress.reconstruct import collect_grams
+from llmq.engine.compress.smooth import smooth
+from llmq.engine.compress.vocab import choose_tokens
+from llmq.engine.config import KV_CACHE_DTYPES, ModelConfig
+from llmq.engine.host.cpu import cpu_description
+from llmq.engine.host.process import configure_process
+from llmq.engine.host.threads import on_compute_thread
+from llmq.engine.kernels import timing as kernel_timing
+from llmq.engine.kernels.int8 import int8_kernel
+from llmq.engine.kernels.quantized import LAYER_LINEARS, quantize_layers
+from llmq.engine.kernels.rotated import (
     ROTATED_LINEARS,
     check_rotatable,
     fuses_here,
@@ -42,11 +42,11 @@ from llmq.engine.rotation import (
     rotate_layers,
     rotate_weights,
 )
-from llmq.engine.setup import configure_process
-from llmq.engine.smooth import smooth
-from llmq.engine.threads import on_compute_thread
-from llmq.engine.tokenizer import TextTokenizer
-from llmq.engine.vocab import choose_tokens
+from llmq.engine.model.artifact import save_variant
+from llmq.engine.model.decoder import LlamaModel
+from llmq.engine.model.loader import Checkpoint, load_checkpoint
+from llmq.engine.model.manifest import is_variant, sha256_file
+from llmq.engine.model.tokenizer import TextTokenizer
 from llmq.settings import get_settings
 from llmq.variants import registry
 from llmq.variants.evaluate import (
@@ -69,14 +69,14 @@ class Recipe:
     quantize: str = "int8"
     smooth_alpha: float | None = 0.5  # SmoothQuant migration strength (int8 only)
     keep_float: tuple[str, ...] = ()  # linears left unquantized: "w_down" or "3.w_down"
-    vocab: int = 0  # rows the output head keeps (0: the whole vocabulary; llmq.engine.vocab)
-    # the KV cache's storage, read whole by every decode step: float16 took int8 from 489 to
-    # 542 tokens/s on the shared workload (bench/optimize.py); attention sums in float32
+    vocab: int = 0  # rows the output head keeps (0: the whole vocabulary; compress/vocab.py)
+    # the KV cache's storage, read whole by every decode step: half the bytes of float32
+    # (bench/optimize.py has the figures); attention sums in float32
     kv_cache: str = "float16"
     distill_steps: int = 0  # after pruning: steps of distillation from the base (distill.py)
     # int8 only: the QKV, gate/up and down projections quantize their input rotated by a
-    # block Hadamard matrix (llmq.engine.rotation): KL cut to about a third, for ~1% of speed
-    # where the rotation fuses into the norms and SwiGLU. None: wherever it applies and
+    # block Hadamard matrix (kernels/rotated.py): better fidelity for a little speed where the
+    # rotation fuses into the norms and SwiGLU. None: wherever it applies and
     # fuses on the machine that builds (resolve_rotation)
     rotate: bool | None = False
 
@@ -187,7 +187,7 @@ def resolve_rotation(recipe: Recipe, config: ModelConfig, log: Callable[[str], N
 
 def head_scheme_for(recipe: Recipe, config: ModelConfig) -> str:
     """int8 variants get an int8 head (it re-ranks its best candidates exactly from the tied
-    embedding, llmq.engine.head) unless ``--keep-float lm_head`` or the head is untied."""
+    embedding, llmq.engine.model.head) unless ``--keep-float lm_head`` or the head is untied."""
     wanted = recipe.quantize == "int8" and HEAD not in recipe.keep_float
     return "int8" if wanted and config.tie_word_embeddings else ""
 
@@ -316,7 +316,8 @@ def optimize(base: str, recipe: Recipe, output: Path, calibration: str | None = 
              measure: bool = True, log: Callable[[str], None] = print) -> Outcome:
     """Build, measure: all on one compute thread (threads.py)."""
     settings = get_settings()
-    configure_process(settings.threads, settings.compile, settings.cache_dir or None)
+    configure_process(settings.threads, settings.compile, settings.cache_dir or None,
+                      settings.int8_kernel)
     return on_compute_thread(lambda: _optimize(base, recipe, output, calibration, measure,
                                                log))
 

@@ -1,6 +1,6 @@
 """What a pruned variant recovers on: the base's own sampled continuations of the calibration
-prompts (never the held-out ones), for the closed-form re-fit (llmq.engine.reconstruct) and
-for distillation (llmq.engine.distill), which this runs with a progress bar and a
+prompts (never the held-out ones), for the closed-form re-fit (llmq.engine.compress.reconstruct) and
+for distillation (llmq.engine.compress.distill), which this runs with a progress bar and a
 checkpoint in LLMQ_CACHE_DIR, so that an interrupted build resumes where it stopped."""
 
 from __future__ import annotations
@@ -16,18 +16,19 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from llmq.contract import SamplingParams
-from llmq.engine.config import ModelConfig
-from llmq.engine.devices import pick_device
-from llmq.engine.distill import (
+from llmq.engine.compress.distill import (
     DistillReport,
     DistillSettings,
     Weights,
     checkpoint_step,
     distill,
 )
-from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
-from llmq.engine.model import LlamaModel
-from llmq.engine.tokenizer import TextTokenizer
+from llmq.engine.config import EngineConfig, ModelConfig
+from llmq.engine.engine import Engine
+from llmq.engine.generation import GenerationRequest
+from llmq.engine.host.devices import pick_device
+from llmq.engine.model.decoder import LlamaModel
+from llmq.engine.model.tokenizer import TextTokenizer
 
 # reconstruction fits thousands of weights per layer: it gets more text than calibration,
 # the base's own sampled continuations of the calibration prompts (several seeds each)
@@ -41,7 +42,7 @@ def recovery_text(model: LlamaModel, tok: TextTokenizer, chats: list[list[dict[s
                              seed=seed, ignore_eos=True) for seed in range(RECOVERY_SAMPLES)]
     requests = [GenerationRequest(messages=m, params=p) for p in params for m in chats]
     log(f"generating {len(requests)} x {RECOVERY_NEW_TOKENS} tokens of recovery text")
-    engine = Engine(model, tok, EngineConfig(num_slots=min(64, len(requests)),
+    engine = Engine(model, tok, EngineConfig(slots=min(64, len(requests)),
                                              slot_length=1024))
     outputs = engine.generate_here(requests)
     return [tok.encode_chat(r.messages or []) + o.token_ids

@@ -15,8 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from llmq.db import variants as rows
 from llmq.db.migrate import ensure_schema
 from llmq.db.session import session_scope
-from llmq.engine.files import is_variant, read_manifest, verify
-from llmq.engine.tokenizer import TextTokenizer, load_tokenizer
+from llmq.engine.model.manifest import is_variant, read_manifest, verify
+from llmq.engine.model.tokenizer import TextTokenizer, load_tokenizer
 
 BUILTIN_MODELS = {
     # name -> (package that ships the file, file name inside it)

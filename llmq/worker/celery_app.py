@@ -1,9 +1,8 @@
-"""The Celery application: configuration only. No torch here; the CLI imports this module to
-enqueue by task name."""
+"""The Celery application: configuration only (queues, priorities, task names, the beat
+schedule). No torch and no database here; ``dispatch`` sends through it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import lru_cache
 
 from celery import Celery
@@ -93,31 +92,3 @@ def request_queue(device: str, model: str) -> str:
 def worker_queues(device: str, model: str) -> list[str]:
     """A worker serves its model's requests for its device and for any device."""
     return [request_queue(device, model), request_queue("any", model), CONTROL_QUEUE]
-
-
-def enqueue_requests(ids: Sequence[int], model: str, device: str = "any",
-                     priority: str = "normal", chunk_size: int | None = None) -> list[int]:
-    """Sends messages of request ids (``chunk_size`` per message) to the queue of ``model``
-    on ``device`` and stamps the requests enqueued; returns the ids sent, which fall short
-    of ``ids`` only if sending failed (the exception is raised after stamping what was
-    sent)."""
-    from llmq.db import queries
-    from llmq.db.session import session_scope
-
-    app = producer_app()
-    size = chunk_size or get_settings().chunk_size
-    queue = request_queue(device, model)
-    sent: list[int] = []
-    try:
-        with app.producer_or_acquire() as producer:
-            for start in range(0, len(ids), size):
-                chunk = list(ids[start:start + size])
-                app.send_task(TASK_RUN_REQUESTS, args=[chunk], queue=queue,
-                              priority=PRIORITIES[priority], producer=producer,
-                              retry=True, retry_policy={"max_retries": 3})
-                sent += chunk
-    finally:
-        if sent:
-            with session_scope() as session:
-                queries.mark_enqueued(session, sent)
-    return sent

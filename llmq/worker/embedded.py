@@ -10,17 +10,11 @@ from typing import Any
 
 from llmq.contract import SamplingParams
 from llmq.db.session import session_factory
-from llmq.engine.engine import Engine, GenerationRequest, GenerationResult
+from llmq.engine.generation import GenerationRequest, GenerationResult
 from llmq.settings import get_settings
 from llmq.worker import runtime
-from llmq.worker.liveness import Liveness
-from llmq.worker.processing import WorkerIdentity, process_ids
-
-
-def load_engine(model: str, slots: int | None = None) -> tuple[Engine, WorkerIdentity]:
-    settings = get_settings()
-    return runtime.load(settings, model, settings.device, slots)
-
+from llmq.worker.heartbeat import Heartbeat
+from llmq.worker.processing import process_ids
 
 FEEDERS = 2  # windows in flight: one fills the engine while the other drains
 
@@ -32,11 +26,11 @@ def run_batch(ids: Sequence[int], model: str, slots: int | None = None,
     (four times its slots), so a file of any length is never claimed, loaded or tokenized
     all at once, and the engine never runs dry between windows."""
     settings = get_settings()
-    engine, ident = load_engine(model, slots)
-    window = 4 * engine.config.num_slots
+    engine, ident = runtime.load_engine(settings, model, settings.device, slots)
+    window = 4 * engine.config.slots
     sessions = session_factory()
     # heartbeats, so that workers sharing this database reap what a killed run held
-    liveness = Liveness(ident, engine, settings, sweep=False).start()
+    heartbeat = Heartbeat(ident, engine, settings).start()
     pool = ThreadPoolExecutor(FEEDERS, thread_name_prefix="llmq-feeder")
 
     def feed(part: Sequence[int]) -> dict[str, int]:
@@ -53,7 +47,7 @@ def run_batch(ids: Sequence[int], model: str, slots: int | None = None,
         raise
     finally:
         pool.shutdown(wait=True)
-        liveness.stop()
+        heartbeat.stop()
         engine.close()
     return dict(outcome)
 
@@ -62,7 +56,8 @@ def generate(model: str, params: SamplingParams, prompt: str | None = None,
              messages: list[dict[str, Any]] | None = None,
              on_text: Callable[[str], None] | None = None) -> GenerationResult:
     """One request, straight to a one-slot engine (nothing stored), streamed to ``on_text``."""
-    engine, _ = load_engine(model, slots=1)
+    settings = get_settings()
+    engine, _ = runtime.load_engine(settings, model, settings.device, slots=1)
     request = GenerationRequest(prompt=prompt, messages=messages, params=params)
     try:
         return engine.submit(request, on_token=None if on_text is None else (

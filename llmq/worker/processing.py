@@ -16,17 +16,18 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from llmq import failpoints
 from llmq.contract import FinishReason, RequestKind, SamplingParams
 from llmq.db import queries
 from llmq.db.models import RequestState
 from llmq.db.queries import Claimed
-from llmq.engine.engine import Engine, ErrorCause, GenerationRequest, GenerationResult
-from llmq.settings import get_settings
+from llmq.engine.engine import Engine
+from llmq.engine.generation import ErrorCause, GenerationRequest, GenerationResult
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +62,6 @@ def to_generation_request(claimed: Claimed) -> GenerationRequest:
         return GenerationRequest(messages=claimed.input["messages"], params=params,
                                  request_id=rid)
     return GenerationRequest(prompt=claimed.input["prompt"], params=params, request_id=rid)
-
-
-def inject_faults(engine: Engine, request: GenerationRequest) -> None:
-    """Fault injection for the fault tests (LLMQ_FAULT_CRASH_MARKER, LLMQ_FAULT_WEDGE_MARKER;
-    unset in production): a request that carries a marker makes the process exit at once,
-    as on a segfault, or leaves the engine's next step hanging for good, as on a hung
-    kernel."""
-    settings = get_settings()
-    if not (settings.fault_crash_marker or settings.fault_wedge_marker):
-        return
-    text = json.dumps([request.prompt, request.messages])
-    if settings.fault_crash_marker and settings.fault_crash_marker in text:
-        log.critical("fault injection: request %s carries the crash marker; exiting",
-                     request.request_id)
-        logging.shutdown()
-        os._exit(70)
-    if settings.fault_wedge_marker and settings.fault_wedge_marker in text:
-        log.critical("fault injection: request %s wedges the engine", request.request_id)
-        engine.runner.execute = _never_returns  # type: ignore[method-assign]
-
-
-def _never_returns(*_: object) -> Any:
-    threading.Event().wait()
 
 
 def _utc(ts: float) -> datetime:
@@ -235,7 +213,8 @@ def _process(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int]
                      db_patience)
             outcome["failed"] = outcome.get("failed", 0) + 1
             continue
-        inject_faults(engine, request)
+        failpoints.request_starting(request.request_id, json.dumps(
+            [request.prompt, request.messages]), engine)
         futures[engine.submit(request)] = c
     pending, unstored = set(futures), set(futures)
     try:

@@ -10,19 +10,24 @@ at it, so every accepted request ends even when a worker dies or the broker lose
   is empty (a failed send, a retry that ran out, a message dropped).
 
 A request sent twice costs one look: claims take only queued requests. Torch-free, so that
-``llmq retry`` can reap too."""
+``llmq retry`` can reap too. Every worker runs them on a ``Sweeper`` thread, apart from its
+heartbeat (heartbeat.py), which ``llmq run`` keeps without sweeping."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import timedelta
 
+from llmq.db import pipeline as runs
 from llmq.db import workers as rows
 from llmq.db.models import utcnow
+from llmq.db.openai_batches import expire_due
 from llmq.db.session import session_scope
 from llmq.settings import Settings
 from llmq.worker import broker
-from llmq.worker.celery_app import PRIORITIES, enqueue_requests, request_queue
+from llmq.worker.celery_app import PRIORITIES, request_queue
+from llmq.worker.dispatch import send_advance, send_routes
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +45,7 @@ def reap(settings: Settings) -> int:
     if stale or ids:
         log.warning("reaper: %d request(s) handed back to the queue (silent: %s)", len(ids),
                     ", ".join(stale) or "none")
-    return send(groups)
+    return send_routes(groups)
 
 
 def reconcile(settings: Settings) -> int:
@@ -58,7 +63,7 @@ def reconcile(settings: Settings) -> int:
         steps = sorted(PRIORITIES.values())
         stale = {key: ids for key, ids in stale.items() if broker.queue_depth(
             settings.broker_url, [request_queue(key[1], key[0])], steps) == 0}
-    sent = send(unsent) + send(stale)
+    sent = send_routes(unsent) + send_routes(stale)
     if sent:
         log.warning("reconciler: sent %d queued request(s) again%s", sent,
                     " (the broker lost its messages)" if lost_all else "")
@@ -69,9 +74,6 @@ def redrive(settings: Settings) -> list[str]:
     """Sends a new driver chain to every running pipeline run that no driver has looked at
     for LLMQ_RESEND_AFTER seconds (a live chain looks at least twice as often); returns
     their ids."""
-    from llmq.db import pipeline as runs
-    from llmq.worker.pipeline.run import send_advance
-
     before = utcnow() - timedelta(seconds=settings.resend_after)
     with session_scope() as session:
         stranded = runs.undriven_runs(session, before)
@@ -87,8 +89,6 @@ def redrive(settings: Settings) -> list[str]:
 def expire() -> list[str]:
     """Ends the unfinished requests of HTTP batches whose completion window has passed
     (their running requests leave their engines at the next step, as on a cancel)."""
-    from llmq.db.openai_batches import expire_due
-
     with session_scope() as session:
         expired = expire_due(session)
     for batch_id in expired:
@@ -96,14 +96,46 @@ def expire() -> list[str]:
     return expired
 
 
-def send(groups: dict[tuple[str, str, str], list[int]]) -> int:
-    """Messages for ``groups`` of ids by (model, device, priority); a group that cannot be
-    sent stays unsent, and the next sweep tries again."""
-    sent = 0
-    for (model, device, priority), ids in groups.items():
-        try:
-            sent += len(enqueue_requests(ids, model, device, priority))
-        except Exception:
-            log.exception("could not send %d request(s) to %s", len(ids),
-                          request_queue(device, model))
+def hand_back(worker: str) -> int:
+    """Sends again what ``worker`` (a label) handed back as it stopped (a shutdown's
+    unfinished requests), at once rather than at the next reconcile."""
+    with session_scope() as session:
+        groups = rows.routes(session, rows.released_by(session, worker))
+    sent = send_routes(groups)
+    if sent:
+        log.warning("%d unfinished request(s) handed back to the queue", sent)
     return sent
+
+
+def sweep(settings: Settings) -> None:
+    reap(settings)
+    reconcile(settings)
+    redrive(settings)
+    expire()
+
+
+class Sweeper:
+    """A worker's sweep, every ``reaper_seconds`` from its start (the replacement of a dead
+    worker sweeps at once)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="llmq-sweeper", daemon=True)
+
+    def start(self) -> Sweeper:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                sweep(self.settings)
+            except Exception:  # the database or the broker is away: try again next time
+                log.exception("sweep failed")
+            if self._stop.wait(self.settings.reaper_seconds):
+                return

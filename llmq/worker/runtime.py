@@ -1,13 +1,16 @@
-"""The one engine of a worker process, loaded before the first message is taken."""
+"""Loading an engine for a process that serves requests: a worker (its one engine, loaded
+before the first message is taken), ``llmq run``, ``llmq generate`` and local pipeline runs
+all load through ``load_engine``."""
 
 from __future__ import annotations
 
 import logging
 import threading
 
-from llmq.engine import kernel_timing, rotation
-from llmq.engine.engine import Engine, EngineConfig
-from llmq.engine.setup import configure_process
+from llmq.engine.config import EngineConfig
+from llmq.engine.engine import Engine
+from llmq.engine.host.process import configure_process
+from llmq.engine.kernels import rotated, timing
 from llmq.settings import Settings
 from llmq.variants.registry import resolve
 from llmq.worker.processing import WorkerIdentity
@@ -23,20 +26,21 @@ def engine_device(device: str) -> str:
     return {"gpu": "cuda", "cpu": "cpu"}.get(device, "auto")
 
 
-def load(settings: Settings, model: str, device: str,
+def load_engine(settings: Settings, model: str, device: str,
          slots: int | None = None) -> tuple[Engine, WorkerIdentity]:
     """Sets up the process (threads, allocator, compilation) and loads a new engine for
     ``model``; returns it and who this worker is once it runs."""
-    configure_process(settings.threads, settings.compile, settings.cache_dir or None)
+    configure_process(settings.threads, settings.compile, settings.cache_dir or None,
+                      settings.int8_kernel)
     engine = Engine.load(resolve(model), EngineConfig(
-        num_slots=slots or settings.slots, slot_length=settings.slot_length,
-        max_step_tokens=settings.step_tokens, threads=settings.threads,
+        slots=slots or settings.slots, slot_length=settings.slot_length,
+        step_tokens=settings.step_tokens, threads=settings.threads,
         device=engine_device(device)), name=model, verify=settings.verify_artifacts,
         cache_dir=settings.cache_dir or None)
     actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
-    for warning in (kernel_timing.slow_here(engine.model, engine.model.config),
-                    kernel_timing.coarsened_here(engine.model),
-                    rotation.unfused_here(engine.model)):
+    for warning in (timing.slow_here(engine.model, engine.model.config),
+                    timing.coarsened_here(engine.model),
+                    rotated.unfused_here(engine.model)):
         if warning:
             log.warning("model %s: %s", model, warning)
     return engine, WorkerIdentity.here(actual, model)
@@ -47,7 +51,7 @@ def start(settings: Settings, model: str, device: str) -> tuple[Engine, WorkerId
     global _engine, _identity
     with _lock:
         if _engine is None or _identity is None:
-            _engine, _identity = load(settings, model, device)
+            _engine, _identity = load_engine(settings, model, device)
         return _engine, _identity
 
 

@@ -13,7 +13,8 @@ from llmq.db.migrate import ensure_schema
 from llmq.settings import get_settings
 from llmq.worker import runtime
 from llmq.worker.celery_app import app, worker_queues
-from llmq.worker.liveness import Liveness
+from llmq.worker.heartbeat import Heartbeat
+from llmq.worker.reaper import Sweeper, hand_back
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,8 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
         2, 2 * -(-settings.slots // settings.chunk_size))
     announce(f"llmq worker: {ident.model} on {ident.device}, {settings.slots} slots, "
              f"{threads} feeders, queues {queues}")
-    liveness = Liveness(ident, engine, settings).start()
+    heartbeat = Heartbeat(ident, engine, settings).start()
+    sweeper = Sweeper(settings).start()
     signals.worker_shutting_down.connect(_hand_back_after(settings.shutdown_grace_seconds),
                                          weak=False)
     try:
@@ -43,7 +45,12 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
             "--without-gossip", "--without-mingle",
         ])
     finally:
-        liveness.stop()
+        sweeper.stop()
+        try:
+            hand_back(ident.label)
+        except Exception:  # the database or broker is away: the reconciler will send them
+            log.exception("could not hand back this worker's unfinished requests")
+        heartbeat.stop()
         runtime.shutdown()
 
 
@@ -52,7 +59,7 @@ def _hand_back_after(grace: float) -> Callable[..., None]:
     messages and waits for the running ones, which could take as long as the task time
     limit. After ``grace`` seconds the engine is closed instead: what it still runs ends
     with ENGINE_CLOSED, the feeders hand it back to the queue, and the worker exits; its
-    liveness sends those requests again as it stops."""
+    ``hand_back`` sends those requests again as it stops."""
     def on_shutdown(sig: str = "", how: str = "", **_: object) -> None:
         log.warning("%s: %s shutdown; unfinished requests go back to the queue in %ss", sig,
                     how, grace)

@@ -10,12 +10,12 @@ from sqlalchemy.exc import OperationalError
 from llmq.db.session import session_factory
 from llmq.settings import get_settings
 from llmq.worker.celery_app import (
-    CONTROL_QUEUE,
     TASK_PIPELINE_ADVANCE,
     TASK_PIPELINE_NIGHTLY,
     TASK_RUN_REQUESTS,
     app,
 )
+from llmq.worker.dispatch import advance_later, send_advance
 
 log = logging.getLogger(__name__)
 
@@ -65,16 +65,15 @@ def pipeline_advance(run_id: str, failures: int = 0, driver: str | None = None) 
         log.exception("pipeline run %s: advancing failed (%d in a row)", run_id, failures)
     # the longest wait stays under the sweep's patience, so a live chain is never replaced
     longest = min(300.0, settings.resend_after / 2)
-    pipeline_advance.apply_async(
-        (run_id, failures, driver), queue=CONTROL_QUEUE,
-        countdown=min(longest, settings.pipeline_poll_seconds * 2 ** min(failures, 8)))
+    advance_later(run_id, failures, driver,
+                  countdown=min(longest, settings.pipeline_poll_seconds * 2 ** min(failures, 8)))
     return False
 
 
 @app.task(name=TASK_PIPELINE_NIGHTLY)
 def pipeline_nightly() -> list[str]:
     """Beat's entry: starts a run of every configured pipeline."""
-    from llmq.worker.pipeline.run import send_advance, start_run
+    from llmq.worker.pipeline.run import start_run
 
     runs = []
     for cfg in get_settings().pipelines:

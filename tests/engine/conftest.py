@@ -5,14 +5,15 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from llmq.engine.engine import Engine, EngineConfig
+from llmq.engine.config import EngineConfig
+from llmq.engine.engine import Engine
 from tests.conftest import Tiny
 
 
 @pytest.fixture
 def tiny_engine(tiny: Tiny) -> Iterator[Engine]:
-    engine = Engine.load(tiny.gguf, EngineConfig(num_slots=4, slot_length=256,
-                                                 max_step_tokens=64))
+    engine = Engine.load(tiny.gguf, EngineConfig(slots=4, slot_length=256,
+                                                 step_tokens=64))
     yield engine
     engine.close()
 

@@ -9,10 +9,10 @@ import torch
 from transformers import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
 from llmq.contract import FinishReason, SamplingParams
-from llmq.engine.engine import Engine, GenerationRequest
+from llmq.engine.engine import Engine
+from llmq.engine.generation import GenerationRequest
 from llmq.engine.penalties import TokenHistory, penalize
-
-from .conftest import Tiny
+from tests.conftest import Tiny
 
 V = 50
 

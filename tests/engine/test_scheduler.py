@@ -12,8 +12,8 @@ from llmq.engine.scheduler import Scheduler, SchedulerConfig, Sequence
 
 
 def make(n_slots: int = 2, budget: int = 100, prefix: int = 0, length: int = 64) -> Scheduler:
-    return Scheduler(SchedulerConfig(num_slots=n_slots, slot_length=length,
-                                     max_step_tokens=budget, prefix_cache_entries=prefix,
+    return Scheduler(SchedulerConfig(slots=n_slots, slot_length=length,
+                                     step_tokens=budget, prefix_cache_entries=prefix,
                                      min_prefix_tokens=4))
 
 

@@ -14,7 +14,9 @@ import pytest
 
 from llmq.api.inputs import read_input
 from llmq.contract import FinishReason, SamplingParams
-from llmq.engine.engine import Engine, EngineConfig, GenerationRequest
+from llmq.engine.config import EngineConfig
+from llmq.engine.engine import Engine
+from llmq.engine.generation import GenerationRequest
 from llmq.variants.registry import builtin_model_path
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "structured.jsonl"
@@ -23,7 +25,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "structured.jsonl"
 @pytest.fixture(scope="module")
 def smollm2() -> Iterator[Engine]:
     engine = Engine.load(builtin_model_path("smollm2-135m"),
-                         EngineConfig(num_slots=32, slot_length=1024))
+                         EngineConfig(slots=32, slot_length=1024))
     yield engine
     engine.close()
 

@@ -11,7 +11,8 @@ import pytest
 from pydantic import ValidationError
 
 from llmq.contract import FinishReason, SamplingOverrides, SamplingParams
-from llmq.engine.engine import Engine, GenerationRequest
+from llmq.engine.engine import Engine
+from llmq.engine.generation import GenerationRequest
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
           "properties": {"name": {"type": "string", "maxLength": 12},

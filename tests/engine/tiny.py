@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from llmq.engine import int8_kernels, native
 from llmq.engine.config import ModelConfig
-from llmq.engine.model import LlamaModel
+from llmq.engine.kernels import int8 as int8_kernels
+from llmq.engine.kernels import native
+from llmq.engine.model.decoder import LlamaModel
+from llmq.engine.model.tokenizer import TextTokenizer, load_tokenizer
 from llmq.engine.runner import ModelRunner
 from llmq.engine.scheduler import PrefillWork, Sequence, StepPlan
-from llmq.engine.tokenizer import TextTokenizer, load_tokenizer
 from llmq.variants.registry import builtin_model_path
 
 HAS_COMPILER = native.compiler() is not None  # inductor and the native kernels need one
@@ -34,12 +35,12 @@ def native_kernels() -> Iterator[None]:
 
 @contextmanager
 def forced_int8_kernel(name: str) -> Iterator[None]:
-    """One int8 GEMM for the block, whichever this CPU would choose (int8_kernels.py)."""
-    int8_kernels.force_int8_kernel(name)
+    """One int8 GEMM for the block, whichever this CPU would choose (int8.py)."""
+    int8_kernels.pin_int8_kernel(name)
     try:
         yield
     finally:
-        int8_kernels.force_int8_kernel(None)
+        int8_kernels.pin_int8_kernel(None)
 
 
 def tiny_config(tokenizer: TextTokenizer, **overrides: object) -> ModelConfig:
@@ -120,7 +121,7 @@ def write_gguf(path: Path, config: ModelConfig, weights: dict[str, torch.Tensor]
     """Writes a GGUF file the way llama.cpp's converter does (F32 tensors, permuted Q/K)."""
     import gguf
 
-    from llmq.engine.gguf_file import read_gguf
+    from llmq.engine.model.gguf_file import read_gguf
 
     src, _ = read_gguf(builtin_model_path("smollm2-135m"))
     fields = {k: v for k, v in src.items() if k.startswith("tokenizer.")}

@@ -10,12 +10,8 @@ from sqlalchemy import text
 
 from llmq.db.migrate import upgrade
 from llmq.db.session import get_engine
-from llmq.worker.celery_app import (
-    TASK_RUN_REQUESTS,
-    enqueue_requests,
-    producer_app,
-    request_queue,
-)
+from llmq.worker.celery_app import TASK_RUN_REQUESTS, producer_app, request_queue
+from llmq.worker.dispatch import enqueue_requests
 from tests.conftest import Tiny
 from tests.service.test_end_to_end import prompts_file, wait_done
 from tests.service.workers import Worker, count_rows, llmq_json

@@ -1,10 +1,10 @@
 """A request that crashes its worker every time (fault 7), or wedges its engine every time
 (fault 10): it fails after LLMQ_MAX_ATTEMPTS, and the requests that shared its message, and
-its engine steps, still succeed. The faults are real ones, triggered by the fault-injection
-settings: the process exits at once, as on a segfault (LLMQ_FAULT_CRASH_MARKER), or the
-engine's step never returns, as on a hung kernel, until the liveness thread sees no step for
-LLMQ_ENGINE_STALL_SECONDS and exits the worker (LLMQ_FAULT_WEDGE_MARKER). A restarted worker
-plays the part of docker's restart."""
+its engine steps, still succeed. The faults are real ones, triggered by llmq.failpoints: the
+process exits at once, as on a segfault (request.crash), or the engine's step never returns,
+as on a hung kernel, until the heartbeat thread sees no step for LLMQ_ENGINE_STALL_SECONDS
+and exits the worker (request.wedge). A restarted worker plays the part of docker's
+restart."""
 
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from .invariants import assert_every_request_ended_once
 MARKER = "@@crash-this-worker@@"
 
 
-FAULTS = {"crash": {"LLMQ_FAULT_CRASH_MARKER": MARKER},
-          "wedge": {"LLMQ_FAULT_WEDGE_MARKER": MARKER, "LLMQ_ENGINE_STALL_SECONDS": "4"}}
+FAULTS = {"crash": {"LLMQ_FAILPOINTS": f"request.crash={MARKER}"},
+          "wedge": {"LLMQ_FAILPOINTS": f"request.wedge={MARKER}",
+                    "LLMQ_ENGINE_STALL_SECONDS": "4"}}
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

@@ -13,14 +13,9 @@ from llmq.db import queries
 from llmq.db.migrate import upgrade
 from llmq.db.models import Request, Result
 from llmq.db.session import get_engine, session_factory, session_scope
-from llmq.engine.engine import (
-    STEP_FAILED,
-    Engine,
-    EngineConfig,
-    ErrorCause,
-    GenerationResult,
-    Timing,
-)
+from llmq.engine.config import EngineConfig
+from llmq.engine.engine import Engine
+from llmq.engine.generation import STEP_FAILED, ErrorCause, GenerationResult, Timing
 from llmq.worker.processing import WorkerIdentity, process_ids, store_result
 from tests.conftest import Tiny
 
@@ -84,7 +79,7 @@ def test_a_wedged_engine_cannot_hold_a_feeder_past_its_deadline(
         _, ids = queries.create_batch(s, requests=[queries.NewRequest(
             f"c{i}", "completion", {"prompt": "hello"}, {"max_tokens": 4}) for i in range(3)],
             model="tiny")
-    engine = Engine.load(tiny.gguf, EngineConfig(num_slots=4, slot_length=128))
+    engine = Engine.load(tiny.gguf, EngineConfig(slots=4, slot_length=128))
     wedge = threading.Event()
 
     def wedged(plan):  # noqa: ANN001, ANN202 - fault injection: a step that never ends
@@ -96,7 +91,7 @@ def test_a_wedged_engine_cannot_hold_a_feeder_past_its_deadline(
         outcome = process_ids(session_factory(), engine, ids,
                               WorkerIdentity("h", 1, "cpu", "tiny"), max_attempts=3,
                               cancel_poll=0.2, deadline=time.time() + 1.0)
-        assert engine.stalled(0.5)  # what the worker's liveness thread would act on
+        assert engine.stalled(0.5)  # what the worker's heartbeat thread would act on
     finally:
         wedge.set()
         engine.close()
@@ -121,7 +116,7 @@ def test_a_feeder_that_breaks_on_every_delivery_ends_its_requests(
     def broken(state: str, tokens: int) -> None:
         raise RuntimeError("a bug in the feeder")
 
-    with Engine.load(tiny.gguf, EngineConfig(num_slots=1, slot_length=64)) as engine:
+    with Engine.load(tiny.gguf, EngineConfig(slots=1, slot_length=64)) as engine:
         for _delivery in (1, 2):
             with session_scope() as s:
                 todo = [i for i in ids if s.get(Request, i).state == "queued"]

@@ -23,7 +23,7 @@ from llmq.db.models import (
     RunDocument,
     RunState,
 )
-from llmq.engine.tokenizer import TextTokenizer
+from llmq.engine.model.tokenizer import TextTokenizer
 
 from .plan import PlanParams, final_instruction, group_by_budget, split_tokens
 from .quality import Quality, measure

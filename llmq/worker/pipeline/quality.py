@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from llmq.engine.loops import sentence_key, sentences
+from llmq.engine.stops import sentence_key, sentences
 
 _WORD = re.compile(r"[a-z][a-z'-]+")
 SALIENT_TERMS = 10

@@ -12,6 +12,7 @@ from llmq.db.migrate import ensure_schema
 from llmq.db.pipeline import create_run, get_run, ingest
 from llmq.db.session import session_factory, session_scope
 from llmq.settings import get_settings
+from llmq.worker.dispatch import enqueue_requests
 
 from .plan import PlanParams
 from .sources import read_source
@@ -40,12 +41,13 @@ def start_run(location: str | Path, name: str | None = None, model: str | None =
 def run_local(run_id: str, slots: int | None = None,
               on_level: Callable[[int], None] | None = None) -> None:
     """Drives the run to the end in this process with the embedded engine."""
-    from llmq.worker.embedded import load_engine
+    from llmq.worker.runtime import load_engine  # torch, only where the run is driven here
 
+    settings = get_settings()
     with session_scope() as session:
         model = get_run(session, run_id).model
         store.new_driver(session, run_id, local=True)  # no sweep sends a chain after it
-    engine, ident = load_engine(model, slots)
+    engine, ident = load_engine(settings, model, settings.device, slots)
     try:
         drive_here(run_id, engine, ident, on_level)
     finally:
@@ -75,7 +77,6 @@ def drive_here(run_id: str, engine: Engine, ident: WorkerIdentity,
 def advance_and_enqueue(run_id: str) -> bool:
     """One step of a distributed run; True when the run is complete."""
     from llmq.variants.registry import tokenizer_for
-    from llmq.worker.celery_app import enqueue_requests
 
     from .advance import advance
 
@@ -87,17 +88,6 @@ def advance_and_enqueue(run_id: str) -> bool:
     if ids:
         enqueue_requests(ids, model)
     return step.finished
-
-
-def send_advance(run_id: str) -> None:
-    """Hands the run to the workers: a new driver chain advances it until it is complete
-    (any older chain of the run stops at its next look)."""
-    from llmq.worker.celery_app import CONTROL_QUEUE, TASK_PIPELINE_ADVANCE, producer_app
-
-    with session_scope() as session:
-        token = store.new_driver(session, run_id)
-    producer_app().send_task(TASK_PIPELINE_ADVANCE, args=[run_id, 0, token],
-                             queue=CONTROL_QUEUE)
 
 
 def still_driving(run_id: str, token: str | None) -> bool:

@@ -1,0 +1,214 @@
+"""Reading checkpoints: GGUF (any tensor type the ``gguf`` package dequantizes) and Hugging Face
+safetensors folders. Both produce Hugging Face tensor names and layouts, so one model class
+and one RoPE form serve every source. Nothing is unpickled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import ModelConfig
+from .tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Checkpoint:
+    config: ModelConfig
+    weights: dict[str, torch.Tensor]  # Hugging Face names, float32 unless stated
+    tokenizer: TextTokenizer
+    source: str
+
+
+def load_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Checkpoint:
+    """The checkpoint at ``path``. A GGUF file is unpacked into ``cache_dir`` the first time
+    (an fp32 Hugging Face folder, keyed by the file's path, size and modification time) and
+    read from there afterwards: parsing GGUF metadata and dequantizing take seconds that
+    every worker start (and every restart after a crash) would otherwise pay again."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_hf_folder(path)
+    if path.suffix != ".gguf":
+        raise ValueError(f"{path}: expected a .gguf file or a folder with config.json")
+    if not cache_dir:
+        return _load_gguf(path)
+    folder = _cache_folder(path, Path(cache_dir))
+    if (folder / "config.json").is_file():
+        try:
+            ckpt = _load_hf_folder(folder)
+            return Checkpoint(ckpt.config, ckpt.weights, ckpt.tokenizer, str(path))
+        except Exception as exc:  # a damaged cache costs a slow start, never a failed one
+            log.warning("unpacked copy of %s unreadable (%s): reading the GGUF file and "
+                        "unpacking it again", path, exc)
+            shutil.rmtree(folder, ignore_errors=True)
+    ckpt = _load_gguf(path)
+    _write_cache(ckpt, folder)
+    return ckpt
+
+
+def _cache_folder(path: Path, cache_dir: Path) -> Path:
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_dir / f"{path.stem}-{key.hexdigest()[:16]}"
+
+
+def _write_cache(ckpt: Checkpoint, folder: Path) -> None:
+    """Written beside its place and renamed into it, so that workers starting together
+    never read half a copy; best effort (a read-only or full disk only costs speed)."""
+    from safetensors.torch import save_file
+
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in ckpt.weights.items()},
+                  str(partial / "model.safetensors"))
+        ckpt.tokenizer.save_hf_files(partial)
+        (partial / "config.json").write_text(json.dumps(ckpt.config.to_hf(), indent=1))
+        partial.rename(folder)
+    except OSError as exc:
+        if not (folder / "config.json").is_file():  # another process did not win the race
+            log.warning("could not keep an unpacked copy of %s in %s: %s", ckpt.source,
+                        folder.parent, exc)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+# --- GGUF -------------------------------------------------------------------------------------
+
+_GGUF_LAYER_NAMES = {
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+}
+_GGUF_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+
+
+def _hf_name(gguf_name: str) -> str:
+    base, _, suffix = gguf_name.rpartition(".")
+    if base.startswith("blk."):
+        _, idx, part = base.split(".", 2)
+        return f"model.layers.{idx}.{_GGUF_LAYER_NAMES[part]}.{suffix}"
+    return f"{_GGUF_GLOBAL_NAMES[base]}.{suffix}"
+
+
+def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's reordering of Q/K rows (made for its interleaved RoPE), giving the
+    half-split layout that Hugging Face's ``rotate_half`` RoPE expects."""
+    half = w.shape[0] // n_heads // 2
+    return w.reshape(n_heads, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer) -> ModelConfig:
+    def get(key: str, default: Any = None) -> Any:
+        return fields.get(f"{arch}.{key}", default)
+
+    hidden = int(get("embedding_length"))
+    heads = int(get("attention.head_count"))
+    scaling = None
+    scaling_type = get("rope.scaling.type")
+    if scaling_type and scaling_type != "none":
+        scaling = {"rope_type": scaling_type, "factor": float(get("rope.scaling.factor", 1.0))}
+        orig = get("rope.scaling.original_context_length")
+        if orig:
+            scaling["original_max_position_embeddings"] = int(orig)
+    return ModelConfig(
+        vocab_size=len(fields["tokenizer.ggml.tokens"]),
+        hidden_size=hidden,
+        intermediate_size=int(get("feed_forward_length")),
+        num_layers=int(get("block_count")),
+        num_heads=heads,
+        num_kv_heads=int(get("attention.head_count_kv", heads)),
+        head_dim=int(get("rope.dimension_count", hidden // heads)),
+        rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(get("rope.freq_base", 10000.0)),
+        rope_scaling=scaling,
+        max_position_embeddings=int(get("context_length", 2048)),
+        tie_word_embeddings="output.weight" not in fields.get("__tensor_names__", ()),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_ids=tokenizer.eos_token_ids,
+    )
+
+
+def _load_gguf(path: Path) -> Checkpoint:
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize
+
+    from .gguf_file import read_gguf
+
+    fields, tensors = read_gguf(path)
+    arch = fields.get("general.architecture")
+    if arch not in ("llama", "mistral"):
+        raise ValueError(f"{path}: unsupported architecture {arch!r} (Llama family only)")
+    fields["__tensor_names__"] = {t.name for t in tensors}
+    tokenizer = TextTokenizer.from_gguf_fields(fields)
+    config = _gguf_config(fields, arch, tokenizer)
+    weights: dict[str, torch.Tensor] = {}
+    for t in tensors:
+        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            arr = np.array(t.data, dtype=np.float32)  # a writable copy of the mapped file
+        else:
+            arr = dequantize(t.data, t.tensor_type)
+        shape = tuple(reversed(t.dims))
+        tensor = torch.from_numpy(np.ascontiguousarray(arr).reshape(shape))
+        name = _hf_name(t.name)
+        if name.endswith("q_proj.weight"):
+            tensor = unpermute_rope_rows(tensor, config.num_heads)
+        elif name.endswith("k_proj.weight"):
+            tensor = unpermute_rope_rows(tensor, config.num_kv_heads)
+        weights[name] = tensor
+    config.validate()
+    return Checkpoint(config, weights, tokenizer, str(path))
+
+
+# --- Hugging Face folders -----------------------------------------------------------------------
+
+
+def _load_hf_folder(path: Path) -> Checkpoint:
+    from safetensors.torch import load_file
+
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"{path}: no config.json")
+    raw = json.loads(cfg_file.read_text())
+    gen_file = path / "generation_config.json"
+    if gen_file.is_file():
+        eos = json.loads(gen_file.read_text()).get("eos_token_id")
+        if eos is not None:
+            raw["eos_token_id"] = eos
+    config = ModelConfig.from_hf(raw)
+    config.validate()
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{path}: no *.safetensors files")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in files:
+        tensors.update({k: v.float() for k, v in load_file(str(f)).items()})
+    tok_cfg_file = path / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_file.read_text()) if tok_cfg_file.is_file() else {}
+    template_file = path / "chat_template.jinja"
+    if "chat_template" not in tok_cfg and template_file.is_file():
+        tok_cfg["chat_template"] = template_file.read_text()
+    tokenizer = TextTokenizer.from_hf_files(
+        str(path / "tokenizer.json"), tok_cfg, config.eos_token_ids, config.bos_token_id
+    )
+    return Checkpoint(config, tensors, tokenizer, str(path))

@@ -1,0 +1,49 @@
+"""GGUF checkpoints are unpacked once and read back from the unpacked copy: the same model,
+and a damaged copy never stops a load (it is unpacked again)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from llmq.engine.model.loader import load_checkpoint
+from tests.conftest import Tiny
+
+CHAT = [{"role": "user", "content": "Hello there"}]
+
+
+def test_a_gguf_file_is_read_once_then_from_its_unpacked_copy(tiny: Tiny,
+                                                               tmp_path: Path) -> None:
+    first = load_checkpoint(tiny.gguf, tmp_path)
+    [folder] = [p for p in tmp_path.iterdir()]
+    assert folder.name.startswith("tiny-") and (folder / "config.json").is_file()
+    assert not list(tmp_path.glob("*.partial-*"))
+    weights = load_file(str(folder / "model.safetensors"))
+    assert set(weights) == set(first.weights)
+    second = load_checkpoint(tiny.gguf, tmp_path)
+    assert second.config == first.config and second.source == str(tiny.gguf)
+    assert all(torch.equal(second.weights[k], v) for k, v in first.weights.items())
+    assert second.tokenizer.encode_chat(CHAT) == first.tokenizer.encode_chat(CHAT)
+    assert second.tokenizer.eos_token_ids == first.tokenizer.eos_token_ids
+    # the copy is what is read now: a change to it shows
+    weights["model.norm.weight"] = weights["model.norm.weight"] * 2
+    save_file(weights, str(folder / "model.safetensors"))
+    third = load_checkpoint(tiny.gguf, tmp_path)
+    assert torch.equal(third.weights["model.norm.weight"], 2 * first.weights["model.norm.weight"])
+
+
+def test_a_damaged_copy_falls_back_to_the_gguf_file(tiny: Tiny, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    original = load_checkpoint(tiny.gguf, tmp_path)
+    [folder] = list(tmp_path.iterdir())
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with caplog.at_level(logging.WARNING, logger="llmq.engine.model.loader"):
+        again = load_checkpoint(tiny.gguf, tmp_path)
+    assert "unreadable" in caplog.text
+    assert all(torch.equal(again.weights[k], v) for k, v in original.weights.items())
+    repaired = load_file(str(folder / "model.safetensors"))  # unpacked again
+    assert all(torch.equal(repaired[k], v) for k, v in original.weights.items())
