@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from llmq.engine.config import ModelConfig
-from llmq.engine.host.process import configure_process
+from llmq.engine.host.process import compile_enabled, configure_process
 from llmq.engine.model.tokenizer import TextTokenizer
 
 from .engine.tiny import hf_model, random_weights, smollm2_tokenizer, tiny_config, write_gguf
@@ -27,6 +27,15 @@ os.environ["LLMQ_CACHE_DIR"] = tempfile.mkdtemp(prefix="llmq-test-cache-")
 atexit.register(shutil.rmtree, os.environ["LLMQ_CACHE_DIR"], True)
 # as every entry point does; the eager int8 path unless a test fuses layers itself
 configure_process(compile=False)
+
+
+@pytest.fixture(autouse=True)
+def eager_process() -> Iterator[None]:
+    """Restores that set-up after a test whose code under test configured the process for
+    compilation (``llmq model optimize`` run in-process does), so no later test inherits it."""
+    yield
+    if compile_enabled():
+        configure_process(compile=False)
 
 
 @dataclass
