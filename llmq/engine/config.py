@@ -75,9 +75,9 @@ class ModelConfig:
             num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
             head_dim=int(cfg.get("head_dim") or hidden // heads),
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=float(cfg.get("rope_theta", 10000.0)),
-            rope_scaling=cfg.get("rope_scaling"),
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            rope_theta=rope_theta(cfg),
+            rope_scaling=rope_scaling(cfg),
+            max_position_embeddings=context_length(cfg),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
@@ -116,6 +116,38 @@ class ModelConfig:
             "attention_bias": False,
             "mlp_bias": False,
         }
+
+
+def rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The rope fields of a ``config.json``: transformers 5 writes them in one
+    ``rope_parameters`` dict (theta included), earlier versions as ``rope_theta`` and
+    ``rope_scaling``; both are read, the newer form first."""
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict):
+        return params
+    return {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg.get("rope_theta", 10000.0)}
+
+
+def rope_theta(cfg: dict[str, Any]) -> float:
+    return float(rope_parameters(cfg).get("rope_theta") or cfg.get("rope_theta") or 10000.0)
+
+
+def rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
+    """The scaling's fields as transformers' ``rope_scaling`` has them; None for none."""
+    params = {k: v for k, v in rope_parameters(cfg).items() if k != "rope_theta"}
+    kind = params.get("rope_type") or params.get("type")
+    return params if kind not in (None, "default") else None
+
+
+def context_length(cfg: dict[str, Any]) -> int:
+    """The positions a model runs at most. A sliding window (Mistral's) caps it: within the
+    window, windowed attention is full attention, so the decoder's maths stay exact and a
+    longer prompt is refused rather than run without its window."""
+    length = int(cfg.get("max_position_embeddings", 2048))
+    window = cfg.get("sliding_window")
+    if window and cfg.get("use_sliding_window", True):
+        length = min(length, int(window))
+    return length
 
 
 @dataclass

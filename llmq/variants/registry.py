@@ -5,6 +5,7 @@ so that the CLI can list, import and find tokenizers without loading PyTorch."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from llmq.db import variants as rows
 from llmq.db.migrate import ensure_schema
 from llmq.db.session import session_scope
+from llmq.engine.model.families import check_gguf_fields, check_hf_config
 from llmq.engine.model.manifest import is_variant, read_manifest, verify
 from llmq.engine.model.tokenizer import TextTokenizer, load_tokenizer
 
@@ -114,6 +116,7 @@ def import_model(path: str | Path, name: str) -> dict[str, Any]:
     if not (artifact.suffix == ".gguf" or (artifact / "config.json").is_file()):
         raise ValueError(f"{path}: expected a .gguf file or a folder with config.json and "
                          "*.safetensors")
+    check_family(artifact)  # a family llmq would run wrong is refused, never registered
     try:
         load_tokenizer(artifact)  # fails early on a file we could not serve
     except Exception as exc:
@@ -127,6 +130,23 @@ def import_model(path: str | Path, name: str) -> dict[str, Any]:
         base = manifest.get("base")
         recipe = {**manifest.get("recipe", {}), "source": "imported", "format": "llmq-variant"}
     return register(name, artifact, base, recipe)
+
+
+def check_family(artifact: Path) -> None:
+    """Raises UnsupportedModel (a ValueError) for a checkpoint of a family, or with a
+    feature, that the engine does not implement."""
+    if artifact.suffix == ".gguf":
+        from llmq.engine.model.gguf_file import read_gguf  # numpy and gguf: only for GGUF
+
+        fields, tensors = read_gguf(artifact)
+        check_gguf_fields(fields, {t.name for t in tensors}, str(artifact))
+    elif not is_variant(artifact):
+        config = artifact / "config.json"
+        try:
+            raw = json.loads(config.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{config}: cannot read it: {exc}") from None
+        check_hf_config(raw, str(config))
 
 
 def check_name(name: str) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
+from .families import check_gguf_fields, check_hf_config
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -157,9 +158,8 @@ def _load_gguf(path: Path) -> Checkpoint:
 
     fields, tensors = read_gguf(path)
     arch = fields.get("general.architecture")
-    if arch not in ("llama", "mistral"):
-        raise ValueError(f"{path}: unsupported architecture {arch!r} (Llama family only)")
     fields["__tensor_names__"] = {t.name for t in tensors}
+    check_gguf_fields(fields, fields["__tensor_names__"], str(path))
     tokenizer = TextTokenizer.from_gguf_fields(fields)
     config = _gguf_config(fields, arch, tokenizer)
     weights: dict[str, torch.Tensor] = {}
@@ -195,6 +195,7 @@ def _load_hf_folder(path: Path) -> Checkpoint:
         eos = json.loads(gen_file.read_text()).get("eos_token_id")
         if eos is not None:
             raw["eos_token_id"] = eos
+    check_hf_config(raw, str(cfg_file))
     config = ModelConfig.from_hf(raw)
     config.validate()
     files = sorted(path.glob("*.safetensors"))

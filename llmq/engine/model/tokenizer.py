@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from tokenizers.decoders import DecodeStream
+
+from .chat_template import compile_template, render
 
 # llama.cpp's token types: 3 is a control token, 4 a user-defined one; both are atomic.
 _GGUF_SPECIAL_TYPES = (3, 4)
@@ -63,12 +63,7 @@ class TextTokenizer:
         self.bos_token_id = bos_token_id
         self.eos_token_ids = tuple(eos_token_ids)
         self.add_bos = add_bos
-        self._template = None
-        if chat_template:
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-            env.globals["raise_exception"] = _raise_template_error
-            env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
-            self._template = env.from_string(chat_template)
+        self._template = compile_template(chat_template) if chat_template else None
 
     @property
     def vocab_size(self) -> int:
@@ -113,9 +108,8 @@ class TextTokenizer:
             raise ValueError("this model ships no chat template; send a plain prompt instead")
         bos = self.token_text(self.bos_token_id) if self.bos_token_id is not None else ""
         eos = self.token_text(self.eos_token_ids[0]) if self.eos_token_ids else ""
-        return self._template.render(
-            messages=list(messages), add_generation_prompt=True, bos_token=bos, eos_token=eos
-        )
+        return render(self._template, list(messages), add_generation_prompt=True,
+                      bos_token=bos, eos_token=eos)
 
     def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         # Templates write their own BOS where the model wants one.
@@ -197,7 +191,3 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     from .gguf_file import read_gguf
 
     return TextTokenizer.from_gguf_fields(read_gguf(path)[0])
-
-
-def _raise_template_error(message: str) -> None:
-    raise ValueError(f"chat template error: {message}")
