@@ -2,7 +2,6 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-28 17:30:26.330223
 """
 from __future__ import annotations
 

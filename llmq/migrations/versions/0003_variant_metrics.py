@@ -2,7 +2,6 @@
 
 Revision ID: 0003
 Revises: 0002
-Create Date: 2026-11-28 19:40:00
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 Revision ID: 0004
 Revises: 0003
-Create Date: 2026-11-29 08:20:00
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 Revision ID: 0005
 Revises: 0004
-Create Date: 2026-11-29 11:30:00
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 
 Revision ID: 0007
 Revises: 0006
-Create Date: 2026-11-29 13:40:00
 """
 from __future__ import annotations
 
