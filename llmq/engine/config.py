@@ -9,6 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 KV_CACHE_DTYPES = ("", "float32", "float16", "bfloat16", "int8")
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+# config.json's model_type of each family (Gemma 3's text-only model is "gemma3_text")
+HF_MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
+                  "gemma2": "gemma2", "gemma3": "gemma3_text"}
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                    "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                    "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,22 @@ class ModelConfig:
     # float32 scale per position and head, kv_cache.to_cache)
     kv_cache_dtype: str = ""
     head_scheme: str = ""  # "int8": an int8 output head (llmq.engine.model.head; "": float)
+    # what sets a family's maths apart from Llama's (model/families.py detects the family;
+    # the decoder reads only these fields, never the family's name)
+    family: str = "llama"
+    attention_bias: bool = False  # q, k and v projections add a bias (Qwen2)
+    qk_norm: bool = False  # per-head RMSNorm of q and k before RoPE (Qwen3, Gemma 3)
+    # Gemma's layer: RMSNorm as x·(1 + w), a norm after attention and after the MLP as well as
+    # before each, embeddings scaled by sqrt(hidden)
+    gemma_norms: bool = False
+    hidden_act: str = "silu"  # the MLP's gate activation: silu | gelu_pytorch_tanh
+    query_pre_attn_scalar: float | None = None  # scores scaled by its rsqrt (None: head_dim's)
+    attn_softcap: float | None = None  # scores -> cap·tanh(scores / cap) (Gemma 2)
+    final_softcap: float | None = None  # the same on the logits
+    sliding_window: int | None = None  # keys a windowed layer sees, its own position included
+    # per layer "sliding_attention" or "full_attention"; () with a window: every layer windowed
+    layer_types: tuple[str, ...] = ()
+    local_rope_theta: float | None = None  # RoPE base of windowed layers, without scaling
 
     @property
     def plain_head(self) -> bool:
@@ -41,6 +64,24 @@ class ModelConfig:
     @property
     def head_rows(self) -> int:
         return self.head_tokens or self.vocab_size
+
+    @property
+    def attention_scale(self) -> float:
+        return (self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+    def layer_window(self, index: int) -> int | None:
+        """The sliding window of layer ``index``; None where it attends to every position."""
+        if not self.sliding_window:
+            return None
+        if self.layer_types and self.layer_types[index] != "sliding_attention":
+            return None
+        return self.sliding_window
+
+    def layer_rope(self, index: int) -> tuple[float, dict[str, Any] | None]:
+        """RoPE base and scaling of layer ``index``."""
+        if self.local_rope_theta is not None and self.layer_window(index):
+            return self.local_rope_theta, None
+        return self.rope_theta, self.rope_scaling
 
     @property
     def group_size(self) -> int:
@@ -54,6 +95,12 @@ class ModelConfig:
         if self.kv_cache_dtype == "int8" and self.head_dim % 4:
             raise ValueError(f"an int8 KV cache needs a head dimension that is a multiple of 4 "
                              f"(its rows end in a float32 scale), not {self.head_dim}")
+        if self.layer_types and len(self.layer_types) != self.num_layers:
+            raise ValueError(f"layer_types names {len(self.layer_types)} layers, the model has "
+                             f"{self.num_layers}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"activation {self.hidden_act!r} is not one of "
+                             f"{', '.join(ACTIVATIONS)}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}"
@@ -61,11 +108,32 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
-        """From a Hugging Face ``config.json`` of a Llama-family model."""
+        """From a Hugging Face ``config.json`` of a family llmq runs (families.check_hf_config
+        has refused the others)."""
         heads = int(cfg["num_attention_heads"])
         hidden = int(cfg["hidden_size"])
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else ((eos,) if eos is not None else ())
+        family = FAMILY_OF_MODEL_TYPE.get(cfg.get("model_type", "llama"), "llama")
+        gemma = family in ("gemma2", "gemma3")
+        theta, scaling, local_theta = rope_theta(cfg), rope_scaling(cfg), None
+        if family == "gemma3":
+            theta, scaling, local_theta = gemma3_rope(cfg)
+        qwen = family in ("qwen2", "qwen3")
+        window = (cfg.get("sliding_window", 4096 if gemma else None)
+                  if cfg.get("use_sliding_window", not qwen) else None)
+        layer_types = tuple(cfg.get("layer_types") or ())
+        if qwen and window and not layer_types:  # transformers' rule for Qwen's windows
+            first = int(cfg.get("max_window_layers", 28))
+            layer_types = tuple("sliding_attention" if i >= first else "full_attention"
+                                for i in range(int(cfg["num_hidden_layers"])))
+        if family == "gemma2" and not layer_types:  # before transformers 4.53 wrote them
+            layer_types = tuple("sliding_attention" if i % 2 == 0 else "full_attention"
+                                for i in range(int(cfg["num_hidden_layers"])))
+        if family == "gemma3" and not layer_types:
+            pattern = int(cfg.get("sliding_window_pattern", 6))
+            layer_types = tuple("sliding_attention" if (i + 1) % pattern else "full_attention"
+                                for i in range(int(cfg["num_hidden_layers"])))
         return cls(
             vocab_size=int(cfg["vocab_size"]),
             hidden_size=hidden,
@@ -74,30 +142,61 @@ class ModelConfig:
             num_heads=heads,
             num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
             head_dim=int(cfg.get("head_dim") or hidden // heads),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-5)),
-            rope_theta=rope_theta(cfg),
-            rope_scaling=rope_scaling(cfg),
-            max_position_embeddings=context_length(cfg),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6 if gemma else 1e-5)),
+            rope_theta=theta,
+            rope_scaling=scaling,
+            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", gemma)),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
             head_tokens=int(cfg.get("llmq_head_tokens") or 0),
             kv_cache_dtype=str(cfg.get("llmq_kv_cache_dtype") or ""),
             head_scheme=str(cfg.get("llmq_head_scheme") or ""),
+            family=family,
+            attention_bias=family == "qwen2",
+            qk_norm=family in ("qwen3", "gemma3"),
+            gemma_norms=gemma,
+            hidden_act=hidden_activation(cfg),
+            query_pre_attn_scalar=(float(cfg.get("query_pre_attn_scalar") or 256)
+                                   if gemma else None),
+            attn_softcap=_positive(cfg.get("attn_logit_softcapping",
+                                           50.0 if family == "gemma2" else None)),
+            final_softcap=_positive(cfg.get("final_logit_softcapping",
+                                            30.0 if family == "gemma2" else None)),
+            sliding_window=int(window) if window else None,
+            layer_types=layer_types,
+            local_rope_theta=local_theta,
         )
 
     def to_hf(self) -> dict[str, Any]:
-        """The equivalent Hugging Face ``LlamaConfig`` fields (for artifacts and parity tests;
-        a pruned or int8 head and the KV cache's storage are llmq's own fields, which other
-        readers ignore)."""
+        """The family's Hugging Face config fields (for unpacked GGUF files, artifacts and
+        parity tests; a pruned or int8 head and the KV cache's storage are llmq's own fields,
+        which other readers ignore)."""
         extra: dict[str, Any] = {"llmq_head_tokens": self.head_tokens} if self.head_tokens else {}
         if self.kv_cache_dtype:
             extra["llmq_kv_cache_dtype"] = self.kv_cache_dtype
         if self.head_scheme:
             extra["llmq_head_scheme"] = self.head_scheme
-        return {**extra,
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        rope: dict[str, Any] = {"rope_theta": self.rope_theta, "rope_scaling": self.rope_scaling}
+        if self.family == "gemma3":
+            full = {"rope_type": "default", **(self.rope_scaling or {}),
+                    "rope_theta": self.rope_theta}
+            local = {"rope_type": "default", "rope_theta": self.local_rope_theta or 10000.0}
+            rope = {"rope_parameters": {"full_attention": full, "sliding_attention": local}}
+        family_fields: dict[str, Any] = {}
+        if self.gemma_norms:
+            family_fields = {"hidden_activation": self.hidden_act,
+                             "query_pre_attn_scalar": self.query_pre_attn_scalar,
+                             "attn_logit_softcapping": self.attn_softcap,
+                             "final_logit_softcapping": self.final_softcap}
+        if self.sliding_window:
+            family_fields.update(sliding_window=self.sliding_window,
+                                 use_sliding_window=True)
+        if self.layer_types:
+            family_fields["layer_types"] = list(self.layer_types)
+        return {**extra, **rope, **family_fields,
+            "architectures": [HF_ARCHITECTURES[self.family]],
+            "model_type": HF_MODEL_TYPES[self.family],
             "vocab_size": self.vocab_size,
             "hidden_size": self.hidden_size,
             "intermediate_size": self.intermediate_size,
@@ -106,16 +205,48 @@ class ModelConfig:
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
             "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "rope_scaling": self.rope_scaling,
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
             "bos_token_id": self.bos_token_id,
             "eos_token_id": list(self.eos_token_ids),
-            "hidden_act": "silu",
-            "attention_bias": False,
+            "hidden_act": self.hidden_act,
+            "attention_bias": self.attention_bias,
             "mlp_bias": False,
         }
+
+
+FAMILY_OF_MODEL_TYPE = {v: k for k, v in HF_MODEL_TYPES.items()}
+
+
+def hidden_activation(cfg: dict[str, Any]) -> str:
+    """The MLP's activation: Gemma's configs name it ``hidden_activation``, the others
+    ``hidden_act``."""
+    if cfg.get("model_type", "").startswith("gemma"):
+        return str(cfg.get("hidden_activation") or "gelu_pytorch_tanh")
+    return str(cfg.get("hidden_act") or "silu")
+
+
+def _positive(value: Any) -> float | None:
+    return float(value) if value else None
+
+
+def gemma3_rope(cfg: dict[str, Any]) -> tuple[float, dict[str, Any] | None, float]:
+    """Gemma 3's two RoPEs: the global layers' base and scaling, the local layers' base.
+    transformers 5 writes ``rope_parameters`` keyed by layer type; earlier versions
+    ``rope_theta``, ``rope_scaling`` (global) and ``rope_local_base_freq``."""
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict) and "full_attention" in params:
+        full = dict(params.get("full_attention") or {})
+        local = params.get("sliding_attention") or {}
+        theta = float(full.pop("rope_theta", 1_000_000.0))
+        kind = full.get("rope_type") or full.get("type")
+        return (theta, full if kind not in (None, "default") else None,
+                float(local.get("rope_theta", 10_000.0)))
+    scaling = cfg.get("rope_scaling")
+    kind = (scaling or {}).get("rope_type") or (scaling or {}).get("type")
+    return (float(cfg.get("rope_theta") or 1_000_000.0),
+            scaling if kind not in (None, "default") else None,
+            float(cfg.get("rope_local_base_freq") or 10_000.0))
 
 
 def rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -137,17 +268,6 @@ def rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
     params = {k: v for k, v in rope_parameters(cfg).items() if k != "rope_theta"}
     kind = params.get("rope_type") or params.get("type")
     return params if kind not in (None, "default") else None
-
-
-def context_length(cfg: dict[str, Any]) -> int:
-    """The positions a model runs at most. A sliding window (Mistral's) caps it: within the
-    window, windowed attention is full attention, so the decoder's maths stay exact and a
-    longer prompt is refused rather than run without its window."""
-    length = int(cfg.get("max_position_embeddings", 2048))
-    window = cfg.get("sliding_window")
-    if window and cfg.get("use_sliding_window", True):
-        length = min(length, int(window))
-    return length
 
 
 @dataclass

@@ -71,7 +71,7 @@ class ModelRunner:
             return torch.tensor(values, dtype=torch.long, device=dev)
 
         decode_slots = None
-        decode_bias = None
+        decode_bias = decode_lengths = None
         span = decode_len = 0
         contiguous = True
         if num_decode:
@@ -86,12 +86,14 @@ class ModelRunner:
             decode_bias = torch.zeros(span, 1, 1, decode_len, dtype=self.model.dtype)
             decode_bias.masked_fill_(~visible.view(span, 1, 1, decode_len), float("-inf"))
             decode_bias = decode_bias.to(dev)
+            decode_lengths = lengths.to(dev)
             decode_slots = as_tensor(dslots)
         step = StepInputs(
             tokens=as_tensor(tokens), positions=as_tensor(positions),
             cache_rows=self._cache_rows(slots, positions).to(dev),
             num_decode=num_decode, decode_slots=decode_slots, decode_span=span,
             decode_contiguous=contiguous, decode_bias=decode_bias, decode_len=decode_len,
+            decode_lengths=decode_lengths,
             prefill=segments, logits_rows=as_tensor(rows),
             row_slots=as_tensor(slots), row_lengths=as_tensor([p + 1 for p in positions]),
         )

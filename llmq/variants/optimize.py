@@ -179,10 +179,33 @@ def resolve_rotation(recipe: Recipe, config: ModelConfig, log: Callable[[str], N
         (f"{recipe.quantize} is not int8", recipe.quantize != "int8"),
         ("widths are not multiples of 64", not rotatable(config)),
         ("a rotated linear is kept in float", bool(kept & set(ROTATED_LINEARS))),
-        ("the rotation does not fuse here", not fuses_here())) if failed]
+        ("the rotation does not fuse here", not fuses_here()),
+        (f"the rotation does not fuse into {config.family}'s layers (Gemma's norms or a "
+         f"GELU MLP)", config.gemma_norms or config.hidden_act != "silu")) if failed]
     if recipe.quantize == "int8":
         log("rotated int8 inputs: " + ("; ".join(f"no, {r}" for r in reasons) or "yes"))
     return replace(recipe, rotate=not reasons)
+
+
+LLAMA_LAYERS = ("llama", "mistral")
+
+
+def fit_family(recipe: Recipe, config: ModelConfig, log: Callable[[str], None]) -> Recipe:
+    """The recipe as it applies to the checkpoint's family. Pruning and distillation edit and
+    replay Llama's layers (compress/prune.py, distill.py) and are refused for the others;
+    SmoothQuant folds its factors into Llama's norms, so Gemma's (x·(1 + w), and four per
+    layer) go without it."""
+    family = config.family
+    if family not in LLAMA_LAYERS:
+        if not recipe.prune.empty or recipe.distill_steps:
+            raise ValueError(f"pruning and distillation are implemented for the Llama "
+                             f"family's layers ({', '.join(LLAMA_LAYERS)}), not {family}'s: "
+                             f"optimize a {family} model with quantization, --prune-vocab "
+                             f"and --kv-cache")
+    if config.gemma_norms and recipe.smooth_alpha:
+        log(f"no SmoothQuant: it folds into Llama-style norms, and {family}'s are not")
+        recipe = replace(recipe, smooth_alpha=None)
+    return recipe
 
 
 def head_scheme_for(recipe: Recipe, config: ModelConfig) -> str:
@@ -262,6 +285,7 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
                          "base instead")
     ckpt: Checkpoint = load_checkpoint(base_path, get_settings().cache_dir or None)
     recipe.prune.validate(ckpt.config)
+    recipe = fit_family(recipe, ckpt.config, log)
     if recipe.rotate and recipe.prune.empty:  # refused before calibration, not after it
         check_rotatable(ckpt.config)
     base_model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)

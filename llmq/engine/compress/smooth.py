@@ -6,8 +6,8 @@ int8 would otherwise crush. The division by ``s`` is folded into whatever produc
 it costs nothing at run time:
 - QKV and gate/up inputs come from an RMSNorm: its weight is divided;
 - the down projection's input is ``silu(gate) * up``: the up rows are divided;
-- the output projection's input is attention over V: the V rows are divided, with one factor
-  per (KV head, dim) shared by the query heads of the group."""
+- the output projection's input is attention over V: the V rows (and V's bias, Qwen2's) are
+  divided, with one factor per (KV head, dim) shared by the query heads of the group."""
 
 from __future__ import annotations
 
@@ -55,6 +55,8 @@ def smooth(config: ModelConfig, weights: dict[str, torch.Tensor], stats: Calibra
         s_kv = _factors(act, wmax, alpha)  # [K, E]
         v = w[p + "self_attn.v_proj.weight"]  # [K * E, D]
         w[p + "self_attn.v_proj.weight"] = v / s_kv.reshape(-1, 1)
+        if p + "self_attn.v_proj.bias" in w:
+            w[p + "self_attn.v_proj.bias"] = w[p + "self_attn.v_proj.bias"] / s_kv.reshape(-1)
         s_heads = s_kv[:, None, :].expand(c.num_kv_heads, c.group_size, c.head_dim)
         w[p + "self_attn.o_proj.weight"] = o * s_heads.reshape(-1)
     return w

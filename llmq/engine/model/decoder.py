@@ -1,7 +1,8 @@
-"""A compact Llama-family decoder (RMSNorm, RoPE, grouped-query attention, SwiGLU) that runs
-packed batches: every token of every sequence in one flat ``[T, D]`` tensor, so the linear
-layers never see padding, and attention reads each sequence's keys from a slot of a KV cache
-that is allocated once.
+"""A compact decoder of the Llama family's shape (RMSNorm, RoPE, grouped-query attention, a
+gated MLP), with what Qwen and Gemma add to it as config fields (biases, q/k norms, Gemma's
+norms, GELU, softcaps, windowed layers: families.py), that runs packed batches: every token
+of every sequence in one flat ``[T, D]`` tensor, so the linear layers never see padding, and
+attention reads each sequence's keys from a slot of a KV cache that is allocated once.
 
 Shapes: T tokens in the step, D hidden, H query heads, K key/value heads, G = H // K,
 E head dim, S cache slots, L cache positions per slot."""
@@ -58,6 +59,47 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
     return torch.matmul(probs, values.to(q.dtype))
 
 
+def softcapped(scores: torch.Tensor, cap: float) -> torch.Tensor:
+    """Gemma 2's soft cap of attention scores and logits: ``cap · tanh(scores / cap)``."""
+    return torch.tanh(scores / cap) * cap
+
+
+def softcapped_decode_attention(cap: float) -> Callable[..., torch.Tensor]:
+    """``decode_attention`` with the scores capped before the mask, as Gemma 2 does."""
+    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+               bias: torch.Tensor) -> torch.Tensor:
+        scores = softcapped(torch.matmul(q, keys.to(q.dtype).transpose(-1, -2)), cap) + bias
+        return torch.matmul(torch.softmax(scores, dim=-1), values.to(q.dtype))
+    return attend
+
+
+def prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None, scale: float,
+                     cap: float | None) -> torch.Tensor:
+    """Attention of a prompt segment: q ``[1, H, n, E]``, k and v ``[1, K, m, E]``, mask
+    ``[n, m]`` bool (None: causal, n == m). PyTorch's fused attention, or with a soft cap
+    (which it cannot apply) the eager product."""
+    if cap is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                              scale=scale, enable_gqa=True)
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = softcapped(torch.matmul(q, k.transpose(-1, -2)) * scale, cap)
+    if mask is None:
+        n = q.shape[2]
+        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril_()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def window_mask(start: int, n: int, window: int, device: torch.device) -> torch.Tensor:
+    """Rows ``start .. start + n - 1`` of a causal mask over ``start + n`` positions that sees
+    only the last ``window`` of them, its own included (transformers' sliding window)."""
+    q = torch.arange(start, start + n, device=device)[:, None]
+    k = torch.arange(start + n, device=device)[None, :]
+    return (k <= q) & (k > q - window)
+
+
 def decode_attention_reduced(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                              bias: torch.Tensor) -> torch.Tensor:
     """``decode_attention`` as products and sums, for inductor, which makes of each a loop
@@ -94,12 +136,26 @@ class StepInputs:
     decode_contiguous: bool  # decode_slots == arange(num_decode) and decode_span == num_decode
     decode_bias: torch.Tensor | None  # [decode_span, 1, 1, decode_len]: 0 or -inf
     decode_len: int  # cache positions read by decode attention
+    decode_lengths: torch.Tensor | None  # [decode_span] long: positions each slot sees
     prefill: list[PrefillSegment]
     logits_rows: torch.Tensor  # [N] long: rows whose next-token logits are wanted
     # every row's slot and the cache positions it sees (its own position + 1): what the
     # native kernel needs to attend for decode and prompt rows alike, in one call
     row_slots: torch.Tensor  # [T] long
     row_lengths: torch.Tensor  # [T] long
+    # the windowed layers' decode biases, made by the first layer of each window
+    window_biases: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def windowed_decode_bias(self, window: int) -> torch.Tensor:
+        """``decode_bias`` that also hides every position but each slot's last ``window``."""
+        bias = self.window_biases.get(window)
+        if bias is None:
+            assert self.decode_bias is not None and self.decode_lengths is not None
+            first = (self.decode_lengths - window).view(-1, 1, 1, 1)
+            early = torch.arange(self.decode_len, device=first.device) < first
+            bias = self.decode_bias.masked_fill(early, float("-inf"))
+            self.window_biases[window] = bias
+        return bias
 
 
 @dataclass(frozen=True)
@@ -132,24 +188,42 @@ def attention_input(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin
         qkv = rotated.rotated_qkv(layer, x)
     else:
         qkv = layer.wqkv(F.rms_norm(x, (c.hidden_size,), layer.attn_norm, c.rms_norm_eps))
+    if layer.qkv_bias is not None:
+        qkv = qkv + layer.qkv_bias
     # qkv: [T, (H + 2K) * E]
     k_end = (heads + kv_heads) * dim
-    qk = apply_rope(qkv[:, :k_end].reshape(n_tok, heads + kv_heads, dim), cos, sin)
+    qk = qkv[:, :k_end].reshape(n_tok, heads + kv_heads, dim)
+    if layer.q_norm is not None:  # per head, over its E channels
+        qk = torch.cat((F.rms_norm(qk[:, :heads], (dim,), layer.q_norm, c.rms_norm_eps),
+                        F.rms_norm(qk[:, heads:], (dim,), layer.k_norm, c.rms_norm_eps)), 1)
+    qk = apply_rope(qk, cos, sin)
     return (qk[:, :heads], qk[:, heads:].reshape(n_tok * kv_heads, dim),
             qkv[:, k_end:].reshape(n_tok * kv_heads, dim))
 
 
 def attention_output_and_ffn(layer: DecoderLayer, x: torch.Tensor, attn: torch.Tensor,
                              rotated_producers: bool = False) -> torch.Tensor:
-    """The rest of the layer: output projection and residual, RMSNorm, SwiGLU, residual.
-    ``x [T, D]`` is left as it is (calibration hooks read it); ``attn`` is ``[T, H * E]``."""
+    """The rest of the layer: output projection and residual, RMSNorm, gated MLP, residual
+    (Gemma: each branch normed again before its residual). ``x [T, D]`` is left as it is
+    (calibration hooks read it); ``attn`` is ``[T, H * E]``."""
     c = layer.config
-    x = x + layer.wo(attn)
+    width = (c.hidden_size,)
+    out = layer.wo(attn)
+    if layer.post_attn_norm is not None:
+        out = F.rms_norm(out, width, layer.post_attn_norm, c.rms_norm_eps)
+    x = x + out
     if rotated_producers:
         return x.add_(rotated.rotated_ffn(layer, x))
-    h = F.rms_norm(x, (c.hidden_size,), layer.ffn_norm, c.rms_norm_eps)
-    act = F.silu(layer.w_gate(h), inplace=True).mul_(layer.w_up(h))  # [T, F]
-    return x.add_(layer.w_down(act))
+    h = F.rms_norm(x, width, layer.ffn_norm, c.rms_norm_eps)
+    gate = layer.w_gate(h)
+    if c.hidden_act == "silu":
+        gate = F.silu(gate, inplace=True)
+    else:
+        gate = F.gelu(gate, approximate="tanh")
+    out = layer.w_down(gate.mul_(layer.w_up(h)))  # gate: [T, F]
+    if layer.post_ffn_norm is not None:
+        out = F.rms_norm(out, width, layer.post_ffn_norm, c.rms_norm_eps)
+    return x.add_(out)
 
 
 class DecoderLayer(nn.Module):
@@ -157,13 +231,27 @@ class DecoderLayer(nn.Module):
     precision, swapped in at build or load time; how the block runs (compiled or eager, which
     attention) is the model's ``LayerPaths``."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, index: int = 0) -> None:
         super().__init__()
         c = config
         self.config = c
-        self.attn_norm = nn.Parameter(torch.ones(c.hidden_size), requires_grad=False)
-        self.ffn_norm = nn.Parameter(torch.ones(c.hidden_size), requires_grad=False)
+        self.window = c.layer_window(index)
+
+        def norm(width: int, present: bool = True) -> nn.Parameter | None:
+            return nn.Parameter(torch.ones(width), requires_grad=False) if present else None
+
+        self.attn_norm = norm(c.hidden_size)
+        self.ffn_norm = norm(c.hidden_size)
+        # Gemma's norms of the attention's and the MLP's outputs; Qwen3's and Gemma 3's of
+        # every q and k head (an RMSNorm as x·(1 + w) holds 1 + w: from_hf_weights)
+        self.post_attn_norm = norm(c.hidden_size, c.gemma_norms)
+        self.post_ffn_norm = norm(c.hidden_size, c.gemma_norms)
+        self.q_norm = norm(c.head_dim, c.qk_norm)
+        self.k_norm = norm(c.head_dim, c.qk_norm)
         qkv_out = (c.num_heads + 2 * c.num_kv_heads) * c.head_dim
+        # Qwen2's biases stay out of the linear, so that every precision keeps its contract
+        self.qkv_bias = (nn.Parameter(torch.zeros(qkv_out), requires_grad=False)
+                         if c.attention_bias else None)
         self.wqkv = Linear(c.hidden_size, qkv_out)
         self.wo = Linear(c.num_heads * c.head_dim, c.hidden_size)
         # gate and up stay separate: a fused output is split into strided halves whose
@@ -190,7 +278,8 @@ class DecoderLayer(nn.Module):
         k_cache, v_cache = cache  # [S, K, L, R] each (kv_cache.py)
         c = self.config
         dim = c.head_dim
-        if paths.native_attention:
+        window = self.window if self.window and self.window < k_cache.shape[2] else None
+        if paths.native_attention and window is None and c.attn_softcap is None:
             # one call writes the step's keys and values and attends every row, decode and
             # prompt alike: a prompt row is a row that sees its slot up to its own position,
             # which the call has just written (faster than PyTorch's flash attention on
@@ -199,21 +288,25 @@ class DecoderLayer(nn.Module):
             n_tok = q.shape[0]
             out = native.decode_attention(
                 q.reshape(n_tok, c.num_kv_heads, c.group_size, dim).float(), k_cache, v_cache,
-                step.row_slots, step.row_lengths, dim ** -0.5, (k, v, step.cache_rows))
+                step.row_slots, step.row_lengths, c.attention_scale, (k, v, step.cache_rows))
             return out.to(q.dtype).view_as(q)
         width = k_cache.shape[-1]
         k_cache.view(-1, width).index_copy_(0, step.cache_rows, to_cache(k, k_cache.dtype))
         v_cache.view(-1, width).index_copy_(0, step.cache_rows, to_cache(v, v_cache.dtype))
-        return self._attention(q, k, v, k_cache, v_cache, step, paths.decode_attention)
+        attend = paths.decode_attention
+        if c.attn_softcap is not None:
+            attend = softcapped_decode_attention(c.attn_softcap)
+        return self._attention(q, k, v, k_cache, v_cache, step, attend, window)
 
     def _decode(self, q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                step: StepInputs, attend: Callable[..., torch.Tensor]) -> torch.Tensor:
+                step: StepInputs, attend: Callable[..., torch.Tensor],
+                window: int | None) -> torch.Tensor:
         """Attention of the step's decode rows ``q [B, H, E]``; returns ``[B, K, G, E]``. The G
         query heads that share a KV head act as G query rows, so keys and values are read once
         per KV head and never expanded."""
         c = self.config
         nd, kv_heads, group, dim = q.shape[0], c.num_kv_heads, c.group_size, c.head_dim
-        qd = q.reshape(nd, kv_heads, group, dim) * (dim ** -0.5)  # [B, K, G, E]
+        qd = q.reshape(nd, kv_heads, group, dim) * c.attention_scale  # [B, K, G, E]
         span, length = step.decode_span, step.decode_len
         if not step.decode_contiguous:
             full = qd.new_zeros(span, kv_heads, group, dim)
@@ -222,18 +315,19 @@ class DecoderLayer(nn.Module):
         keys, values = k_cache[:span, :, :length], v_cache[:span, :, :length]
         if keys.dtype == torch.int8:  # PyTorch's forms read floats
             keys, values = from_cache(keys, q.dtype), from_cache(values, q.dtype)
-        od = attend(qd, keys, values, step.decode_bias)
+        bias = step.decode_bias if window is None else step.windowed_decode_bias(window)
+        od = attend(qd, keys, values, bias)
         return od if step.decode_contiguous else od[step.decode_slots]
 
     def _attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                    k_cache: torch.Tensor, v_cache: torch.Tensor, step: StepInputs,
-                   attend: Callable[..., torch.Tensor]) -> torch.Tensor:
+                   attend: Callable[..., torch.Tensor], window: int | None) -> torch.Tensor:
         c = self.config
         kv_heads, dim = c.num_kv_heads, c.head_dim
         out = torch.empty_like(q)
         nd = step.num_decode
         if nd:
-            out[:nd] = self._decode(q[:nd], k_cache, v_cache, step, attend).reshape(
+            out[:nd] = self._decode(q[:nd], k_cache, v_cache, step, attend, window).reshape(
                 nd, c.num_heads, dim)
         for seg in step.prefill:
             n = seg.end - seg.begin
@@ -247,9 +341,11 @@ class DecoderLayer(nn.Module):
                 end = seg.start + n
                 ks = from_cache(k_cache[seg.slot:seg.slot + 1, :, :end], q.dtype)
                 vs = from_cache(v_cache[seg.slot:seg.slot + 1, :, :end], q.dtype)  # [1, K, end, E]
-            os_ = F.scaled_dot_product_attention(
-                qs, ks, vs, attn_mask=seg.mask, is_causal=seg.mask is None, enable_gqa=True
-            )  # [1, H, n, E]
+            mask = seg.mask
+            if window is not None and seg.start + n > window:
+                mask = window_mask(seg.start, n, window, q.device)
+            os_ = prompt_attention(qs, ks, vs, mask, c.attention_scale,
+                                   c.attn_softcap)  # [1, H, n, E]
             out[seg.begin:seg.end] = os_[0].transpose(0, 1)
         return out
 
@@ -260,13 +356,17 @@ class LlamaModel(nn.Module):
         config.validate()
         self.config = config
         self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = nn.Parameter(torch.ones(config.hidden_size), requires_grad=False)
         self.lm_head: nn.Module = (
             Linear(config.hidden_size, config.vocab_size) if config.plain_head else
             OutputHead(config.hidden_size, config.vocab_size, config.head_rows,
                        config.head_scheme))
-        self._rope_cache: tuple[torch.Tensor, torch.Tensor] | None = None
+        # one RoPE per distinct (base, scaling) (Gemma 3: its local and global layers')
+        ropes = [config.layer_rope(i) for i in range(config.num_layers)]
+        self._ropes = list({repr(r): r for r in ropes}.values())
+        self._layer_rope = [self._ropes.index(r) for r in ropes]
+        self._rope_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.paths = LayerPaths()  # eager until choose_paths
 
     @property
@@ -286,8 +386,9 @@ class LlamaModel(nn.Module):
             halves=compiled_halves() if fuse else None,
             native_attention=cpu and native.serves(self.config, self.kv_dtype),
             decode_attention=compiled_decode_attention() if cpu else decode_attention,
-            rotated_producers=cpu and all(rotated.fuses_producers(layer)
-                                          for layer in self.layers))
+            rotated_producers=cpu and self.config.hidden_act == "silu"
+            and not self.config.gemma_norms and all(rotated.fuses_producers(layer)
+                                                    for layer in self.layers))
         return self.paths
 
     @property
@@ -300,52 +401,71 @@ class LlamaModel(nn.Module):
         name = self.config.kv_cache_dtype
         return getattr(torch, name) if name else self.dtype
 
-    def rope_tables(self, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and signed sin ``[length, E]``, computed in float32, kept in the model's dtype."""
-        if self._rope_cache is None or self._rope_cache[0].shape[0] < length:
-            inv = rope_inv_freq(self.config).to(self.device)
+    def rope_tables(self, length: int, rope: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and signed sin ``[length, E]`` of the model's ``rope``-th RoPE, computed in
+        float32, kept in the model's dtype."""
+        cached = self._rope_cache.get(rope)
+        if cached is None or cached[0].shape[0] < length:
+            theta, scaling = self._ropes[rope]
+            inv = rope_inv_freq(self.config, theta, scaling).to(self.device)
             t = torch.arange(length, device=self.device, dtype=torch.float32)
             freqs = torch.outer(t, inv)
             emb = torch.cat((freqs, freqs), dim=-1)
             sin = emb.sin()
             sin[:, : inv.shape[0]] *= -1  # rotate_half negates the first half
-            self._rope_cache = (emb.cos().to(self.dtype), sin.to(self.dtype))
-        return self._rope_cache
+            self._rope_cache[rope] = (emb.cos().to(self.dtype), sin.to(self.dtype))
+        return self._rope_cache[rope]
 
     @torch.inference_mode()
     def forward(self, step: StepInputs, cache: KVCache) -> torch.Tensor:
         """Runs the step, writing its keys/values into ``cache``; returns ``[N, V]`` float32
         logits for ``step.logits_rows``."""
-        cos_table, sin_table = self.rope_tables(cache.length)
-        cos = cos_table[step.positions].unsqueeze(1)  # [T, 1, E]
-        sin = sin_table[step.positions].unsqueeze(1)  # signed for apply_rope
+        ropes = []
+        for i in range(len(self._ropes)):
+            cos_table, sin_table = self.rope_tables(cache.length, i)
+            ropes.append((cos_table[step.positions].unsqueeze(1),  # [T, 1, E]
+                          sin_table[step.positions].unsqueeze(1)))  # signed for apply_rope
+        c = self.config
         x = self.embed(step.tokens)  # [T, D]
+        if c.gemma_norms:  # scaled in the model's dtype, as Gemma's embedding does
+            x = x * torch.tensor(c.hidden_size ** 0.5, dtype=x.dtype)
         for i, layer in enumerate(self.layers):
+            cos, sin = ropes[self._layer_rope[i]]
             x = layer(x, cos, sin, cache.layer(i), step, self.paths)
         x = x[step.logits_rows]  # [N, D]
-        x = F.rms_norm(x, (self.config.hidden_size,), self.norm, self.config.rms_norm_eps)
+        x = F.rms_norm(x, (c.hidden_size,), self.norm, c.rms_norm_eps)
         if isinstance(self.lm_head, OutputHead):
-            return self.lm_head(x, self.embed.weight)  # [N, V]
-        return self.lm_head(x).float()  # [N, V]
+            logits = self.lm_head(x, self.embed.weight)  # [N, V]
+        else:
+            logits = self.lm_head(x).float()  # [N, V]
+        return logits if c.final_softcap is None else softcapped(logits, c.final_softcap)
 
     @classmethod
     def from_hf_weights(cls, config: ModelConfig, weights: dict[str, torch.Tensor],
                         dtype: torch.dtype = torch.float32,
                         device: torch.device | str = "cpu") -> LlamaModel:
-        """Builds the model from Hugging Face tensor names, fusing Q, K and V into one
-        matmul per layer."""
+        """Builds the model from Hugging Face tensor names, fusing Q, K and V (and their
+        biases) into one matmul per layer. Gemma's norms, x·(1 + w), hold 1 + w."""
         with torch.device("meta"):
             model = cls(config)
         w = weights
+        shift = 1.0 if config.gemma_norms else 0.0
+
+        def norm(name: str) -> torch.Tensor:
+            return w[name] + shift
+
         sd: dict[str, torch.Tensor] = {"embed.weight": w["model.embed_tokens.weight"],
-                                       "norm": w["model.norm.weight"]}
+                                       "norm": norm("model.norm.weight")}
         sd["lm_head.weight"] = w.get("lm_head.weight", w["model.embed_tokens.weight"])
         for i in range(config.num_layers):
             p = f"model.layers.{i}."
-            sd[f"layers.{i}.attn_norm"] = w[p + "input_layernorm.weight"]
-            sd[f"layers.{i}.ffn_norm"] = w[p + "post_attention_layernorm.weight"]
+            for ours, theirs in layer_norm_names(config).items():
+                sd[f"layers.{i}.{ours}"] = norm(p + theirs)
             sd[f"layers.{i}.wqkv.weight"] = torch.cat(
                 [w[p + f"self_attn.{n}_proj.weight"] for n in "qkv"], dim=0)
+            if config.attention_bias:
+                sd[f"layers.{i}.qkv_bias"] = torch.cat(
+                    [w[p + f"self_attn.{n}_proj.bias"] for n in "qkv"], dim=0)
             sd[f"layers.{i}.wo.weight"] = w[p + "self_attn.o_proj.weight"]
             sd[f"layers.{i}.w_gate.weight"] = w[p + "mlp.gate_proj.weight"]
             sd[f"layers.{i}.w_up.weight"] = w[p + "mlp.up_proj.weight"]
@@ -358,3 +478,43 @@ class LlamaModel(nn.Module):
             p.requires_grad_(False)
         pack_linears(model)
         return model.eval()
+
+
+def layer_norm_names(config: ModelConfig) -> dict[str, str]:
+    """Each layer's norms: ours -> Hugging Face's name under ``model.layers.N.`` (Gemma's
+    ``post_attention_layernorm`` norms the attention's output; Llama's is the MLP's input)."""
+    names = {"attn_norm": "input_layernorm.weight"}
+    if config.gemma_norms:
+        names.update(ffn_norm="pre_feedforward_layernorm.weight",
+                     post_attn_norm="post_attention_layernorm.weight",
+                     post_ffn_norm="post_feedforward_layernorm.weight")
+    else:
+        names["ffn_norm"] = "post_attention_layernorm.weight"
+    if config.qk_norm:
+        names.update(q_norm="self_attn.q_norm.weight", k_norm="self_attn.k_norm.weight")
+    return names
+
+
+def hf_tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a Hugging Face checkpoint of this config holds, with its shape (the output
+    head only where it is not tied)."""
+    c = config
+    d, e = c.hidden_size, c.head_dim
+    q_out, kv_out = c.num_heads * e, c.num_kv_heads * e
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, d),
+                                          "model.norm.weight": (d,)}
+    if not c.tie_word_embeddings:
+        shapes["lm_head.weight"] = (c.vocab_size, d)
+    for i in range(c.num_layers):
+        p = f"model.layers.{i}."
+        for ours, theirs in layer_norm_names(c).items():
+            shapes[p + theirs] = (e,) if ours in ("q_norm", "k_norm") else (d,)
+        for n, out in (("q", q_out), ("k", kv_out), ("v", kv_out)):
+            shapes[p + f"self_attn.{n}_proj.weight"] = (out, d)
+            if c.attention_bias:
+                shapes[p + f"self_attn.{n}_proj.bias"] = (out,)
+        shapes[p + "self_attn.o_proj.weight"] = (d, q_out)
+        shapes[p + "mlp.gate_proj.weight"] = (c.intermediate_size, d)
+        shapes[p + "mlp.up_proj.weight"] = (c.intermediate_size, d)
+        shapes[p + "mlp.down_proj.weight"] = (d, c.intermediate_size)
+    return shapes

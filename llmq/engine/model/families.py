@@ -1,15 +1,24 @@
 """Which checkpoints llmq runs. The decoder implements the Llama family's maths (Llama 1-3
-and Mistral: RMSNorm, RoPE, grouped-query attention, SwiGLU, no biases); a checkpoint of
-another family, or one whose config asks for maths the decoder does not do, is refused with
-what is missing, at import and at load, never run as if it were Llama."""
+and Mistral: RMSNorm, RoPE, grouped-query attention, SwiGLU) and what sets Qwen2 (q, k, v
+biases), Qwen3 (q/k norms) and Gemma 2 and 3 (Gemma's norms, GELU, softcaps, windowed
+layers, two RoPE bases) apart from it, as ``ModelConfig`` fields; a checkpoint of another
+family, or one whose config asks for maths the decoder does not do, is refused with what is
+missing, at import and at load, never run as if it were another family."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ..config import rope_scaling
+from ..config import ACTIVATIONS, FAMILY_OF_MODEL_TYPE, hidden_activation, rope_parameters
 
-SUPPORTED_FAMILIES = ("llama", "mistral")
+SUPPORTED_FAMILIES = tuple(FAMILY_OF_MODEL_TYPE)  # config.json's model_type
+# GGUF architectures (general.architecture) llama.cpp writes for them: Mistral as "llama"
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+_WHY_NOT = {
+    "phi3": "Phi-3's fused qkv and gate_up projections and longrope",
+    "gemma3": "Gemma 3's multimodal checkpoint (its text-only one, gemma3_text, runs)",
+    "gemma": "Gemma 1",
+}
 # rope scalings rope.py computes (transformers' rope_type names)
 SUPPORTED_ROPE_SCALINGS = (None, "default", "linear", "llama3")
 # GGUF tensors that carry maths the decoder does not read
@@ -34,29 +43,41 @@ def check_hf_config(raw: dict[str, Any], where: str) -> None:
     family = raw.get("model_type")
     if family not in SUPPORTED_FAMILIES:
         arch = ", ".join(raw.get("architectures") or []) or "none named"
+        why = f" ({_WHY_NOT[family]} not implemented)" if family in _WHY_NOT else ""
         raise UnsupportedModel(
-            f"{where}: model family {family!r} ({arch}) is not supported; llmq runs "
+            f"{where}: model family {family!r} ({arch}) is not supported{why}; llmq runs "
             f"{', '.join(SUPPORTED_FAMILIES)}")
     missing = []
     if raw.get("attention_bias"):
-        missing.append("attention biases (attention_bias)")
+        missing.append("attention biases on every projection (attention_bias)")
     if raw.get("mlp_bias"):
         missing.append("MLP biases (mlp_bias)")
-    act = raw.get("hidden_act", "silu")
-    if act != "silu":
+    act = hidden_activation(raw)
+    if act not in ACTIVATIONS:
         missing.append(f"activation {act!r} (hidden_act)")
-    kind = rope_kind(rope_scaling(raw))
-    if kind not in SUPPORTED_ROPE_SCALINGS:
-        missing.append(f"rope scaling {kind!r} (rope_scaling)")
+    if raw.get("use_bidirectional_attention"):
+        missing.append("bidirectional attention (use_bidirectional_attention)")
+    params = rope_parameters(raw)
+    nested = {k: v for k, v in params.items() if isinstance(v, dict)}
+    for layer_type, layer_params in (nested or {"": params}).items():
+        kind = rope_kind(layer_params)
+        where_kind = f"rope_parameters.{layer_type}" if layer_type else "rope_scaling"
+        if kind not in SUPPORTED_ROPE_SCALINGS:
+            missing.append(f"rope scaling {kind!r} ({where_kind})")
+        elif layer_type == "sliding_attention" and kind not in (None, "default"):
+            missing.append(f"rope scaling {kind!r} on windowed layers ({where_kind})")
+    types = set(raw.get("layer_types") or ()) - {"sliding_attention", "full_attention"}
+    if types:
+        missing.append(f"layer types {sorted(types)} (layer_types)")
     _refuse(where, family, missing)
 
 
 def check_gguf_fields(fields: dict[str, Any], tensor_names: set[str], where: str) -> None:
     """Refuses a GGUF file whose architecture or features llmq does not run."""
     arch = fields.get("general.architecture")
-    if arch not in SUPPORTED_FAMILIES:
+    if arch not in SUPPORTED_GGUF_ARCHITECTURES:
         raise UnsupportedModel(f"{where}: model architecture {arch!r} is not supported; llmq "
-                               f"runs {', '.join(SUPPORTED_FAMILIES)}")
+                               f"runs {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}")
     missing = [why for prefix, why in _GGUF_UNREAD_TENSORS.items()
                if any(n == prefix or n.startswith(prefix + ".") for n in tensor_names)]
     kind = fields.get(f"{arch}.rope.scaling.type")

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from .families import check_gguf_fields, check_hf_config
+from .decoder import hf_tensor_shapes
+from .families import UnsupportedModel, check_gguf_fields, check_hf_config
 from .tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,21 @@ def _write_cache(ckpt: Checkpoint, folder: Path) -> None:
                         folder.parent, exc)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def check_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuses weights that do not fit the config, naming the first tensors that are missing
+    or have another shape, before anything is built or registered."""
+    expected = hf_tensor_shapes(config)
+    missing = [name for name in expected if name not in tensors]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise UnsupportedModel(f"{where}: missing tensors {', '.join(missing[:3])}{more} "
+                               f"(a {config.family} checkpoint of {config.num_layers} layers)")
+    wrong = [f"{name} is {tuple(tensors[name].shape)}, the config says {shape}"
+             for name, shape in expected.items() if tuple(tensors[name].shape) != shape]
+    if wrong:
+        raise UnsupportedModel(f"{where}: tensors contradict config.json: {'; '.join(wrong[:2])}")
 
 
 # --- GGUF -------------------------------------------------------------------------------------
@@ -204,6 +220,7 @@ def _load_hf_folder(path: Path) -> Checkpoint:
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         tensors.update({k: v.float() for k, v in load_file(str(f)).items()})
+    check_tensors(config, tensors, str(path))
     tok_cfg_file = path / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_file.read_text()) if tok_cfg_file.is_file() else {}
     template_file = path / "chat_template.jinja"

@@ -4,16 +4,22 @@ and its linear or llama3 frequency scaling."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
 from ..config import ModelConfig
 
 
-def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+def rope_inv_freq(config: ModelConfig, theta: float | None = None,
+                  scaling: dict[str, Any] | None = None) -> torch.Tensor:
+    """Inverse frequencies of the model's RoPE, or of the base and scaling given (a layer's
+    own: ``ModelConfig.layer_rope``)."""
     dim = config.head_dim
-    inv = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
-    scaling = config.rope_scaling or {}
+    if theta is None:
+        theta, scaling = config.rope_theta, config.rope_scaling
+    inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling = scaling or {}
     kind = scaling.get("rope_type") or scaling.get("type")
     if kind == "linear":
         inv = inv / float(scaling["factor"])

@@ -1,6 +1,8 @@
 """Checkpoints of families, or with features, that the decoder does not implement are refused
-with what is missing, at import and at load; never run as Llama. Configs come from
-transformers itself (its own config classes, as `save_pretrained` writes them)."""
+with what is missing, at import and at load; never run as another family. The families it
+runs are read with their features (the parity against transformers: test_family_parity).
+Configs come from transformers itself (its own config classes, as `save_pretrained` writes
+them)."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def hf_config(kind: str, **fields: Any) -> dict[str, Any]:
     cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
            "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config,
            "gemma2": transformers.Gemma2Config, "gemma3_text": transformers.Gemma3TextConfig,
-           "phi3": transformers.Phi3Config}[kind]
+           "phi3": transformers.Phi3Config, "gemma": transformers.GemmaConfig}[kind]
     return cls(**{**SMALL, **fields}).to_dict()
 
 
@@ -35,9 +37,11 @@ def folder_with(tmp_path: Path, config: dict[str, Any]) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize("family", ["qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"])
-def test_a_folder_of_another_family_is_refused_by_name(family: str, tmp_path: Path) -> None:
-    with pytest.raises(UnsupportedModel, match=f"model family '{family}'.*llmq runs llama"):
+@pytest.mark.parametrize(("family", "why"), [("phi3", "fused qkv"), ("gemma", "Gemma 1")])
+def test_a_folder_of_another_family_is_refused_by_name(family: str, why: str,
+                                                       tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedModel,
+                       match=f"model family '{family}'.*{why}.*llmq runs llama, mistral, qwen2"):
         load_checkpoint(folder_with(tmp_path, hf_config(family)))
 
 
@@ -53,6 +57,24 @@ def test_a_llama_folder_asking_for_unimplemented_maths_is_refused(
         fields: dict[str, Any], missing: str, tmp_path: Path) -> None:
     with pytest.raises(UnsupportedModel, match=missing):
         load_checkpoint(folder_with(tmp_path, hf_config("llama", **fields)))
+
+
+@pytest.mark.parametrize(("family", "fields", "missing"), [
+    ("qwen3", {"attention_bias": True}, "attention biases on every projection"),
+    ("gemma3_text", {"use_bidirectional_attention": True}, "bidirectional attention"),
+    ("gemma3_text", {"rope_parameters": {
+        "full_attention": {"rope_type": "default", "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}},
+     "rope scaling 'linear' on windowed layers"),
+    ("gemma3_text", {"rope_parameters": {
+        "full_attention": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e6},
+        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
+     r"rope scaling 'yarn' \(rope_parameters.full_attention\)"),
+])
+def test_a_supported_family_asking_for_unimplemented_maths_is_refused(
+        family: str, fields: dict[str, Any], missing: str, tmp_path: Path) -> None:
+    with pytest.raises(UnsupportedModel, match=missing):
+        load_checkpoint(folder_with(tmp_path, hf_config(family, **fields)))
 
 
 def test_rope_fields_are_read_in_both_forms_transformers_writes() -> None:
@@ -71,11 +93,35 @@ def test_rope_fields_are_read_in_both_forms_transformers_writes() -> None:
     assert ModelConfig.from_hf(hf_config("llama")).rope_scaling is None
 
 
-def test_a_sliding_window_caps_the_context_so_the_maths_stay_exact() -> None:
-    assert ModelConfig.from_hf(hf_config("mistral", sliding_window=64)
-                               ).max_position_embeddings == 64
-    assert ModelConfig.from_hf(hf_config("mistral", sliding_window=None)
-                               ).max_position_embeddings == 512
+def windows(config: ModelConfig) -> list[int | None]:
+    return [config.layer_window(i) for i in range(config.num_layers)]
+
+
+def test_windows_are_read_per_layer_as_transformers_applies_them() -> None:
+    mistral = ModelConfig.from_hf(hf_config("mistral", sliding_window=64))
+    assert windows(mistral) == [64, 64] and mistral.max_position_embeddings == 512
+    assert windows(ModelConfig.from_hf(hf_config("mistral", sliding_window=None))) == [None] * 2
+    # Qwen's window is off unless use_sliding_window, and then from max_window_layers on
+    assert windows(ModelConfig.from_hf(hf_config("qwen2", sliding_window=64))) == [None] * 2
+    qwen = hf_config("qwen2", sliding_window=64, use_sliding_window=True, max_window_layers=1)
+    assert windows(ModelConfig.from_hf(qwen)) == [None, 64]
+    qwen.pop("layer_types")  # as configs written before transformers 4.53 have it
+    assert windows(ModelConfig.from_hf(qwen)) == [None, 64]
+    gemma2 = ModelConfig.from_hf(hf_config("gemma2", sliding_window=16))
+    assert windows(gemma2) == [16, None]
+    assert (gemma2.attn_softcap, gemma2.final_softcap) == (50.0, 30.0)
+    gemma3 = ModelConfig.from_hf(hf_config("gemma3_text", num_hidden_layers=7))
+    assert windows(gemma3) == [4096] * 5 + [None, 4096]
+    assert gemma3.layer_rope(0) == (10000.0, None) and gemma3.layer_rope(5) == (1e6, None)
+
+
+def test_a_config_round_trips_through_the_fields_llmq_writes() -> None:
+    """Unpacked GGUF files and artifacts carry ``to_hf``'s config: read back, the same."""
+    for kind, fields in [("qwen2", {}), ("qwen3", {"head_dim": 32}), ("gemma2", {}),
+                         ("gemma3_text", {}), ("mistral", {"sliding_window": 32}),
+                         ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}})]:
+        config = ModelConfig.from_hf(hf_config(kind, **fields))
+        assert ModelConfig.from_hf(config.to_hf()) == config, kind
 
 
 def gguf_with(path: Path, arch: str, tensors: dict[str, np.ndarray]) -> Path:
@@ -94,8 +140,8 @@ def gguf_with(path: Path, arch: str, tensors: dict[str, np.ndarray]) -> Path:
 def test_a_gguf_of_another_architecture_or_with_rope_factors_is_refused(tmp_path: Path
                                                                          ) -> None:
     weight = np.zeros((4, 4), dtype=np.float32)
-    with pytest.raises(UnsupportedModel, match="architecture 'qwen2' is not supported"):
-        load_checkpoint(gguf_with(tmp_path / "q.gguf", "qwen2", {"token_embd.weight": weight}))
+    with pytest.raises(UnsupportedModel, match="architecture 'phi3' is not supported"):
+        load_checkpoint(gguf_with(tmp_path / "q.gguf", "phi3", {"token_embd.weight": weight}))
     llama31 = gguf_with(tmp_path / "l.gguf", "llama", {"token_embd.weight": weight,
                                                         "rope_freqs.weight": weight[0]})
     with pytest.raises(UnsupportedModel, match="rope_freqs"):
@@ -106,7 +152,7 @@ def test_a_gguf_of_another_architecture_or_with_rope_factors_is_refused(tmp_path
 def test_import_refuses_and_registers_nothing(tmp_path: Path) -> None:
     from llmq.variants.registry import import_model, list_models
 
-    folder = folder_with(tmp_path / "qwen", hf_config("qwen2"))
-    with pytest.raises(ValueError, match="model family 'qwen2'"):
-        import_model(folder, "my-qwen")
-    assert "my-qwen" not in {m["name"] for m in list_models()}
+    folder = folder_with(tmp_path / "phi", hf_config("phi3"))
+    with pytest.raises(ValueError, match="model family 'phi3'"):
+        import_model(folder, "my-phi")
+    assert "my-phi" not in {m["name"] for m in list_models()}

@@ -1,0 +1,114 @@
+"""Every family llmq runs against transformers on the same tiny random weights: logits of a
+prompt prefilled whole and in chunks, and greedy tokens through the engine's continuous
+batching and through ``llmq run``, at several slot counts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from llmq.contract import SamplingParams
+from llmq.engine.config import EngineConfig
+from llmq.engine.engine import Engine
+from llmq.engine.generation import GenerationRequest
+from llmq.engine.model.decoder import LlamaModel
+from llmq.engine.model.loader import load_checkpoint
+from tests.engine.conftest import hf_greedy
+from tests.engine.model.family_models import FAMILIES, write_family_folder
+from tests.engine.tiny import HAS_COMPILER, chunked_logits, native_kernels
+
+# longer than the test models' windows (8 positions), so windowed layers drop keys in prompts
+# and in decoding alike
+PROMPTS = [
+    "The river flows",
+    "Summarize in two sentences: the mountain is tall and the valley is deep.",
+    "1, 2, 3,",
+    "Once upon a time in a land far away, there lived a",
+]
+GREEDY_TOKENS = 32
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> tuple[str, Path, torch.nn.Module]:
+    folder, hf = write_family_folder(tmp_path_factory.mktemp(request.param) / "model",
+                                     request.param)
+    return request.param, folder, hf
+
+
+@pytest.mark.parametrize("chunk", [1000, 5])
+def test_logits_match_transformers(family: tuple[str, Path, torch.nn.Module],
+                                   chunk: int) -> None:
+    name, folder, hf = family
+    ckpt = load_checkpoint(folder)
+    assert ckpt.config.family == ("llama" if name == "llama3" else name)
+    model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)
+    prompt = ckpt.tokenizer.encode(PROMPTS[1])
+    ours = chunked_logits(model, prompt, chunk)
+    with torch.no_grad():
+        ref = hf(torch.tensor([prompt])).logits[0]
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("slots", [1, 3])
+def test_batched_greedy_tokens_match_transformers(family: tuple[str, Path, torch.nn.Module],
+                                                  slots: int) -> None:
+    """Four prompts through one engine: chunked prompts (16-token steps) beside decoding
+    rows, every sequence past its window, at one and three slots."""
+    _, folder, hf = family
+    engine = Engine.load(folder, EngineConfig(slots=slots, slot_length=128, step_tokens=16))
+    try:
+        params = SamplingParams(max_tokens=GREEDY_TOKENS, ignore_eos=True)
+        results = engine.generate(GenerationRequest(prompt=p, params=params) for p in PROMPTS)
+        tokenizer = engine.tokenizer
+    finally:
+        engine.close()
+    for prompt, result in zip(PROMPTS, results, strict=True):
+        expected = hf_greedy(hf, tokenizer.encode(prompt), GREEDY_TOKENS)
+        assert result.token_ids == expected, prompt
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="llmq's native kernels need a C++ compiler")
+def test_native_attention_serves_unwindowed_layers_with_the_same_tokens(
+        family: tuple[str, Path, torch.nn.Module]) -> None:
+    """With the native kernels on, layers without a window or soft cap attend natively and
+    the others through PyTorch, in the same steps."""
+    _, folder, hf = family
+    with native_kernels():
+        engine = Engine.load(folder, EngineConfig(slots=2, slot_length=128, step_tokens=16))
+        try:
+            params = SamplingParams(max_tokens=GREEDY_TOKENS, ignore_eos=True)
+            results = engine.generate(GenerationRequest(prompt=p, params=params)
+                                      for p in PROMPTS[:2])
+            tokenizer = engine.tokenizer
+        finally:
+            engine.close()
+    for prompt, result in zip(PROMPTS, results, strict=False):
+        assert result.token_ids == hf_greedy(hf, tokenizer.encode(prompt), GREEDY_TOKENS)
+
+
+def test_llmq_run_writes_transformers_greedy_text(tmp_path: Path) -> None:
+    """The command line on a Gemma 3 folder (windows, two RoPEs, q/k norms), at two slot
+    counts: the same text as transformers' greedy decoding."""
+    from tests.engine.tiny import smollm2_tokenizer
+    from tests.service.workers import llmq
+
+    folder, hf = write_family_folder(tmp_path / "gemma3", "gemma3")
+    tokenizer = smollm2_tokenizer()
+    path = tmp_path / "in.jsonl"
+    path.write_text("".join(json.dumps({"custom_id": f"p{i}", "prompt": p}) + "\n"
+                            for i, p in enumerate(PROMPTS)))
+    expected = [tokenizer.decode(hf_greedy(hf, tokenizer.encode(p), GREEDY_TOKENS))
+                for p in PROMPTS]
+    for slots in ("1", "4"):
+        env = {"LLMQ_DATABASE_URL": f"sqlite:///{tmp_path / f'{slots}.db'}",
+               "LLMQ_BROKER_URL": "redis://127.0.0.1:1/0", "LLMQ_MODEL": str(folder),
+               "LLMQ_THREADS": "1"}
+        out = tmp_path / f"out-{slots}.jsonl"
+        llmq(env, "run", str(path), "--output", str(out), "--max-tokens", str(GREEDY_TOKENS),
+             "--temperature", "0", "--ignore-eos", "--slots", slots)
+        texts = [json.loads(line)["text"] for line in out.read_text().splitlines()]
+        assert texts == expected, slots
