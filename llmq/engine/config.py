@@ -127,10 +127,12 @@ class ModelConfig:
             first = int(cfg.get("max_window_layers", 28))
             layer_types = tuple("sliding_attention" if i >= first else "full_attention"
                                 for i in range(int(cfg["num_hidden_layers"])))
-        if family == "gemma2" and not layer_types:  # before transformers 4.53 wrote them
+        if not window:  # every layer attends to every position, whatever its type says
+            layer_types = ()
+        if family == "gemma2" and window and not layer_types:  # before transformers 4.53 wrote them
             layer_types = tuple("sliding_attention" if i % 2 == 0 else "full_attention"
                                 for i in range(int(cfg["num_hidden_layers"])))
-        if family == "gemma3" and not layer_types:
+        if family == "gemma3" and window and not layer_types:
             pattern = int(cfg.get("sliding_window_pattern", 6))
             layer_types = tuple("sliding_attention" if (i + 1) % pattern else "full_attention"
                                 for i in range(int(cfg["num_hidden_layers"])))

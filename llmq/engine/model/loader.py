@@ -102,17 +102,35 @@ def check_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], where: 
 
 # --- GGUF -------------------------------------------------------------------------------------
 
+# llama.cpp's tensor names (gguf.constants.TENSOR_NAMES) -> Hugging Face's, per layer
 _GGUF_LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
     "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
     "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+# Gemma's four norms: llama.cpp's ffn_norm is its pre-MLP norm, and Hugging Face's
+# post_attention_layernorm the norm of the attention's output
+_GGUF_GEMMA_LAYER_NAMES = {
+    **_GGUF_LAYER_NAMES,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
+}
+# architectures whose Q/K rows llama.cpp's converter reorders (its LlamaModel); Qwen's and
+# Gemma's it writes as they are
+_GGUF_PERMUTED = ("llama", "mistral")
+_GGUF_GEMMA = ("gemma2", "gemma3")
+# windows every n-th layer is without, where the file does not say (llama.cpp's own
+# defaults for these architectures)
+_GGUF_WINDOW_PATTERN = {"gemma2": 2, "gemma3": 6}
 _GGUF_GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
     "output_norm": "model.norm",
@@ -120,12 +138,16 @@ _GGUF_GLOBAL_NAMES = {
 }
 
 
-def _hf_name(gguf_name: str) -> str:
+def _hf_name(gguf_name: str, arch: str, where: str) -> str:
     base, _, suffix = gguf_name.rpartition(".")
+    names = _GGUF_GEMMA_LAYER_NAMES if arch in _GGUF_GEMMA else _GGUF_LAYER_NAMES
     if base.startswith("blk."):
         _, idx, part = base.split(".", 2)
-        return f"model.layers.{idx}.{_GGUF_LAYER_NAMES[part]}.{suffix}"
-    return f"{_GGUF_GLOBAL_NAMES[base]}.{suffix}"
+        if part in names:
+            return f"model.layers.{idx}.{names[part]}.{suffix}"
+    elif base in _GGUF_GLOBAL_NAMES:
+        return f"{_GGUF_GLOBAL_NAMES[base]}.{suffix}"
+    raise UnsupportedModel(f"{where}: tensor {gguf_name!r} is not one a {arch} model has")
 
 
 def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -136,11 +158,16 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer) -> ModelConfig:
+    """The model's config from the metadata llama.cpp writes for ``arch`` (what it leaves
+    out, it takes from its own defaults per architecture: so does this)."""
     def get(key: str, default: Any = None) -> Any:
         return fields.get(f"{arch}.{key}", default)
 
     hidden = int(get("embedding_length"))
     heads = int(get("attention.head_count"))
+    layers = int(get("block_count"))
+    head_dim = int(get("attention.key_length") or get("rope.dimension_count")
+                   or hidden // heads)
     scaling = None
     scaling_type = get("rope.scaling.type")
     if scaling_type and scaling_type != "none":
@@ -148,14 +175,26 @@ def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer) ->
         orig = get("rope.scaling.original_context_length")
         if orig:
             scaling["original_max_position_embeddings"] = int(orig)
+    gemma = arch in _GGUF_GEMMA
+    window = get("attention.sliding_window")
+    layer_types: tuple[str, ...] = ()
+    if window and arch in _GGUF_WINDOW_PATTERN:
+        pattern = int(get("attention.sliding_window_pattern") or _GGUF_WINDOW_PATTERN[arch])
+        layer_types = tuple("sliding_attention" if (i + 1) % pattern else "full_attention"
+                            for i in range(layers))
+    # llama.cpp scales Gemma's queries by rsqrt(head_dim), but by rsqrt(hidden / heads) in
+    # the 27B models (46 and 62 layers), as their query_pre_attn_scalar says
+    query_scalar = None
+    if gemma:
+        query_scalar = float(hidden // heads if layers in (46, 62) else head_dim)
     return ModelConfig(
         vocab_size=len(fields["tokenizer.ggml.tokens"]),
         hidden_size=hidden,
         intermediate_size=int(get("feed_forward_length")),
-        num_layers=int(get("block_count")),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=int(get("attention.head_count_kv", heads)),
-        head_dim=int(get("rope.dimension_count", hidden // heads)),
+        head_dim=head_dim,
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rope_scaling=scaling,
@@ -163,6 +202,17 @@ def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer) ->
         tie_word_embeddings="output.weight" not in fields.get("__tensor_names__", ()),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_ids=tokenizer.eos_token_ids,
+        family=arch,
+        attention_bias=arch == "qwen2",
+        qk_norm=arch in ("qwen3", "gemma3"),
+        gemma_norms=gemma,
+        hidden_act="gelu_pytorch_tanh" if gemma else "silu",
+        query_pre_attn_scalar=query_scalar,
+        attn_softcap=float(get("attn_logit_softcapping") or 0) or None,
+        final_softcap=float(get("final_logit_softcapping") or 0) or None,
+        sliding_window=int(window) if window else None,
+        layer_types=layer_types,
+        local_rope_theta=10_000.0 if arch == "gemma3" else None,
     )
 
 
@@ -179,20 +229,29 @@ def _load_gguf(path: Path) -> Checkpoint:
     tokenizer = TextTokenizer.from_gguf_fields(fields)
     config = _gguf_config(fields, arch, tokenizer)
     weights: dict[str, torch.Tensor] = {}
+    permuted = arch in _GGUF_PERMUTED
     for t in tensors:
+        name = _hf_name(t.name, arch, str(path))
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             arr = np.array(t.data, dtype=np.float32)  # a writable copy of the mapped file
         else:
-            arr = dequantize(t.data, t.tensor_type)
+            try:
+                arr = dequantize(t.data, t.tensor_type)
+            except NotImplementedError as exc:
+                raise UnsupportedModel(f"{path}: tensor {t.name} is stored as "
+                                       f"{t.tensor_type.name}, which llmq cannot read "
+                                       f"({exc})") from None
         shape = tuple(reversed(t.dims))
-        tensor = torch.from_numpy(np.ascontiguousarray(arr).reshape(shape))
-        name = _hf_name(t.name)
-        if name.endswith("q_proj.weight"):
+        tensor = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32).reshape(shape))
+        if permuted and name.endswith(("q_proj.weight", "q_proj.bias")):
             tensor = unpermute_rope_rows(tensor, config.num_heads)
-        elif name.endswith("k_proj.weight"):
+        elif permuted and name.endswith(("k_proj.weight", "k_proj.bias")):
             tensor = unpermute_rope_rows(tensor, config.num_kv_heads)
+        if config.gemma_norms and name.endswith("norm.weight"):
+            tensor = tensor - 1  # llama.cpp writes Gemma's norms with the 1 of x·(1 + w) in
         weights[name] = tensor
     config.validate()
+    check_tensors(config, weights, str(path))
     return Checkpoint(config, weights, tokenizer, str(path))
 
 

@@ -8,30 +8,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers.decoders import DecodeStream
 
 from .chat_template import compile_template, render
 
 # llama.cpp's token types: 3 is a control token, 4 a user-defined one; both are atomic.
-_GGUF_SPECIAL_TYPES = (3, 4)
+_GGUF_CONTROL = 3
+_GGUF_SPECIAL_TYPES = (_GGUF_CONTROL, 4)
 
 # Pre-tokenizers by llama.cpp's ``tokenizer.ggml.pre`` name.
 _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2's: Llama 3's with single digits
+_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 
 def _gguf_pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if name in ("smollm", "starcoder", "refact"):
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    if name in ("llama-bpe", "llama3", "smaug-bpe"):
+    splits = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
+              "qwen2": _QWEN2_SPLIT}
+    if name in splits:
         return pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(
-                    pattern=_tokenizers_regex(_LLAMA3_SPLIT), behavior="isolated", invert=False
+                    pattern=_tokenizers_regex(splits[name]), behavior="isolated", invert=False
                 ),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
@@ -128,22 +133,25 @@ class TextTokenizer:
     @classmethod
     def from_gguf_fields(cls, fields: dict[str, Any]) -> TextTokenizer:
         model = fields.get("tokenizer.ggml.model")
-        if model != "gpt2":
-            raise ValueError(f"unsupported GGUF tokenizer model {model!r} (only BPE 'gpt2')")
         tokens: list[str] = fields["tokenizer.ggml.tokens"]
         types: list[int] = fields.get("tokenizer.ggml.token_type") or [1] * len(tokens)
-        merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"]]
-        vocab = {t: i for i, t in enumerate(tokens)}
-        tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-        tok.pre_tokenizer = _gguf_pre_tokenizer(fields.get("tokenizer.ggml.pre", "default"))
-        tok.decoder = decoders.ByteLevel()
-        tok.add_special_tokens(
-            [
-                AddedToken(t, special=True, normalized=False)
-                for t, ty in zip(tokens, types, strict=True)
-                if ty in _GGUF_SPECIAL_TYPES
-            ]
-        )
+        if model == "gpt2":
+            merges = [tuple(m.split(" ", 1)) for m in fields["tokenizer.ggml.merges"]]
+            vocab = {t: i for i, t in enumerate(tokens)}
+            tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+            tok.pre_tokenizer = _gguf_pre_tokenizer(fields.get("tokenizer.ggml.pre", "default"))
+            tok.decoder = decoders.ByteLevel()
+        elif model == "llama":
+            tok = _sentencepiece_bpe(tokens, fields["tokenizer.ggml.scores"], types,
+                                     bool(fields.get("tokenizer.ggml.add_space_prefix", True)))
+        else:
+            raise ValueError(f"unsupported GGUF tokenizer model {model!r} (BPE 'gpt2' and "
+                             f"SentencePiece 'llama' are read)")
+        # both kinds are atomic; control tokens are left out of decoded text, user-defined
+        # ones are text (Gemma's runs of spaces and newlines), as llama.cpp renders them
+        tok.add_tokens([AddedToken(t, special=ty == _GGUF_CONTROL, normalized=False)
+                        for t, ty in zip(tokens, types, strict=True)
+                        if ty in _GGUF_SPECIAL_TYPES])
         eos = fields.get("tokenizer.ggml.eos_token_id")
         eot = fields.get("tokenizer.ggml.eot_token_id")
         eos_ids = tuple(dict.fromkeys(i for i in (eos, eot) if i is not None))
@@ -171,6 +179,35 @@ class TextTokenizer:
             eos_token_ids,
             add_bos=bool(tokenizer_config.get("add_bos_token", False)),
         )
+
+
+def _sentencepiece_bpe(tokens: list[str], scores: list[float], types: list[int],
+                       add_space_prefix: bool) -> Tokenizer:
+    """A SentencePiece BPE vocabulary as llama.cpp stores it (pieces, scores, types; no
+    merges) as the BPE model Hugging Face builds of it: a pair merges in the order of the
+    score of the piece it makes (tokenizers' SentencePieceExtractor), spaces as ``▁``, unknown
+    bytes as ``<0xNN>`` pieces (Gemma, Llama 2)."""
+    vocab = {t: i for i, t in enumerate(tokens)}
+    merges: list[tuple[float, int, int, str, str]] = []
+    for piece, score, kind in zip(tokens, scores, types, strict=True):
+        if kind != 1 or len(piece) < 2:  # only normal pieces are made by merging
+            continue
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in vocab and right in vocab:
+                merges.append((-score, vocab[left], vocab[right], left, right))
+    merges.sort()
+    unk = next((t for t, k in zip(tokens, types, strict=True) if k == 2), None)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[(m[3], m[4]) for m in merges],
+                               unk_token=unk, fuse_unk=True, byte_fallback=True))
+    steps = [normalizers.Replace(" ", "\u2581")]
+    if add_space_prefix:
+        steps.insert(0, normalizers.Prepend("\u2581"))
+    tok.normalizer = normalizers.Sequence(steps)
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse()]
+                                    + ([decoders.Strip(" ", 1, 0)] if add_space_prefix else []))
+    return tok
 
 
 def load_tokenizer(path: str | Path) -> TextTokenizer:

@@ -38,10 +38,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
 }
 
 
-def hf_family_config(family: str, vocab_size: int) -> Any:
+def hf_family_config(family: str, vocab_size: int, **overrides: Any) -> Any:
     import transformers
 
-    fields = {**_COMMON, **FAMILIES[family]}
+    fields = {**_COMMON, **FAMILIES[family], **overrides}
     cls = getattr(transformers, fields.pop("cls"))
     return cls(vocab_size=vocab_size, **fields)
 
@@ -63,13 +63,14 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
                 p.copy_((0.1 if name.endswith("bias") else 0.15) * noise)
 
 
-def write_family_folder(path: Path, family: str, seed: int = 0) -> tuple[Path, torch.nn.Module]:
+def write_family_folder(path: Path, family: str, seed: int = 0,
+                        **overrides: Any) -> tuple[Path, torch.nn.Module]:
     """The checkpoint folder and transformers' model on the same weights (eager attention,
-    float32)."""
+    float32); ``overrides``: config fields other than the family's test ones."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = smollm2_tokenizer()
-    config = hf_family_config(family, tokenizer.vocab_size)
+    config = hf_family_config(family, tokenizer.vocab_size, **overrides)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
@@ -79,3 +80,83 @@ def write_family_folder(path: Path, family: str, seed: int = 0) -> tuple[Path, t
     (path / "tokenizer_config.json").write_text(
         json.dumps({"chat_template": tokenizer.chat_template}))
     return path, model
+
+
+# Hugging Face's names -> llama.cpp's (convert_hf_to_gguf.py), per layer
+_GGUF_PARTS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+               "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+               "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+               "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+               "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+_GGUF_GEMMA_PARTS = {**_GGUF_PARTS, "post_attention_layernorm": "post_attention_norm",
+                     "pre_feedforward_layernorm": "ffn_norm",
+                     "post_feedforward_layernorm": "post_ffw_norm"}
+GGUF_FAMILIES = ("qwen2", "qwen3", "gemma2", "gemma3")
+
+
+def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
+    """``model``'s weights as llama.cpp's converter writes a ``family`` checkpoint: its
+    metadata keys, Q/K rows as they are (it reorders them for Llama only), Gemma's norms
+    with their 1 added, F32 tensors."""
+    import gguf
+    import numpy as np
+
+    from llmq.engine.model.gguf_file import read_gguf
+    from llmq.variants.registry import builtin_model_path
+
+    src, _ = read_gguf(builtin_model_path("smollm2-135m"))
+    c = model.config
+    gemma = family.startswith("gemma")
+    wr = gguf.GGUFWriter(str(path), family)
+    wr.add_context_length(c.max_position_embeddings)
+    wr.add_embedding_length(c.hidden_size)
+    wr.add_block_count(c.num_hidden_layers)
+    wr.add_feed_forward_length(c.intermediate_size)
+    wr.add_head_count(c.num_attention_heads)
+    wr.add_head_count_kv(c.num_key_value_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    wr.add_key_length(head_dim)
+    wr.add_value_length(head_dim)
+    wr.add_layer_norm_rms_eps(c.rms_norm_eps)
+    rope = c.rope_parameters.get("full_attention") or c.rope_parameters
+    wr.add_rope_freq_base(rope["rope_theta"])
+    if rope.get("rope_type") == "linear":  # as the converter writes Gemma 3 4B's
+        wr.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        wr.add_rope_scaling_factor(rope["factor"])
+    if gemma:
+        wr.add_sliding_window(c.sliding_window)
+    if family == "gemma3":  # llama.cpp's Gemma 3 has 1 global layer in 6; these have 1 in 3
+        wr.add_uint32("gemma3.attention.sliding_window_pattern", 3)
+    if family == "gemma2":
+        wr.add_attn_logit_softcapping(c.attn_logit_softcapping)
+        wr.add_final_logit_softcapping(c.final_logit_softcapping)
+    wr.add_tokenizer_model(src["tokenizer.ggml.model"])
+    wr.add_tokenizer_pre(src["tokenizer.ggml.pre"])
+    wr.add_token_list(src["tokenizer.ggml.tokens"])
+    wr.add_token_types(src["tokenizer.ggml.token_type"])
+    wr.add_token_merges(src["tokenizer.ggml.merges"])
+    wr.add_bos_token_id(src["tokenizer.ggml.bos_token_id"])
+    wr.add_eos_token_id(src["tokenizer.ggml.eos_token_id"])
+    wr.add_chat_template(src["tokenizer.chat_template"])
+    parts = _GGUF_GEMMA_PARTS if gemma else _GGUF_PARTS
+    names = {"model.embed_tokens.weight": "token_embd.weight",
+             "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    tied = c.tie_word_embeddings
+    for name, t in model.state_dict().items():
+        if tied and name == "lm_head.weight":
+            continue
+        arr = t.float().numpy()
+        if gemma and name.endswith("norm.weight"):
+            arr = arr + 1
+        if name.startswith("model.layers."):
+            _, _, idx, rest = name.split(".", 3)
+            part, _, suffix = rest.rpartition(".")
+            gname = f"blk.{idx}.{parts[part]}.{suffix}"
+        else:
+            gname = names[name]
+        wr.add_tensor(gname, np.ascontiguousarray(arr, dtype=np.float32))
+    wr.write_header_to_file()
+    wr.write_kv_data_to_file()
+    wr.write_tensors_to_file()
+    wr.close()
+    return path

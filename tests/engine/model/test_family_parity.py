@@ -5,6 +5,7 @@ batching and through ``llmq run``, at several slot counts."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,12 @@ from llmq.engine.generation import GenerationRequest
 from llmq.engine.model.decoder import LlamaModel
 from llmq.engine.model.loader import load_checkpoint
 from tests.engine.conftest import hf_greedy
-from tests.engine.model.family_models import FAMILIES, write_family_folder
+from tests.engine.model.family_models import (
+    FAMILIES,
+    GGUF_FAMILIES,
+    write_family_folder,
+    write_family_gguf,
+)
 from tests.engine.tiny import HAS_COMPILER, chunked_logits, native_kernels
 
 # longer than the test models' windows (8 positions), so windowed layers drop keys in prompts
@@ -112,3 +118,27 @@ def test_llmq_run_writes_transformers_greedy_text(tmp_path: Path) -> None:
              "--temperature", "0", "--ignore-eos", "--slots", slots)
         texts = [json.loads(line)["text"] for line in out.read_text().splitlines()]
         assert texts == expected, slots
+
+
+@pytest.mark.parametrize("name", GGUF_FAMILIES)
+def test_a_gguf_written_as_llama_cpp_does_gives_transformers_logits(name: str,
+                                                                   tmp_path: Path) -> None:
+    """The same weights through llama.cpp's conversion (its names and metadata, Gemma's
+    norms with their 1 added, Q/K rows not reordered): the same config and logits, and the
+    unpacked copy a worker keeps reads back to the same."""
+    # GGUF has no query_pre_attn_scalar: llama.cpp takes Gemma's head dimension
+    overrides = {"query_pre_attn_scalar": 16} if name == "gemma2" else {}
+    folder, hf = write_family_folder(tmp_path / name, name, **overrides)
+    path = write_family_gguf(tmp_path / f"{name}.gguf", name, hf)
+    from_folder = load_checkpoint(folder)
+    for _ in range(2):  # unpacked the first time, read from the unpacked copy the second
+        ckpt = load_checkpoint(path, tmp_path / "cache")
+        assert replace(ckpt.config, rms_norm_eps=from_folder.config.rms_norm_eps,
+                       max_position_embeddings=from_folder.config.max_position_embeddings,
+                       bos_token_id=from_folder.config.bos_token_id,
+                       eos_token_ids=from_folder.config.eos_token_ids) == from_folder.config
+        model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)
+        prompt = ckpt.tokenizer.encode(PROMPTS[1])
+        with torch.no_grad():
+            ref = hf(torch.tensor([prompt])).logits[0]
+        torch.testing.assert_close(chunked_logits(model, prompt, 5), ref, rtol=1e-4, atol=1e-4)
