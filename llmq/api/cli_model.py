@@ -18,15 +18,21 @@ def model() -> None:
 @model.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def model_list(as_json: bool) -> None:
-    """Registered variants with size, fidelity against their base and speed."""
+    """Registered models and variants: family, parameters, context length, where the chat
+    template comes from, size, fidelity against their base and speed."""
     rows = variants.list_models()
     if as_json:
         emit_json([{k: v for k, v in r.items() if k != "artifact"} for r in rows])
         return
-    table = Table("name", "base", "size MB", "KL", "top-1", "tokens/s")
+    table = Table("name", "base", "family", "params M", "context", "template", "size MB", "KL",
+                  "top-1", "tokens/s")
     for r in rows:
         f = r["fidelity"]
-        table.add_row(r["name"], r["base"] or "", f"{(r['size_bytes'] or 0) / 1e6:.1f}",
+        m = (r["recipe"] or {}).get("model") or {}
+        table.add_row(r["name"], r["base"] or "", m.get("family") or "",
+                      f"{m['params'] / 1e6:.0f}" if m.get("params") else "",
+                      str(m.get("context") or ""), m.get("template") or "",
+                      f"{(r['size_bytes'] or 0) / 1e6:.1f}",
                       "" if f["kl"] is None else f"{f['kl']:.4f}",
                       "" if f["top1"] is None else f"{f['top1']:.1%}",
                       "" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.0f}")

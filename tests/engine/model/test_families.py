@@ -156,3 +156,17 @@ def test_import_refuses_and_registers_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model family 'phi3'"):
         import_model(folder, "my-phi")
     assert "my-phi" not in {m["name"] for m in list_models()}
+
+
+@pytest.mark.usefixtures("sqlite_env")
+def test_the_registry_describes_an_imported_family(tmp_path: Path) -> None:
+    """`llmq model list` shows the family, parameters, context and template source."""
+    from llmq.variants.registry import import_model, list_models
+    from tests.engine.model.family_models import write_family_folder
+
+    folder, hf = write_family_folder(tmp_path / "qwen3", "qwen3")
+    import_model(folder, "my-qwen3")
+    row = next(m for m in list_models() if m["name"] == "my-qwen3")
+    assert row["recipe"]["model"] == {
+        "family": "qwen3", "params": sum(p.numel() for p in hf.parameters()),  # tied once
+        "context": 512, "template": "tokenizer_config.json"}
