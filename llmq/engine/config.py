@@ -188,7 +188,8 @@ class ModelConfig:
         family_fields: dict[str, Any] = {}
         if self.gemma_norms:
             family_fields = {"hidden_activation": self.hidden_act,
-                             "query_pre_attn_scalar": self.query_pre_attn_scalar,
+                             # an int where it is one (transformers' config insists)
+                             "query_pre_attn_scalar": _integral(self.query_pre_attn_scalar),
                              "attn_logit_softcapping": self.attn_softcap,
                              "final_logit_softcapping": self.final_softcap}
         if self.sliding_window:
@@ -226,6 +227,10 @@ def hidden_activation(cfg: dict[str, Any]) -> str:
     if cfg.get("model_type", "").startswith("gemma"):
         return str(cfg.get("hidden_activation") or "gelu_pytorch_tanh")
     return str(cfg.get("hidden_act") or "silu")
+
+
+def _integral(value: float | None) -> float | int | None:
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def _positive(value: Any) -> float | None:

@@ -92,10 +92,11 @@ def repeat_ffn_channels(config: ModelConfig, weights: dict[str, torch.Tensor],
             w[64:] = w[:32] + 0.05 * w[:32].std() * torch.randn(w[:32].shape, generator=g)
 
 
-def chunked_logits(model: LlamaModel, prompt: list[int], chunk: int) -> torch.Tensor:
+def chunked_logits(model: LlamaModel, prompt: list[int], chunk: int,
+                   slot_length: int = 256) -> torch.Tensor:
     """Logits of every prompt position, prefilled in chunks of ``chunk`` tokens into slot 1
     of 2: every chunk after the first reads the KV cache."""
-    runner = ModelRunner(model, 2, 256)
+    runner = ModelRunner(model, 2, slot_length)
     seq = Sequence("x", prompt, 1, slot=1)
     rows = []
     for start in range(0, len(prompt), chunk):

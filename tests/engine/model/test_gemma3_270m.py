@@ -50,3 +50,33 @@ def test_gemma3_270m_runs_with_its_windows_at_any_slot_count(gemma_path: str) ->
         assert tokenizer.decode(tokenizer.encode(text)) == text
     with pytest.raises(ValueError, match="ships no chat template"):
         tokenizer.render_chat([{"role": "user", "content": "hi"}])
+
+
+def test_gemma3_270m_gives_transformers_logits_and_tokens(gemma_path: str, tmp_path) -> None:
+    """The unpacked copy a worker keeps is a Hugging Face Gemma 3 folder: transformers loads
+    it, and on a prompt past the window llmq's logits (prefilled in 100-token chunks) and
+    its greedy tokens are transformers'."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from llmq.engine.model.decoder import LlamaModel
+    from llmq.engine.model.loader import load_checkpoint
+    from tests.engine.conftest import hf_greedy
+    from tests.engine.tiny import chunked_logits
+
+    ckpt = load_checkpoint(gemma_path, tmp_path)
+    (folder,) = tmp_path.iterdir()
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
+                                              attn_implementation="eager").eval()
+    model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)
+    long_prompt = " ".join(f"Item {i}: the {i}th entry of a long list." for i in range(50))
+    ids = ckpt.tokenizer.encode(long_prompt)
+    assert len(ids) > 512
+    with torch.no_grad():
+        ref = hf(torch.tensor([ids])).logits[0]
+    ours = chunked_logits(model, ids, 100, slot_length=1024)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0.1)  # logits reach 36; fp32 sums
+    assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+    prompt = ckpt.tokenizer.encode("The capital of France is")
+    with Engine.load(gemma_path, EngineConfig(slots=2, slot_length=256)) as engine:
+        assert generate(engine, ["The capital of France is"], 12)[0] == hf_greedy(hf, prompt, 12)
