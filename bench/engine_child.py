@@ -21,7 +21,7 @@ def run_llmq(args: dict) -> dict:
     from llmq.variants.registry import resolve
 
     configure_process(threads=args.get("threads", 2))
-    engine = Engine.load(resolve(args.get("model", "smollm2-135m")), EngineConfig(
+    engine = Engine.load(resolve(args.get("model", args.get("base", "smollm2-135m"))), EngineConfig(
         slots=args["slots"], slot_length=512, threads=args.get("threads", 2),
         step_tokens=args.get("step_tokens", 4096),
         prefix_cache_entries=args.get("prefix_entries", 16)))
@@ -30,8 +30,9 @@ def run_llmq(args: dict) -> dict:
         prompts = [prompts[i % len(prompts)] for i in range(args["repeat_to"])]
     params = SamplingParams(max_tokens=args["new_tokens"], ignore_eos=True)
 
-    def requests() -> list:
-        return [GenerationRequest(messages=p["messages"], params=params) for p in prompts]
+    def requests() -> list:  # as chats, or as plain prompts for a model without a template
+        return [GenerationRequest(**engine.tokenizer.chat_or_text(p["messages"]),
+                                  params=params) for p in prompts]
 
     engine.generate(requests()[:2])  # warm-up: first-call allocations and kernel selection
     start = time.perf_counter()
@@ -47,26 +48,44 @@ def run_llmq(args: dict) -> dict:
 
 
 def run_transformers(args: dict) -> dict:
+    """transformers' generate on the shipped GGUF (SmolLM2), or, with ``hf_dir``, on the
+    Hugging Face folder llmq's loader unpacked a GGUF into, fed ``prompt_ids`` (llmq's
+    tokens: the same for every engine) left-padded by hand."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmq.variants.registry import builtin_model_path
 
-    path = builtin_model_path("smollm2-135m")
-    model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                                 dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    tok.padding_side = "left"
-    prompts = workload(args.get("limit"))
     batch = args["slots"]
     n = args["new_tokens"]
-    texts = [tok.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
-             for p in prompts]
+    if args.get("hf_dir"):
+        model = AutoModelForCausalLM.from_pretrained(args["hf_dir"], dtype=torch.float32).eval()
+        texts: list = args["prompt_ids"][:args.get("limit")]
+        pad = 0
 
-    def generate(chunk: list[str]) -> list[list[int]]:
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+        def encode(chunk: list) -> dict:
+            width = max(len(ids) for ids in chunk)
+            ids = torch.tensor([[pad] * (width - len(x)) + x for x in chunk])
+            mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk])
+            return {"input_ids": ids, "attention_mask": mask}
+    else:
+        path = builtin_model_path("smollm2-135m")
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                     dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+        tok.padding_side = "left"
+        pad = tok.pad_token_id
+        texts = [tok.apply_chat_template(p["messages"], add_generation_prompt=True,
+                                         tokenize=False)
+                 for p in workload(args.get("limit"))]
+
+        def encode(chunk: list) -> dict:
+            return tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def generate(chunk: list) -> list[list[int]]:
+        enc = encode(chunk)
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                 pad_token_id=tok.pad_token_id)
+                                 pad_token_id=pad)
         return out[:, enc["input_ids"].shape[1]:].tolist()
 
     generate(texts[:2])

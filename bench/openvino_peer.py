@@ -38,16 +38,24 @@ def export(python: str, hf: Path, variants_dir: Path) -> dict[str, Path]:
     return out
 
 
-def configs(python: str, variants_dir: Path, slots: int = 64) -> dict[str, dict]:
-    """bench/optimize.py's configurations for the OpenVINO rows."""
+def unpacked(model: str, variants_dir: Path) -> tuple[Path, list[list[int]]]:
+    """The built-in ``model``'s GGUF unpacked by llmq's loader into a Hugging Face folder,
+    and the workload's prompts as llmq's token ids (chats, or their text for a model
+    without a chat template)."""
     from llmq.engine.model.loader import load_checkpoint
     from llmq.variants.registry import builtin_model_path
 
     hf_cache = variants_dir / "hf-cache"
-    tok = load_checkpoint(builtin_model_path("smollm2-135m"), hf_cache).tokenizer  # and the
-    hf = next(p for p in hf_cache.iterdir() if (p / "config.json").is_file())  # HF folder
+    tok = load_checkpoint(builtin_model_path(model), hf_cache).tokenizer
+    hf = next(p for p in hf_cache.iterdir() if (p / "config.json").is_file())
+    return hf, [tok.encode_chat_or_text(p["messages"]) for p in workload()]
+
+
+def configs(python: str, variants_dir: Path, slots: int = 64,
+            model: str = "smollm2-135m") -> dict[str, dict]:
+    """bench/optimize.py's configurations for the OpenVINO rows."""
+    hf, ids = unpacked(model, variants_dir)
     folders = export(python, hf, variants_dir)
-    ids = [tok.encode_chat(p["messages"]) for p in workload()]
     return {name: {"engine": "openvino", "python": python, "model_dir": str(folders[fmt]),
                    "precision": precision, "kv_precision": kv, "slots": slots,
                    "prompt_ids": ids}

@@ -8,7 +8,11 @@ first 16 workload prompts get the same 64 greedy tokens as the fp32 engine, with
 shared prefix.
 
     .venv/bin/python -m bench.optimize [--runs 3] [--quick] [--variants NAME ...] [--slots 64]
-        [--no-peer] [--openvino /tmp/ov/bin/python] [--llmq-only]
+        [--no-peer] [--openvino /tmp/ov/bin/python] [--llmq-only] [--model gemma3-270m]
+
+``--model``: another built-in model (its variants and exports under bench/.variants/MODEL);
+transformers then runs the Hugging Face folder llmq unpacks the GGUF into, on llmq's token
+ids, and a model without a chat template gets the workload's texts as plain prompts.
 """
 
 from __future__ import annotations
@@ -57,12 +61,19 @@ VARIANTS: dict[str, dict] = {
 }
 
 
-def variant_folder(name: str) -> Path:
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def variants_dir(model: str) -> Path:
+    return VARIANTS_DIR if model == DEFAULT_MODEL else VARIANTS_DIR / model
+
+
+def variant_folder(name: str, model: str = DEFAULT_MODEL) -> Path:
     """Where a variant of VARIANTS is built: its name made a safe folder name."""
-    return VARIANTS_DIR / name.replace(" ", "_").replace("/", "-").replace("%", "pc")
+    return variants_dir(model) / name.replace(" ", "_").replace("/", "-").replace("%", "pc")
 
 
-def build_variants(names: list[str]) -> dict[str, dict]:
+def build_variants(names: list[str], model: str = DEFAULT_MODEL) -> dict[str, dict]:
     """Artifacts plus their held-out fidelity, built on a compute thread (threads.py)."""
     from dataclasses import replace
 
@@ -76,7 +87,7 @@ def build_variants(names: list[str]) -> dict[str, dict]:
     out = {}
     for name in names:
         opts = VARIANTS[name]
-        folder = variant_folder(name)
+        folder = variant_folder(name, model)
         recipe = preset(opts["preset"]) if "preset" in opts else Recipe(
             prune=PruneRecipe(ffn=opts.get("ffn", 0.0)), quantize=opts["quantize"],
             smooth_alpha=opts.get("smooth_alpha"), keep_float=tuple(opts.get("keep_float", ())),
@@ -94,8 +105,7 @@ def build_variants(names: list[str]) -> dict[str, dict]:
             shutil.rmtree(folder, ignore_errors=True)
             configure_process(threads=2, compile=as_served)
             try:
-                base, variant, tok, manifest = build("smollm2-135m", recipe, folder,
-                                                     log=lambda _: None)
+                base, variant, tok, manifest = build(model, recipe, folder, log=print)
             finally:
                 configure_process(threads=2, compile=False)
             fid = evaluate_models(base, variant, tok)
@@ -136,26 +146,33 @@ def describe_run(runs: int, limit: int | None) -> str:
 
 
 def run_configs(built: dict[str, dict], slots_wanted: list[int], no_peer: bool,
-                openvino: str | None, llmq_only: bool = False) -> dict[str, dict]:
+                openvino: str | None, llmq_only: bool = False,
+                model: str = DEFAULT_MODEL) -> dict[str, dict]:
     """What to measure: the base and every variant at the slots asked for, and the peers."""
     configs: dict[str, dict] = {}
     for slots in sorted(set(slots_wanted) | {64}):  # 64: the reference of every ratio
-        configs[f"fp32 base, {slots} slots"] = {"engine": "llmq", "slots": slots}
+        configs[f"fp32 base, {slots} slots"] = {"engine": "llmq", "slots": slots,
+                                                "base": model}
         for name, info in built.items():
             configs[f"{name}, {slots} slots"] = {"engine": "llmq", "slots": slots,
                                                  "model": info["path"]}
     if llmq_only:
         return configs
-    configs["transformers fp32, batch 64 (left padding)"] = {"engine": "transformers",
-                                                             "slots": 64}
-    if not no_peer:
+    transformers: dict = {"engine": "transformers", "slots": 64}
+    if model != DEFAULT_MODEL:
+        from bench.openvino_peer import unpacked
+
+        hf, ids = unpacked(model, variants_dir(model))
+        transformers.update(hf_dir=str(hf), prompt_ids=ids)
+    configs["transformers fp32, batch 64 (left padding)"] = transformers
+    if not no_peer and model == DEFAULT_MODEL:  # CTranslate2 converts Llama only
         configs["CTranslate2 4.8.5 int8, batch 32"] = {
             "engine": "ctranslate2", "slots": 32, "quantization": "int8",
             "ct2_dir": str(VARIANTS_DIR / "ct2-int8")}
     if openvino:
         from bench.openvino_peer import configs as openvino_configs
 
-        configs.update(openvino_configs(openvino, VARIANTS_DIR))
+        configs.update(openvino_configs(openvino, variants_dir(model), model=model))
     return configs
 
 
@@ -170,13 +187,15 @@ def main() -> None:
     ap.add_argument("--openvino", metavar="PYTHON",
                     help="a Python with openvino-genai and optimum-intel: OpenVINO peer rows")
     ap.add_argument("--slots", type=int, nargs="*", default=[32, 64], choices=[32, 64])
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="a built-in model")
     opts = ap.parse_args()
     runs = 1 if opts.quick else opts.runs
     limit = 16 if opts.quick else None
-    built = build_variants(opts.variants)
+    built = build_variants(opts.variants, opts.model)
     from llmq.variants.registry import builtin_model_path
 
-    configs = run_configs(built, opts.slots, opts.no_peer, opts.openvino, opts.llmq_only)
+    configs = run_configs(built, opts.slots, opts.no_peer, opts.openvino, opts.llmq_only,
+                          opts.model)
     peers = [name for name, cfg in configs.items() if cfg["engine"] != "llmq"]
     samples = measure(configs, runs, limit)
     tok_s = {k: median([s["tok_s"] for s in v]) for k, v in samples.items()}
@@ -188,14 +207,16 @@ def main() -> None:
         shared = sum(same_prefix(a, b) for a, b in zip(reference, outs, strict=True)) / 16
         return f"{same}/16 ({shared:.0f})"
 
-    base_size = builtin_model_path("smollm2-135m").stat().st_size / 1e6
+    base_path = builtin_model_path(opts.model)
+    base_size = base_path.stat().st_size / 1e6
     rows = []
     fp32_64 = tok_s["fp32 base, 64 slots"]
     for name in ["fp32 base", *built]:
         info = built.get(name, {"size_mb": base_size, "kl": 0.0, "top1": 1.0,
                                 "same_heldout": 16})
         t32, t64 = tok_s.get(f"{name}, 32 slots"), tok_s[f"{name}, 64 slots"]
-        size = f"{info['size_mb']:.0f}" + (" (Q4_1 GGUF)" if name == "fp32 base" else "")
+        size = f"{info['size_mb']:.0f}" + (f" ({base_path.name})" if name == "fp32 base"
+                                           else "")
         rows.append([name, size, f"{t32:.1f}" if t32 else "", f"{t64:.1f}", f"{t64 / fp32_64:.2f}x",
                      f"{info['kl']:.4f}", f"{info['top1']:.1%}", f"{info['same_heldout']}/16",
                      agreement(f"{name}, 64 slots")])
@@ -207,11 +228,12 @@ def main() -> None:
         ["variant", "size MB", "tok/s 32 slots", "tok/s 64 slots", "vs fp32 (64)",
          "KL (held-out)", "top-1 (held-out)", "same greedy (held-out)",
          "same as fp32 (workload, shared prefix)"], rows)
-    notes = describe_run(runs, limit)
+    notes = f"Model: {opts.model}. " + describe_run(runs, limit)
     print(table)
     print(notes)
     if not opts.quick:
-        record("Model variants (bench/optimize.py)", table, notes)
+        title = "Model variants (bench/optimize.py)"
+        record(title if opts.model == DEFAULT_MODEL else f"{title}, {opts.model}", table, notes)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def greedy_outputs(model: LlamaModel, tokenizer: TextTokenizer,
     params = SamplingParams(max_tokens=new_tokens, ignore_eos=True)
     eng = Engine(model, tokenizer, EngineConfig(slots=len(chats), slot_length=512))
     return [r.token_ids for r in eng.generate_here(
-        GenerationRequest(messages=m, params=params) for m in chats)]
+        GenerationRequest(**tokenizer.chat_or_text(m), params=params) for m in chats)]
 
 
 def evaluate_models(base: LlamaModel, variant: LlamaModel, tokenizer: TextTokenizer,
@@ -48,7 +48,7 @@ def evaluate_models(base: LlamaModel, variant: LlamaModel, tokenizer: TextTokeni
     if base_outputs is None:
         base_outputs = greedy_outputs(base, tokenizer, chats, new_tokens)
     outputs = greedy_outputs(variant, tokenizer, chats, new_tokens)
-    prompts = [tokenizer.encode_chat(m) for m in chats]
+    prompts = [tokenizer.encode_chat_or_text(m) for m in chats]
     return compare(base, variant, prompts, base_outputs, outputs)
 
 

@@ -293,7 +293,8 @@ def build(base: str, recipe: Recipe, output: Path, calibration: str | None = Non
     chats = read_calibration(calibration)
     log(f"calibrating on {len(chats)} prompts")
     outputs = greedy_outputs(base_model, tok, chats, CALIBRATION_NEW_TOKENS)
-    sequences = [tok.encode_chat(m) + out for m, out in zip(chats, outputs, strict=True)]
+    sequences = [tok.encode_chat_or_text(m) + out
+                 for m, out in zip(chats, outputs, strict=True)]
     stats = collect_stats(base_model, sequences)
     metrics: dict[str, Any] = {"calibration_tokens": stats.tokens}
     config, weights = prune_and_recover(ckpt, base_model, chats, stats, recipe, metrics, log)

@@ -40,13 +40,13 @@ def recovery_text(model: LlamaModel, tok: TextTokenizer, chats: list[list[dict[s
     """Prompt + sampled continuation, as token ids, for every calibration prompt and seed."""
     params = [SamplingParams(max_tokens=RECOVERY_NEW_TOKENS, temperature=0.8,
                              seed=seed, ignore_eos=True) for seed in range(RECOVERY_SAMPLES)]
-    requests = [GenerationRequest(messages=m, params=p) for p in params for m in chats]
+    requests = [GenerationRequest(**tok.chat_or_text(m), params=p) for p in params for m in chats]
     log(f"generating {len(requests)} x {RECOVERY_NEW_TOKENS} tokens of recovery text")
     engine = Engine(model, tok, EngineConfig(slots=min(64, len(requests)),
                                              slot_length=1024))
     outputs = engine.generate_here(requests)
-    return [tok.encode_chat(r.messages or []) + o.token_ids
-            for r, o in zip(requests, outputs, strict=True)]
+    prompts = [tok.encode_chat_or_text(m) for _ in params for m in chats]
+    return [ids + o.token_ids for ids, o in zip(prompts, outputs, strict=True)]
 
 
 def fingerprint(*parts: object) -> str:

@@ -116,6 +116,21 @@ class TextTokenizer:
         return render(self._template, list(messages), add_generation_prompt=True,
                       bos_token=bos, eos_token=eos)
 
+    def chat_or_text(self, messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """The request fields that put ``messages`` to this model: the messages themselves
+        where it has a chat template, else their text as a plain prompt (a base model's file
+        with no template, such as Gemma 3 270M's GGUF, is calibrated and evaluated on the
+        same texts as a completion)."""
+        if self._template is not None:
+            return {"messages": list(messages)}
+        return {"prompt": "\n\n".join(str(m.get("content") or "") for m in messages)}
+
+    def encode_chat_or_text(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+        """The token ids of ``chat_or_text``'s request."""
+        fields = self.chat_or_text(messages)
+        return self.encode_chat(messages) if "messages" in fields else self.encode(
+            fields["prompt"])
+
     def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
         # Templates write their own BOS where the model wants one.
         return self.encode(self.render_chat(messages), add_bos=False)
