@@ -23,7 +23,7 @@ from ..kernels.dense import Linear
 from ..kernels.linear import LinearLayer, pack_linears
 from .head import OutputHead
 from .kv_cache import KVCache, from_cache, to_cache
-from .rope import apply_rope, rope_inv_freq
+from .rope import apply_rope, rope_attention_factor, rope_inv_freq
 
 FusedHalves = tuple[Callable[..., Any], Callable[..., Any]]
 _compiled: FusedHalves | None = None
@@ -413,7 +413,9 @@ class LlamaModel(nn.Module):
             emb = torch.cat((freqs, freqs), dim=-1)
             sin = emb.sin()
             sin[:, : inv.shape[0]] *= -1  # rotate_half negates the first half
-            self._rope_cache[rope] = (emb.cos().to(self.dtype), sin.to(self.dtype))
+            scale = rope_attention_factor(scaling)  # YaRN's, applied as transformers does
+            self._rope_cache[rope] = ((emb.cos() * scale).to(self.dtype),
+                                      (sin * scale).to(self.dtype))
         return self._rope_cache[rope]
 
     @torch.inference_mode()

@@ -20,7 +20,9 @@ _WHY_NOT = {
     "gemma": "Gemma 1",
 }
 # rope scalings rope.py computes (transformers' rope_type names)
-SUPPORTED_ROPE_SCALINGS = (None, "default", "linear", "llama3")
+# ("dynamic" is not: transformers recomputes its frequencies from the longest sequence of
+# each batch, which a continuous batch cannot reproduce per sequence)
+SUPPORTED_ROPE_SCALINGS = (None, "default", "linear", "llama3", "yarn")
 # GGUF tensors that carry maths the decoder does not read
 _GGUF_UNREAD_TENSORS = {
     "rope_freqs": "per-frequency rope factors (rope_freqs: Llama 3.1-style scaling as "
@@ -66,6 +68,9 @@ def check_hf_config(raw: dict[str, Any], where: str) -> None:
             missing.append(f"rope scaling {kind!r} ({where_kind})")
         elif layer_type == "sliding_attention" and kind not in (None, "default"):
             missing.append(f"rope scaling {kind!r} on windowed layers ({where_kind})")
+        partial = layer_params.get("partial_rotary_factor", 1.0)
+        if partial not in (None, 1, 1.0):
+            missing.append(f"a partial rotary factor of {partial} (partial_rotary_factor)")
     types = set(raw.get("layer_types") or ()) - {"sliding_attention", "full_attention"}
     if types:
         missing.append(f"layer types {sorted(types)} (layer_types)")

@@ -1,5 +1,5 @@
 """Rotary position embeddings in Hugging Face's half-split form, with the checkpoint's theta
-and its linear or llama3 frequency scaling."""
+and its linear, llama3 or yarn frequency scaling (as transformers' modeling_rope_utils)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,56 @@ def rope_inv_freq(config: ModelConfig, theta: float | None = None,
         scaled = torch.where(wavelen > old_ctx / low, inv / factor, inv)
         mid = (wavelen <= old_ctx / low) & (wavelen >= old_ctx / high)
         inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
+    elif kind == "yarn":
+        return _yarn_inv_freq(config, theta, scaling)
     elif kind not in (None, "default"):
         raise ValueError(f"unsupported rope scaling {kind!r}")
     return inv.float()
+
+
+def _yarn_inv_freq(config: ModelConfig, theta: float, scaling: dict[str, Any]) -> torch.Tensor:
+    """YaRN's frequencies as transformers' ``_compute_yarn_parameters`` computes them (in
+    float32, as it does): interpolated below a band of wavelengths, extrapolated above it,
+    blended by a linear ramp across it."""
+    dim = config.head_dim
+    factor = float(scaling["factor"])
+    original = float(scaling.get("original_max_position_embeddings")
+                     or config.max_position_embeddings)
+    beta_fast = float(scaling.get("beta_fast") or 32)
+    beta_slow = float(scaling.get("beta_slow") or 1)
+
+    def correction_dim(rotations: float) -> float:
+        return (dim * math.log(original / (rotations * 2 * math.pi))) / (2 * math.log(theta))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    extrapolated = 1 - ramp
+    pos_freqs = theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    return (1.0 / (factor * pos_freqs)) * (1 - extrapolated) + (1.0 / pos_freqs) * extrapolated
+
+
+def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
+    """What cos and sin are multiplied by: YaRN's attention factor (from ``factor``,
+    ``mscale`` and ``mscale_all_dim`` where the config does not give it), else 1."""
+    scaling = scaling or {}
+    if (scaling.get("rope_type") or scaling.get("type")) != "yarn":
+        return 1.0
+    if scaling.get("attention_factor") is not None:
+        return float(scaling["attention_factor"])
+    factor = float(scaling["factor"])
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    m, m_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+    if m and m_all:
+        return mscale(factor, float(m)) / mscale(factor, float(m_all))
+    return mscale(factor)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ from .chat_template import compile_template, render
 
 # llama.cpp's token types: 3 is a control token, 4 a user-defined one; both are atomic.
 _GGUF_CONTROL = 3
+# end-of-turn tokens of the chat formats: Llama 3, ChatML (Qwen, SmolLM2), Phi-3, Gemma
+_END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
 _GGUF_SPECIAL_TYPES = (_GGUF_CONTROL, 4)
 
 # Pre-tokenizers by llama.cpp's ``tokenizer.ggml.pre`` name.
@@ -169,7 +171,11 @@ class TextTokenizer:
                         if ty in _GGUF_SPECIAL_TYPES])
         eos = fields.get("tokenizer.ggml.eos_token_id")
         eot = fields.get("tokenizer.ggml.eot_token_id")
-        eos_ids = tuple(dict.fromkeys(i for i in (eos, eot) if i is not None))
+        # a chat turn ends at the family's end-of-turn token as well, which GGUF files name
+        # only by its text (llama.cpp counts them among its end-of-generation tokens too)
+        turns = [i for i, (t, ty) in enumerate(zip(tokens, types, strict=True))
+                 if ty == _GGUF_CONTROL and t in _END_OF_TURN]
+        eos_ids = tuple(dict.fromkeys(i for i in (eos, eot, *turns) if i is not None))
         return cls(
             tok,
             fields.get("tokenizer.chat_template"),

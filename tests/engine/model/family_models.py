@@ -25,6 +25,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "mistral": dict(cls="MistralConfig", sliding_window=8, tie_word_embeddings=False),
     "qwen2": dict(cls="Qwen2Config", tie_word_embeddings=True),
     "qwen3": dict(cls="Qwen3Config", head_dim=32, tie_word_embeddings=True),
+    # YaRN (Qwen's long-context recipe): interpolated frequencies and an attention factor
+    "qwen3-yarn": dict(cls="Qwen3Config", head_dim=32, tie_word_embeddings=True,
+                       rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+                                        "factor": 8.0, "original_max_position_embeddings": 64}),
     "gemma2": dict(cls="Gemma2Config", head_dim=16, query_pre_attn_scalar=24,
                    sliding_window=8, attn_logit_softcapping=2.0, final_logit_softcapping=8.0,
                    layer_types=["sliding_attention", "full_attention", "sliding_attention"]),

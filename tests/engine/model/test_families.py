@@ -49,8 +49,10 @@ def test_a_folder_of_another_family_is_refused_by_name(family: str, why: str,
     ({"attention_bias": True}, "attention biases"),
     ({"mlp_bias": True}, "MLP biases"),
     ({"hidden_act": "gelu"}, "activation 'gelu'"),
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
-                       "original_max_position_embeddings": 128}}, "rope scaling 'yarn'"),
+    ({"rope_scaling": {"rope_type": "longrope", "short_factor": [1.0] * 8,
+                       "long_factor": [1.0] * 8, "original_max_position_embeddings": 128}},
+     "rope scaling 'longrope'"),
+    ({"partial_rotary_factor": 0.5}, "partial rotary factor of 0.5"),
     ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "rope scaling 'dynamic'"),
 ])
 def test_a_llama_folder_asking_for_unimplemented_maths_is_refused(
@@ -67,9 +69,9 @@ def test_a_llama_folder_asking_for_unimplemented_maths_is_refused(
         "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}}},
      "rope scaling 'linear' on windowed layers"),
     ("gemma3_text", {"rope_parameters": {
-        "full_attention": {"rope_type": "yarn", "factor": 2.0, "rope_theta": 1e6},
+        "full_attention": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6},
         "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}},
-     r"rope scaling 'yarn' \(rope_parameters.full_attention\)"),
+     r"rope scaling 'dynamic' \(rope_parameters.full_attention\)"),
 ])
 def test_a_supported_family_asking_for_unimplemented_maths_is_refused(
         family: str, fields: dict[str, Any], missing: str, tmp_path: Path) -> None:

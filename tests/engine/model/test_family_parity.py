@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from llmq.contract import SamplingParams
-from llmq.engine.config import EngineConfig
+from llmq.engine.config import FAMILY_OF_MODEL_TYPE, EngineConfig
 from llmq.engine.engine import Engine
 from llmq.engine.generation import GenerationRequest
 from llmq.engine.model.decoder import LlamaModel
@@ -50,7 +50,7 @@ def test_logits_match_transformers(family: tuple[str, Path, torch.nn.Module],
                                    chunk: int) -> None:
     name, folder, hf = family
     ckpt = load_checkpoint(folder)
-    assert ckpt.config.family == ("llama" if name == "llama3" else name)
+    assert ckpt.config.family == FAMILY_OF_MODEL_TYPE[hf.config.model_type]
     model = LlamaModel.from_hf_weights(ckpt.config, ckpt.weights)
     prompt = ckpt.tokenizer.encode(PROMPTS[1])
     ours = chunked_logits(model, prompt, chunk)
