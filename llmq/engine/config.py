@@ -184,7 +184,10 @@ class ModelConfig:
             full = {"rope_type": "default", **(self.rope_scaling or {}),
                     "rope_theta": self.rope_theta}
             local = {"rope_type": "default", "rope_theta": self.local_rope_theta or 10000.0}
-            rope = {"rope_parameters": {"full_attention": full, "sliding_attention": local}}
+            # and the fields transformers 4 reads, which 5 takes from rope_parameters
+            rope = {"rope_parameters": {"full_attention": full, "sliding_attention": local},
+                    "rope_theta": self.rope_theta, "rope_scaling": self.rope_scaling,
+                    "rope_local_base_freq": local["rope_theta"]}
         family_fields: dict[str, Any] = {}
         if self.gemma_norms:
             family_fields = {"hidden_activation": self.hidden_act,
