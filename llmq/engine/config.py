@@ -5,6 +5,7 @@ settings of the same names)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,10 +13,11 @@ KV_CACHE_DTYPES = ("", "float32", "float16", "bfloat16", "int8")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 # config.json's model_type of each family (Gemma 3's text-only model is "gemma3_text")
 HF_MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3",
-                  "gemma2": "gemma2", "gemma3": "gemma3_text"}
+                  "gemma2": "gemma2", "gemma3": "gemma3_text", "phi3": "phi3"}
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                    "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+                    "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+                    "phi3": "Phi3ForCausalLM"}
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,9 @@ class ModelConfig:
         theta, scaling, local_theta = rope_theta(cfg), rope_scaling(cfg), None
         if family == "gemma3":
             theta, scaling, local_theta = gemma3_rope(cfg)
+        context = int(cfg.get("max_position_embeddings", 2048))
+        if (scaling or {}).get("rope_type") == "longrope":
+            scaling, context = longrope_short(cfg, scaling or {}, context)
         qwen = family in ("qwen2", "qwen3")
         window = (cfg.get("sliding_window", 4096 if gemma else None)
                   if cfg.get("use_sliding_window", not qwen) else None)
@@ -147,7 +152,7 @@ class ModelConfig:
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6 if gemma else 1e-5)),
             rope_theta=theta,
             rope_scaling=scaling,
-            max_position_embeddings=int(cfg.get("max_position_embeddings", 2048)),
+            max_position_embeddings=context,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", gemma)),
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=tuple(int(e) for e in eos_ids),
@@ -222,6 +227,24 @@ class ModelConfig:
 
 
 FAMILY_OF_MODEL_TYPE = {v: k for k, v in HF_MODEL_TYPES.items()}
+
+
+def longrope_short(cfg: dict[str, Any], scaling: dict[str, Any], context: int
+                   ) -> tuple[dict[str, Any], int]:
+    """Phi-3's longrope as transformers runs it within the original context: the short
+    factors, and the attention factor of the whole extension. Beyond that context
+    transformers switches every sequence of a batch to the long factors once the batch's
+    longest passes it, which no continuous batch reproduces per sequence: so the context
+    stops there (the config's ``max_position_embeddings`` is what it would stretch to)."""
+    original = int(scaling.get("original_max_position_embeddings")
+                   or cfg.get("original_max_position_embeddings") or context)
+    factor = float(scaling.get("factor") or context / original)
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+    kept = {k: v for k, v in scaling.items() if k not in ("long_factor", "rope_theta")}
+    return ({**kept, "factor": factor, "attention_factor": float(attention),
+             "original_max_position_embeddings": original}, min(context, original))
 
 
 def hidden_activation(cfg: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
 """Which checkpoints llmq runs. The decoder implements the Llama family's maths (Llama 1-3
 and Mistral: RMSNorm, RoPE, grouped-query attention, SwiGLU) and what sets Qwen2 (q, k, v
-biases), Qwen3 (q/k norms) and Gemma 2 and 3 (Gemma's norms, GELU, softcaps, windowed
-layers, two RoPE bases) apart from it, as ``ModelConfig`` fields; a checkpoint of another
+biases), Qwen3 (q/k norms), Gemma 2 and 3 (Gemma's norms, GELU, softcaps, windowed
+layers, two RoPE bases) and Phi-3 (fused projections, split at load; longrope) apart from it,
+as ``ModelConfig`` fields; a checkpoint of another
 family, or one whose config asks for maths the decoder does not do, is refused with what is
 missing, at import and at load, never run as if it were another family."""
 
@@ -15,14 +16,14 @@ SUPPORTED_FAMILIES = tuple(FAMILY_OF_MODEL_TYPE)  # config.json's model_type
 # GGUF architectures (general.architecture) llama.cpp writes for them: Mistral as "llama"
 SUPPORTED_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
 _WHY_NOT = {
-    "phi3": "Phi-3's fused qkv and gate_up projections and longrope",
     "gemma3": "Gemma 3's multimodal checkpoint (its text-only one, gemma3_text, runs)",
+    "phimoe": "Phi-3.5-MoE's mixture of experts",
     "gemma": "Gemma 1",
 }
 # rope scalings rope.py computes (transformers' rope_type names)
 # ("dynamic" is not: transformers recomputes its frequencies from the longest sequence of
 # each batch, which a continuous batch cannot reproduce per sequence)
-SUPPORTED_ROPE_SCALINGS = (None, "default", "linear", "llama3", "yarn")
+SUPPORTED_ROPE_SCALINGS = (None, "default", "linear", "llama3", "yarn", "longrope")
 # GGUF tensors that carry maths the decoder does not read
 _GGUF_UNREAD_TENSORS = {
     "rope_freqs": "per-frequency rope factors (rope_freqs: Llama 3.1-style scaling as "

@@ -85,6 +85,23 @@ def _write_cache(ckpt: Checkpoint, folder: Path) -> None:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def split_fused(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:
+    """Phi-3's fused projections as Llama's, in place: ``qkv_proj`` rows are q, k, v in that
+    order, ``gate_up_proj`` rows the gate then up (its MLP chunks them so)."""
+    q_rows, kv_rows = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    for i in range(config.num_layers):
+        p = f"model.layers.{i}."
+        qkv = tensors.pop(p + "self_attn.qkv_proj.weight", None)
+        if qkv is not None:
+            q, k, v = qkv.split([q_rows, kv_rows, kv_rows])
+            tensors.update({p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                            p + "self_attn.v_proj.weight": v})
+        gate_up = tensors.pop(p + "mlp.gate_up_proj.weight", None)
+        if gate_up is not None:
+            gate, up = gate_up.chunk(2)
+            tensors.update({p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up})
+
+
 def check_tensors(config: ModelConfig, tensors: dict[str, torch.Tensor], where: str) -> None:
     """Refuses weights that do not fit the config, naming the first tensors that are missing
     or have another shape, before anything is built or registered."""
@@ -279,6 +296,7 @@ def _load_hf_folder(path: Path) -> Checkpoint:
     tensors: dict[str, torch.Tensor] = {}
     for f in files:
         tensors.update({k: v.float() for k, v in load_file(str(f)).items()})
+    split_fused(config, tensors)
     check_tensors(config, tensors, str(path))
     tok_cfg_file = path / "tokenizer_config.json"
     tok_cfg = json.loads(tok_cfg_file.read_text()) if tok_cfg_file.is_file() else {}

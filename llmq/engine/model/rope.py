@@ -1,5 +1,6 @@
 """Rotary position embeddings in Hugging Face's half-split form, with the checkpoint's theta
-and its linear, llama3 or yarn frequency scaling (as transformers' modeling_rope_utils)."""
+and its linear, llama3, yarn or longrope frequency scaling (as transformers'
+modeling_rope_utils)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def rope_inv_freq(config: ModelConfig, theta: float | None = None,
         inv = torch.where(mid, (1 - smooth) * inv / factor + smooth * inv, scaled)
     elif kind == "yarn":
         return _yarn_inv_freq(config, theta, scaling)
+    elif kind == "longrope":  # the short factors only (config.longrope_short)
+        shape = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+        return 1.0 / (torch.tensor(scaling["short_factor"], dtype=torch.float32) * theta ** shape)
     elif kind not in (None, "default"):
         raise ValueError(f"unsupported rope scaling {kind!r}")
     return inv.float()
@@ -68,9 +72,12 @@ def _yarn_inv_freq(config: ModelConfig, theta: float, scaling: dict[str, Any]) -
 
 def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
     """What cos and sin are multiplied by: YaRN's attention factor (from ``factor``,
-    ``mscale`` and ``mscale_all_dim`` where the config does not give it), else 1."""
+    ``mscale`` and ``mscale_all_dim`` where the config does not give it), longrope's, else 1."""
     scaling = scaling or {}
-    if (scaling.get("rope_type") or scaling.get("type")) != "yarn":
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind == "longrope":  # computed when the config was read (config.longrope_short)
+        return float(scaling["attention_factor"])
+    if kind != "yarn":
         return 1.0
     if scaling.get("attention_factor") is not None:
         return float(scaling["attention_factor"])

@@ -29,6 +29,13 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "qwen3-yarn": dict(cls="Qwen3Config", head_dim=32, tie_word_embeddings=True,
                        rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
                                         "factor": 8.0, "original_max_position_embeddings": 64}),
+    # Phi-3.5-mini's shape: fused projections, longrope (short factors within the original
+    # context of 64, which llmq keeps as its context), a window over every layer
+    "phi3": dict(cls="Phi3Config", tie_word_embeddings=False, sliding_window=12,
+                 original_max_position_embeddings=64, rope_parameters={
+                     "rope_type": "longrope", "rope_theta": 10000.0,
+                     "short_factor": [1.0 + 0.15 * i for i in range(8)],
+                     "long_factor": [3.0 + 0.5 * i for i in range(8)]}),
     "gemma2": dict(cls="Gemma2Config", head_dim=16, query_pre_attn_scalar=24,
                    sliding_window=8, attn_logit_softcapping=2.0, final_logit_softcapping=8.0,
                    layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
