@@ -221,7 +221,9 @@ class ModelConfig:
             "bos_token_id": self.bos_token_id,
             "eos_token_id": list(self.eos_token_ids),
             "hidden_act": self.hidden_act,
-            "attention_bias": self.attention_bias,
+            # transformers' attention_bias puts a bias on every projection, o_proj's too;
+            # Qwen2's q/k/v biases are its family's (model_type), not this field
+            "attention_bias": False,
             "mlp_bias": False,
         }
 

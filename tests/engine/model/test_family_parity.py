@@ -78,10 +78,12 @@ def test_batched_greedy_tokens_match_transformers(family: tuple[str, Path, torch
 
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="llmq's native kernels need a C++ compiler")
+@pytest.mark.parametrize("family", ["gemma3", "qwen3", "phi3"], indirect=True)
 def test_native_attention_serves_unwindowed_layers_with_the_same_tokens(
         family: tuple[str, Path, torch.nn.Module]) -> None:
     """With the native kernels on, layers without a window or soft cap attend natively and
-    the others through PyTorch, in the same steps."""
+    the others through PyTorch, in the same steps (the families whose attention differs:
+    windows beside global layers, a head dim of 32, a window over every layer)."""
     _, folder, hf = family
     with native_kernels():
         engine = Engine.load(folder, EngineConfig(slots=2, slot_length=128, step_tokens=16))
@@ -142,3 +144,6 @@ def test_a_gguf_written_as_llama_cpp_does_gives_transformers_logits(name: str,
         with torch.no_grad():
             ref = hf(torch.tensor([prompt])).logits[0]
         torch.testing.assert_close(chunked_logits(model, prompt, 5), ref, rtol=1e-4, atol=1e-4)
+    # the unpacked copy is a folder llmq reads as it is (not one it refuses and unpacks again)
+    (unpacked,) = (tmp_path / "cache").iterdir()
+    assert load_checkpoint(unpacked).config == ckpt.config
