@@ -135,7 +135,7 @@ def decode_cache_rows() -> list[list[str]]:
     it: every layer's cache once in turn (30 layers, 64 slots x 260 of 512 positions), so reads come
     from memory, not from a cache warmed by the previous call."""
     from llmq.engine.kernels import native
-    from llmq.engine.model.decoder import compiled_decode_attention, decode_attention
+    from llmq.engine.model.attention import compiled_decode_attention, decode_attention
 
     layers, slots, kv, group, dim, length, used = 30, 64, 3, 3, 64, 512, 260
     q = torch.randn(slots, kv, group, dim) * dim ** -0.5

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from .model.decoder import LlamaModel, PrefillSegment, StepInputs
+from .model.decoder import LlamaModel
 from .model.kv_cache import KVCache
+from .model.step_inputs import PrefillSegment, StepInputs
 from .scheduler import Sequence, StepPlan
 
 

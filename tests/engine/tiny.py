@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,14 +119,25 @@ def llama_cpp_permute(w: np.ndarray, n_heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(w.shape))
 
 
+def add_smollm2_tokenizer(wr: Any) -> None:
+    """SmolLM2's tokenizer fields (BPE, its chat template) on a ``gguf.GGUFWriter``."""
+    from llmq.engine.model.gguf_file import read_gguf
+
+    fields, _ = read_gguf(builtin_model_path("smollm2-135m"))
+    wr.add_tokenizer_model(fields["tokenizer.ggml.model"])
+    wr.add_tokenizer_pre(fields["tokenizer.ggml.pre"])
+    wr.add_token_list(fields["tokenizer.ggml.tokens"])
+    wr.add_token_types(fields["tokenizer.ggml.token_type"])
+    wr.add_token_merges(fields["tokenizer.ggml.merges"])
+    wr.add_bos_token_id(fields["tokenizer.ggml.bos_token_id"])
+    wr.add_eos_token_id(fields["tokenizer.ggml.eos_token_id"])
+    wr.add_chat_template(fields["tokenizer.chat_template"])
+
+
 def write_gguf(path: Path, config: ModelConfig, weights: dict[str, torch.Tensor]) -> Path:
     """Writes a GGUF file the way llama.cpp's converter does (F32 tensors, permuted Q/K)."""
     import gguf
 
-    from llmq.engine.model.gguf_file import read_gguf
-
-    src, _ = read_gguf(builtin_model_path("smollm2-135m"))
-    fields = {k: v for k, v in src.items() if k.startswith("tokenizer.")}
     wr = gguf.GGUFWriter(str(path), "llama")
     c = config
     wr.add_context_length(c.max_position_embeddings)
@@ -137,14 +149,7 @@ def write_gguf(path: Path, config: ModelConfig, weights: dict[str, torch.Tensor]
     wr.add_rope_dimension_count(c.head_dim)
     wr.add_rope_freq_base(c.rope_theta)
     wr.add_layer_norm_rms_eps(c.rms_norm_eps)
-    wr.add_tokenizer_model(fields["tokenizer.ggml.model"])
-    wr.add_tokenizer_pre(fields["tokenizer.ggml.pre"])
-    wr.add_token_list(fields["tokenizer.ggml.tokens"])
-    wr.add_token_types(fields["tokenizer.ggml.token_type"])
-    wr.add_token_merges(fields["tokenizer.ggml.merges"])
-    wr.add_bos_token_id(fields["tokenizer.ggml.bos_token_id"])
-    wr.add_eos_token_id(fields["tokenizer.ggml.eos_token_id"])
-    wr.add_chat_template(fields["tokenizer.chat_template"])
+    add_smollm2_tokenizer(wr)
     names = {"model.embed_tokens.weight": "token_embd.weight",
              "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
     parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",

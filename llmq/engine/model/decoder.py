@@ -21,13 +21,22 @@ from ..config import ModelConfig
 from ..kernels import native, rotated
 from ..kernels.dense import Linear
 from ..kernels.linear import LinearLayer, pack_linears
+from .attention import (
+    compiled_decode_attention,
+    decode_attention,
+    prompt_attention,
+    softcapped,
+    softcapped_decode_attention,
+    window_mask,
+)
+from .checkpoint_names import layer_norm_names
 from .head import OutputHead
 from .kv_cache import KVCache, from_cache, to_cache
 from .rope import apply_rope, rope_attention_factor, rope_inv_freq
+from .step_inputs import StepInputs
 
 FusedHalves = tuple[Callable[..., Any], Callable[..., Any]]
 _compiled: FusedHalves | None = None
-_compiled_decode: Callable[..., torch.Tensor] | None = None
 
 
 def compiled_halves() -> FusedHalves:
@@ -38,124 +47,6 @@ def compiled_halves() -> FusedHalves:
         _compiled = (torch.compile(attention_input, dynamic=True),
                      torch.compile(attention_output_and_ffn, dynamic=True))
     return _compiled
-
-
-def compiled_decode_attention() -> Callable[..., torch.Tensor]:
-    global _compiled_decode
-    if _compiled_decode is None:
-        _compiled_decode = torch.compile(decode_attention_reduced, dynamic=True)
-    return _compiled_decode
-
-
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                     bias: torch.Tensor) -> torch.Tensor:
-    """Attention for one query position per slot. q ``[S, K, G, E]`` (scaled), keys and
-    values ``[S, K, L, E]`` in the cache's float dtype (an int8 cache dequantized first),
-    bias ``[S, 1, 1, L]`` (0 or -inf); returns
-    ``[S, K, G, E]`` in q's dtype. The eager form: two batched matmuls in q's dtype."""
-    scores = torch.matmul(q, keys.to(q.dtype).transpose(-1, -2))  # [S, K, G, L]
-    scores += bias
-    probs = torch.softmax(scores, dim=-1)
-    return torch.matmul(probs, values.to(q.dtype))
-
-
-def softcapped(scores: torch.Tensor, cap: float) -> torch.Tensor:
-    """Gemma 2's soft cap of attention scores and logits: ``cap · tanh(scores / cap)``."""
-    return torch.tanh(scores / cap) * cap
-
-
-def softcapped_decode_attention(cap: float) -> Callable[..., torch.Tensor]:
-    """``decode_attention`` with the scores capped before the mask, as Gemma 2 does."""
-    def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               bias: torch.Tensor) -> torch.Tensor:
-        scores = softcapped(torch.matmul(q, keys.to(q.dtype).transpose(-1, -2)), cap) + bias
-        return torch.matmul(torch.softmax(scores, dim=-1), values.to(q.dtype))
-    return attend
-
-
-def prompt_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     mask: torch.Tensor | None, scale: float,
-                     cap: float | None) -> torch.Tensor:
-    """Attention of a prompt segment: q ``[1, H, n, E]``, k and v ``[1, K, m, E]``, mask
-    ``[n, m]`` bool (None: causal, n == m). PyTorch's fused attention, or with a soft cap
-    (which it cannot apply) the eager product."""
-    if cap is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                              scale=scale, enable_gqa=True)
-    group = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    scores = softcapped(torch.matmul(q, k.transpose(-1, -2)) * scale, cap)
-    if mask is None:
-        n = q.shape[2]
-        mask = torch.ones(n, n, dtype=torch.bool, device=q.device).tril_()
-    scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
-
-
-def window_mask(start: int, n: int, window: int, device: torch.device) -> torch.Tensor:
-    """Rows ``start .. start + n - 1`` of a causal mask over ``start + n`` positions that sees
-    only the last ``window`` of them, its own included (transformers' sliding window)."""
-    q = torch.arange(start, start + n, device=device)[:, None]
-    k = torch.arange(start + n, device=device)[None, :]
-    return (k <= q) & (k > q - window)
-
-
-def decode_attention_reduced(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                             bias: torch.Tensor) -> torch.Tensor:
-    """``decode_attention`` as products and sums, for inductor, which makes of each a loop
-    over the cache that converts as it reads: a half-precision cache is read once at half
-    the bytes and summed in float32, and the G query rows of a KV head share every read
-    (faster than the eager matmuls: bench/kernels.py)."""
-    scores = (q.unsqueeze(3) * keys.to(q.dtype).unsqueeze(2)).sum(-1) + bias  # [S, K, G, L]
-    probs = torch.softmax(scores, dim=-1)
-    return (probs.unsqueeze(-1) * values.to(q.dtype).unsqueeze(2)).sum(3)
-
-
-@dataclass
-class PrefillSegment:
-    """One sequence's new tokens in a packed step: rows ``[begin, end)`` of the batch, written
-    at cache positions ``[start, start + end - begin)`` of ``slot``."""
-
-    begin: int
-    end: int
-    slot: int
-    start: int
-    mask: torch.Tensor | None  # [n, start + n] bool, None when start == 0 (plain causal)
-
-
-@dataclass
-class StepInputs:
-    """Everything one forward pass needs, built once and shared by all layers."""
-
-    tokens: torch.Tensor  # [T] long
-    positions: torch.Tensor  # [T] long
-    cache_rows: torch.Tensor  # [T * K] long: rows of the cache viewed as [S * K * L, R]
-    num_decode: int  # rows [0, num_decode) are one decode token each
-    decode_slots: torch.Tensor | None  # [num_decode] long
-    decode_span: int  # decode attention covers slots [0, decode_span)
-    decode_contiguous: bool  # decode_slots == arange(num_decode) and decode_span == num_decode
-    decode_bias: torch.Tensor | None  # [decode_span, 1, 1, decode_len]: 0 or -inf
-    decode_len: int  # cache positions read by decode attention
-    decode_lengths: torch.Tensor | None  # [decode_span] long: positions each slot sees
-    prefill: list[PrefillSegment]
-    logits_rows: torch.Tensor  # [N] long: rows whose next-token logits are wanted
-    # every row's slot and the cache positions it sees (its own position + 1): what the
-    # native kernel needs to attend for decode and prompt rows alike, in one call
-    row_slots: torch.Tensor  # [T] long
-    row_lengths: torch.Tensor  # [T] long
-    # the windowed layers' decode biases, made by the first layer of each window
-    window_biases: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    def windowed_decode_bias(self, window: int) -> torch.Tensor:
-        """``decode_bias`` that also hides every position but each slot's last ``window``."""
-        bias = self.window_biases.get(window)
-        if bias is None:
-            assert self.decode_bias is not None and self.decode_lengths is not None
-            first = (self.decode_lengths - window).view(-1, 1, 1, 1)
-            early = torch.arange(self.decode_len, device=first.device) < first
-            bias = self.decode_bias.masked_fill(early, float("-inf"))
-            self.window_biases[window] = bias
-        return bias
 
 
 @dataclass(frozen=True)
@@ -480,43 +371,3 @@ class LlamaModel(nn.Module):
             p.requires_grad_(False)
         pack_linears(model)
         return model.eval()
-
-
-def layer_norm_names(config: ModelConfig) -> dict[str, str]:
-    """Each layer's norms: ours -> Hugging Face's name under ``model.layers.N.`` (Gemma's
-    ``post_attention_layernorm`` norms the attention's output; Llama's is the MLP's input)."""
-    names = {"attn_norm": "input_layernorm.weight"}
-    if config.gemma_norms:
-        names.update(ffn_norm="pre_feedforward_layernorm.weight",
-                     post_attn_norm="post_attention_layernorm.weight",
-                     post_ffn_norm="post_feedforward_layernorm.weight")
-    else:
-        names["ffn_norm"] = "post_attention_layernorm.weight"
-    if config.qk_norm:
-        names.update(q_norm="self_attn.q_norm.weight", k_norm="self_attn.k_norm.weight")
-    return names
-
-
-def hf_tensor_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """Every tensor a Hugging Face checkpoint of this config holds, with its shape (the output
-    head only where it is not tied)."""
-    c = config
-    d, e = c.hidden_size, c.head_dim
-    q_out, kv_out = c.num_heads * e, c.num_kv_heads * e
-    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, d),
-                                          "model.norm.weight": (d,)}
-    if not c.tie_word_embeddings:
-        shapes["lm_head.weight"] = (c.vocab_size, d)
-    for i in range(c.num_layers):
-        p = f"model.layers.{i}."
-        for ours, theirs in layer_norm_names(c).items():
-            shapes[p + theirs] = (e,) if ours in ("q_norm", "k_norm") else (d,)
-        for n, out in (("q", q_out), ("k", kv_out), ("v", kv_out)):
-            shapes[p + f"self_attn.{n}_proj.weight"] = (out, d)
-            if c.attention_bias:
-                shapes[p + f"self_attn.{n}_proj.bias"] = (out,)
-        shapes[p + "self_attn.o_proj.weight"] = (d, q_out)
-        shapes[p + "mlp.gate_proj.weight"] = (c.intermediate_size, d)
-        shapes[p + "mlp.up_proj.weight"] = (c.intermediate_size, d)
-        shapes[p + "mlp.down_proj.weight"] = (d, c.intermediate_size)
-    return shapes

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import ModelConfig
-from .decoder import hf_tensor_shapes
+from .checkpoint_names import hf_tensor_shapes
 from .families import UnsupportedModel, check_gguf_fields, check_hf_config
 from .tokenizer import TextTokenizer
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tests.engine.tiny import smollm2_tokenizer
+from tests.engine.tiny import add_smollm2_tokenizer, smollm2_tokenizer
 
 # small enough to run in a second, shaped to exercise what sets each family apart: a head
 # dimension other than hidden / heads, windows shorter than the prompts, more than one RoPE
@@ -112,10 +112,6 @@ def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
     import gguf
     import numpy as np
 
-    from llmq.engine.model.gguf_file import read_gguf
-    from llmq.variants.registry import builtin_model_path
-
-    src, _ = read_gguf(builtin_model_path("smollm2-135m"))
     c = model.config
     gemma = family.startswith("gemma")
     wr = gguf.GGUFWriter(str(path), family)
@@ -141,14 +137,7 @@ def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
     if family == "gemma2":
         wr.add_attn_logit_softcapping(c.attn_logit_softcapping)
         wr.add_final_logit_softcapping(c.final_logit_softcapping)
-    wr.add_tokenizer_model(src["tokenizer.ggml.model"])
-    wr.add_tokenizer_pre(src["tokenizer.ggml.pre"])
-    wr.add_token_list(src["tokenizer.ggml.tokens"])
-    wr.add_token_types(src["tokenizer.ggml.token_type"])
-    wr.add_token_merges(src["tokenizer.ggml.merges"])
-    wr.add_bos_token_id(src["tokenizer.ggml.bos_token_id"])
-    wr.add_eos_token_id(src["tokenizer.ggml.eos_token_id"])
-    wr.add_chat_template(src["tokenizer.chat_template"])
+    add_smollm2_tokenizer(wr)
     parts = _GGUF_GEMMA_PARTS if gemma else _GGUF_PARTS
     names = {"model.embed_tokens.weight": "token_embd.weight",
              "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}

@@ -15,11 +15,8 @@ from llmq.engine.config import EngineConfig
 from llmq.engine.engine import Engine
 from llmq.engine.generation import GenerationRequest
 from llmq.engine.kernels import native
-from llmq.engine.model.decoder import (
-    LlamaModel,
-    compiled_decode_attention,
-    decode_attention,
-)
+from llmq.engine.model.attention import compiled_decode_attention, decode_attention
+from llmq.engine.model.decoder import LlamaModel
 from llmq.engine.model.kv_cache import from_cache, to_cache
 from llmq.engine.runner import ModelRunner
 from tests.conftest import Tiny
