@@ -42,6 +42,10 @@ VARIANTS: dict[str, dict] = {
     "int8, float head": {"quantize": "int8", "smooth_alpha": 0.5, "keep_float": ["lm_head"]},
     "vocab 24k + int8": {"quantize": "int8", "smooth_alpha": 0.5, "vocab": 24576},
     "vocab 16k + int8": {"quantize": "int8", "smooth_alpha": 0.5, "vocab": 16384},
+    # the preset with its head cut to the tokens English calibration text needs: for a
+    # vocabulary (Gemma 3's 262k) far larger than any one language uses
+    "preset, vocab 32k": {"preset": "cpu", "vocab": 32768},
+    "preset, vocab 64k": {"preset": "cpu", "vocab": 65536},
     "int4 (groups of 32)": {"quantize": "int4"},
     "ffn -10% + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.1},
     "ffn -25% + int8": {"quantize": "int8", "smooth_alpha": 0.5, "ffn": 0.25},
@@ -93,8 +97,8 @@ def build_variants(names: list[str], model: str = DEFAULT_MODEL) -> dict[str, di
             smooth_alpha=opts.get("smooth_alpha"), keep_float=tuple(opts.get("keep_float", ())),
             kv_cache=opts.get("kv_cache", "float16"), distill_steps=opts.get("distill", 0),
             vocab=opts.get("vocab", 0), rotate=opts.get("rotate", False))
-        if "preset" in opts and "kv_cache" in opts:
-            recipe = replace(recipe, kv_cache=opts["kv_cache"])
+        if "preset" in opts:
+            recipe = replace(recipe, **{k: opts[k] for k in ("kv_cache", "vocab") if k in opts})
 
         # the preset decides as `llmq model optimize` does: with compiled layers and the
         # native kernels on, so int8 is timed as the engine runs it (kernels/timing.py)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
     int8_kernel: Literal["auto", "onednn", "fbgemm"] = Field(
         "auto", description="the int8 GEMM of int8 variants on CPU (auto: the faster one here, "
         "timed at start)")
+    chat_date: date | None = Field(
+        None, description="the date chat templates render through strftime_now, as "
+        "YYYY-MM-DD (Llama 3's 'Today Date'; default: the day each prompt is rendered), so "
+        "that a batch's prompts do not change at midnight")
     verify_artifacts: bool = Field(
         True, description="check a variant's files against its manifest's hashes at load")
 

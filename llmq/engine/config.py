@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
 
 KV_CACHE_DTYPES = ("", "float32", "float16", "bfloat16", "int8")
@@ -57,6 +58,9 @@ class ModelConfig:
     # per layer "sliding_attention" or "full_attention"; () with a window: every layer windowed
     layer_types: tuple[str, ...] = ()
     local_rope_theta: float | None = None  # RoPE base of windowed layers, without scaling
+    # RoPE turns only the first rotary_dim channels of each head, the rest pass through
+    # (Phi-4-mini: three quarters); None: all of them
+    rotary_dim: int | None = None
 
     @property
     def plain_head(self) -> bool:
@@ -66,6 +70,11 @@ class ModelConfig:
     @property
     def head_rows(self) -> int:
         return self.head_tokens or self.vocab_size
+
+    @property
+    def rope_dim(self) -> int:
+        """The channels of each head that RoPE turns."""
+        return self.rotary_dim or self.head_dim
 
     @property
     def attention_scale(self) -> float:
@@ -125,6 +134,8 @@ class ModelConfig:
         if (scaling or {}).get("rope_type") == "longrope":
             scaling, context = longrope_short(cfg, scaling or {}, context)
         qwen = family in ("qwen2", "qwen3")
+        head_dim = int(cfg.get("head_dim") or hidden // heads)
+        rotary = int(head_dim * partial_rotary_factor(cfg))
         window = (cfg.get("sliding_window", 4096 if gemma else None)
                   if cfg.get("use_sliding_window", not qwen) else None)
         layer_types = tuple(cfg.get("layer_types") or ())
@@ -148,7 +159,7 @@ class ModelConfig:
             num_layers=int(cfg["num_hidden_layers"]),
             num_heads=heads,
             num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
+            head_dim=head_dim,
             rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6 if gemma else 1e-5)),
             rope_theta=theta,
             rope_scaling=scaling,
@@ -173,6 +184,7 @@ class ModelConfig:
             sliding_window=int(window) if window else None,
             layer_types=layer_types,
             local_rope_theta=local_theta,
+            rotary_dim=rotary if rotary != head_dim else None,
         )
 
     def to_hf(self) -> dict[str, Any]:
@@ -205,6 +217,8 @@ class ModelConfig:
                                  use_sliding_window=True)
         if self.layer_types:
             family_fields["layer_types"] = list(self.layer_types)
+        if self.rotary_dim:
+            family_fields["partial_rotary_factor"] = self.rotary_dim / self.head_dim
         return {**extra, **rope, **family_fields,
             "architectures": [HF_ARCHITECTURES[self.family]],
             "model_type": HF_MODEL_TYPES[self.family],
@@ -294,6 +308,15 @@ def rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg.get("rope_theta", 10000.0)}
 
 
+def partial_rotary_factor(cfg: dict[str, Any]) -> float:
+    """The share of each head that RoPE turns: a top-level field up to transformers 4, in
+    ``rope_parameters`` from 5."""
+    factor = cfg.get("partial_rotary_factor")
+    if factor is None:
+        factor = rope_parameters(cfg).get("partial_rotary_factor")
+    return 1.0 if factor is None else float(factor)
+
+
 def rope_theta(cfg: dict[str, Any]) -> float:
     return float(rope_parameters(cfg).get("rope_theta") or cfg.get("rope_theta") or 10000.0)
 
@@ -316,3 +339,4 @@ class EngineConfig:
     threads: int | None = None  # None: what configure_process set
     device: str = "cpu"  # cpu | cuda | auto
     dtype: str = "auto"  # auto (cpu: float32, cuda: bfloat16) | float32 | bfloat16 | float16
+    chat_date: date | None = None  # what chat templates' strftime_now renders (None: today)

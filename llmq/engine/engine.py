@@ -174,7 +174,7 @@ class Engine:
 
     def encode(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None:
-            return self.tokenizer.encode_chat(request.messages)
+            return self.tokenizer.encode_chat(request.messages, self.config.chat_date)
         if request.prompt is None:
             raise ValueError("a request needs a prompt or messages")
         return self.tokenizer.encode(request.prompt)

@@ -35,8 +35,8 @@ def load_engine(settings: Settings, model: str, device: str,
     engine = Engine.load(resolve(model), EngineConfig(
         slots=slots or settings.slots, slot_length=settings.slot_length,
         step_tokens=settings.step_tokens, threads=settings.threads,
-        device=engine_device(device)), name=model, verify=settings.verify_artifacts,
-        cache_dir=settings.cache_dir or None)
+        device=engine_device(device), chat_date=settings.chat_date), name=model,
+        verify=settings.verify_artifacts, cache_dir=settings.cache_dir or None)
     actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
     for warning in (timing.slow_here(engine.model, engine.model.config),
                     timing.coarsened_here(engine.model),

@@ -5,9 +5,10 @@ a decode step). The input embeddings stay whole, so any token can still be read.
 A dropped token is not impossible, only never preferred (llmq.engine.model.head says how).
 
 Which tokens stay is measured on calibration text: every token of the text, every token the
-base model ranks in its top ``top_k`` at any position of it, every single-byte token (so that
-any text can still be spelled), the special tokens, and then the lowest ids (a BPE
-vocabulary's most frequent merges) up to the size asked for."""
+base model ranks in its top ``top_k`` at any position of it, the tokens any text can be
+spelled with and the end-of-sequence ones (TextTokenizer.base_token_ids), and then the lowest
+ids (a BPE vocabulary's most frequent merges, a SentencePiece one's best-scored pieces) up to
+the size asked for."""
 
 from __future__ import annotations
 

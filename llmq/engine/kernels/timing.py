@@ -83,36 +83,51 @@ def _layers(scheme: str, shapes: list[tuple[int, int]], fused_int8: bool) -> lis
     return layers
 
 
-@torch.inference_mode()
-def time_scheme(scheme: str, shapes: list[tuple[int, int]], rows: int = DECODE_ROWS,
-                seconds: float = 0.4, fused_int8: bool | None = None) -> float:
-    """Median milliseconds for one pass through ``shapes``' linears with ``rows`` rows;
-    ``fused_int8`` (default: ``int8_fuses_here()``) times int8 as ``_FusedInt8GEMM``."""
-    fused = scheme == "int8" and (int8_fuses_here() if fused_int8 is None else fused_int8)
-    layers = _layers(scheme, shapes, fused)
-    inputs = [torch.randint(-127, 128, (rows, n_in), dtype=torch.int8) if fused
-              else torch.randn(rows, n_in) for n_in, _ in shapes]
+class _SchemePass:
+    """One pass through a decoder layer's linears in one scheme, on inputs made once."""
 
-    def one_pass() -> None:
-        for layer, x in zip(layers, inputs, strict=True):
-            layer(x)
+    def __init__(self, scheme: str, shapes: list[tuple[int, int]], rows: int,
+                 fused_int8: bool | None = None) -> None:
+        fused = scheme == "int8" and (int8_fuses_here() if fused_int8 is None else fused_int8)
+        self.layers = _layers(scheme, shapes, fused)
+        self.inputs = [torch.randint(-127, 128, (rows, n_in), dtype=torch.int8) if fused
+                       else torch.randn(rows, n_in) for n_in, _ in shapes]
 
-    for _ in range(3):  # warm-up: oneDNN builds its kernels on first use
-        one_pass()
-    samples: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(samples) < 5:
+    def __call__(self) -> float:
+        """Milliseconds of one pass."""
         start = time.perf_counter()
-        one_pass()
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
+        for layer, x in zip(self.layers, self.inputs, strict=True):
+            layer(x)
+        return (time.perf_counter() - start) * 1000
+
+
+@torch.inference_mode()
+def time_schemes(schemes: Iterable[str], shapes: list[tuple[int, int]],
+                 rows: int = DECODE_ROWS, seconds: float = 0.4,
+                 fused_int8: bool | None = None) -> dict[str, float]:
+    """Median milliseconds for one pass through ``shapes``' linears with ``rows`` rows, per
+    scheme, the schemes taking turns pass by pass for ``seconds`` each: timed one after the
+    other, a drift of the machine's speed (another process, the clock) during one scheme's
+    turn decided between two close ones, and the preset's choice flipped from one build to
+    the next. ``fused_int8`` (default: ``int8_fuses_here()``) times int8 as
+    ``_FusedInt8GEMM``."""
+    passes = {s: _SchemePass(s, shapes, rows, fused_int8) for s in schemes}
+    for one_pass in passes.values():
+        for _ in range(3):  # warm-up: oneDNN builds its kernels on first use
+            one_pass()
+    samples: dict[str, list[float]] = {s: [] for s in passes}
+    deadline = time.perf_counter() + seconds * len(passes)
+    while time.perf_counter() < deadline or min(map(len, samples.values())) < 5:
+        for scheme, one_pass in passes.items():
+            samples[scheme].append(one_pass())
+    return {s: statistics.median(v) for s, v in samples.items()}
 
 
 def measure(config: ModelConfig, schemes: Iterable[str] = CPU_SCHEMES,
             rows: int = DECODE_ROWS) -> dict[str, float]:
     """Milliseconds per layer's linears for each scheme, measured here, side by side."""
-    shapes = layer_shapes(config)
-    return {s: round(time_scheme(s, shapes, rows), 4) for s in schemes}
+    timings = time_schemes(schemes, layer_shapes(config), rows)
+    return {s: round(t, 4) for s, t in timings.items()}
 
 
 def fastest(timings: dict[str, float]) -> str:

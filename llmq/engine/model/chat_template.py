@@ -9,7 +9,8 @@ reachable."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from collections.abc import Callable
+from datetime import date, datetime, time
 from typing import Any
 
 import jinja2
@@ -93,6 +94,13 @@ def compile_template(source: str, now: datetime | None = None) -> jinja2.Templat
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"chat template does not compile: {exc}") from None
+
+
+def pinned_clock(day: date) -> Callable[[str], str]:
+    """A ``strftime_now`` that renders ``day`` (at midnight), whatever the clock says: passed
+    as a render variable, it overrides the compiled template's own."""
+    moment = datetime.combine(day, time())
+    return moment.strftime
 
 
 def render(template: jinja2.Template, messages: list[dict[str, Any]], **context: Any) -> str:

@@ -1,7 +1,8 @@
 """Which checkpoints llmq runs. The decoder implements the Llama family's maths (Llama 1-3
 and Mistral: RMSNorm, RoPE, grouped-query attention, SwiGLU) and what sets Qwen2 (q, k, v
 biases), Qwen3 (q/k norms), Gemma 2 and 3 (Gemma's norms, GELU, softcaps, windowed
-layers, two RoPE bases) and Phi-3 (fused projections, split at load; longrope) apart from it,
+layers, two RoPE bases) and Phi-3 and Phi-4-mini (fused projections, split at load;
+longrope; RoPE on part of each head) apart from it,
 as ``ModelConfig`` fields; a checkpoint of another
 family, or one whose config asks for maths the decoder does not do, is refused with what is
 missing, at import and at load, never run as if it were another family."""
@@ -10,7 +11,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config import ACTIVATIONS, FAMILY_OF_MODEL_TYPE, hidden_activation, rope_parameters
+from ..config import (
+    ACTIVATIONS,
+    FAMILY_OF_MODEL_TYPE,
+    hidden_activation,
+    partial_rotary_factor,
+    rope_parameters,
+)
 
 SUPPORTED_FAMILIES = tuple(FAMILY_OF_MODEL_TYPE)  # config.json's model_type
 # GGUF architectures (general.architecture) llama.cpp writes for them: Mistral as "llama"
@@ -24,6 +31,8 @@ _WHY_NOT = {
 # ("dynamic" is not: transformers recomputes its frequencies from the longest sequence of
 # each batch, which a continuous batch cannot reproduce per sequence)
 SUPPORTED_ROPE_SCALINGS = (None, "default", "linear", "llama3", "yarn", "longrope")
+# model types whose attention turns part of each head only (Phi-4-mini's three quarters)
+PARTIAL_ROTARY_FAMILIES = ("phi3",)
 # GGUF tensors that carry maths the decoder does not read
 _GGUF_UNREAD_TENSORS = {
     "rope_freqs": "per-frequency rope factors (rope_freqs: Llama 3.1-style scaling as "
@@ -69,9 +78,17 @@ def check_hf_config(raw: dict[str, Any], where: str) -> None:
             missing.append(f"rope scaling {kind!r} ({where_kind})")
         elif layer_type == "sliding_attention" and kind not in (None, "default"):
             missing.append(f"rope scaling {kind!r} on windowed layers ({where_kind})")
-        partial = layer_params.get("partial_rotary_factor", 1.0)
-        if partial not in (None, 1, 1.0):
-            missing.append(f"a partial rotary factor of {partial} (partial_rotary_factor)")
+    partial = partial_rotary_factor(raw)
+    if partial != 1.0:
+        head_dim = int(raw.get("head_dim") or raw["hidden_size"] // raw["num_attention_heads"])
+        rotary = int(head_dim * partial)
+        if family not in PARTIAL_ROTARY_FAMILIES:  # transformers' own layers would fail
+            missing.append(f"a partial rotary factor of {partial} in a {family} model "
+                           f"(partial_rotary_factor; llmq reads it for "
+                           f"{', '.join(PARTIAL_ROTARY_FAMILIES)})")
+        elif not 0 < rotary <= head_dim or rotary % 2:
+            missing.append(f"a partial rotary factor of {partial}: {rotary} of {head_dim} "
+                           f"channels is not an even, positive count (partial_rotary_factor)")
     types = set(raw.get("layer_types") or ()) - {"sliding_attention", "full_attention"}
     if types:
         missing.append(f"layer types {sorted(types)} (layer_types)")
@@ -89,6 +106,13 @@ def check_gguf_fields(fields: dict[str, Any], tensor_names: set[str], where: str
     kind = fields.get(f"{arch}.rope.scaling.type")
     if kind not in (None, "none", "linear"):
         missing.append(f"rope scaling {kind!r} ({arch}.rope.scaling.type)")
+    turned = fields.get(f"{arch}.rope.dimension_count")
+    heads = fields.get(f"{arch}.attention.head_count")
+    head_dim = fields.get(f"{arch}.attention.key_length") or (
+        int(fields[f"{arch}.embedding_length"]) // int(heads) if heads else None)
+    if turned and head_dim and int(turned) != int(head_dim):
+        missing.append(f"RoPE on {turned} of each head's {head_dim} channels "
+                       f"({arch}.rope.dimension_count)")
     _refuse(where, arch, missing)
 
 

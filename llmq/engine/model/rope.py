@@ -15,8 +15,8 @@ from ..config import ModelConfig
 def rope_inv_freq(config: ModelConfig, theta: float | None = None,
                   scaling: dict[str, Any] | None = None) -> torch.Tensor:
     """Inverse frequencies of the model's RoPE, or of the base and scaling given (a layer's
-    own: ``ModelConfig.layer_rope``)."""
-    dim = config.head_dim
+    own: ``ModelConfig.layer_rope``), over the channels it turns (``rope_dim``)."""
+    dim = config.rope_dim
     if theta is None:
         theta, scaling = config.rope_theta, config.rope_scaling
     inv = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
@@ -48,7 +48,7 @@ def _yarn_inv_freq(config: ModelConfig, theta: float, scaling: dict[str, Any]) -
     """YaRN's frequencies as transformers' ``_compute_yarn_parameters`` computes them (in
     float32, as it does): interpolated below a band of wavelengths, extrapolated above it,
     blended by a linear ramp across it."""
-    dim = config.head_dim
+    dim = config.rope_dim
     factor = float(scaling["factor"])
     original = float(scaling.get("original_max_position_embeddings")
                      or config.max_position_embeddings)
@@ -95,7 +95,11 @@ def rope_attention_factor(scaling: dict[str, Any] | None) -> float:
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
     """Hugging Face's half-split RoPE, ``x * cos + rotate_half(x) * sin``, in two passes:
     swapping the halves is a flip, and the sign of ``rotate_half`` lives in ``signed_sin``.
-    x: [T, heads, E]; cos, signed_sin: [T, 1, E]."""
+    x: [T, heads, E]; cos, signed_sin: [T, 1, R], R <= E: a partial RoPE turns the first R
+    channels of each head and passes the rest through, as transformers' Phi-3 does."""
     n, heads, dim = x.shape
+    turned = cos.shape[-1]
+    if turned < dim:
+        return torch.cat((apply_rope(x[..., :turned], cos, signed_sin), x[..., turned:]), -1)
     swapped = x.reshape(n, heads, 2, dim // 2).flip(2).view(n, heads, dim)
     return torch.addcmul(x * cos, swapped, signed_sin)

@@ -4,20 +4,23 @@ tokenizer.json), so that prompts are encoded exactly as the model was trained on
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers.decoders import DecodeStream
 
-from .chat_template import compile_template, render
+from .chat_template import compile_template, pinned_clock, render
 
 # llama.cpp's token types: 3 is a control token, 4 a user-defined one; both are atomic.
 _GGUF_CONTROL = 3
 # end-of-turn tokens of the chat formats: Llama 3, ChatML (Qwen, SmolLM2), Phi-3, Gemma
 _END_OF_TURN = ("<|eot_id|>", "<|eom_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>")
 _GGUF_SPECIAL_TYPES = (_GGUF_CONTROL, 4)
+_BYTE_PIECE = re.compile(r"<0x[0-9A-F]{2}>")  # SentencePiece's byte-fallback pieces
 
 # Pre-tokenizers by llama.cpp's ``tokenizer.ggml.pre`` name.
 _LLAMA3_SPLIT = (
@@ -77,11 +80,18 @@ class TextTokenizer:
         return self._tok.get_vocab_size(with_added_tokens=True)
 
     def base_token_ids(self) -> list[int]:
-        """The tokens any text can be spelled with (a byte-level vocabulary's one-character
-        tokens) and the special ones: what a pruned output head must always keep."""
-        ids = {i for text, i in self._tok.get_vocab(with_added_tokens=False).items()
-               if len(text) == 1}
-        ids.update(self._tok.get_added_tokens_decoder())
+        """The tokens any text can be spelled with and those that end a sequence: what a
+        pruned output head must always keep. A SentencePiece vocabulary with byte fallback
+        (Gemma, Llama 2) spells anything with its 256 ``<0xNN>`` pieces, not with its
+        one-character tokens (19,227 in Gemma 3's, mostly scripts a calibration text never
+        uses); a byte-level one (GPT-2's, SmolLM2's, Llama 3's) with its 256 one-character
+        tokens. Other special tokens (Gemma's 6,242 ``<unusedN>``) stay only where the
+        calibration text or the base model's predictions need them."""
+        vocab = self._tok.get_vocab(with_added_tokens=False)
+        if getattr(self._tok.model, "byte_fallback", False):
+            ids = {i for text, i in vocab.items() if _BYTE_PIECE.fullmatch(text)}
+        else:
+            ids = {i for text, i in vocab.items() if len(text) == 1}
         ids.update(self.eos_token_ids)
         if self.bos_token_id is not None:
             ids.add(self.bos_token_id)
@@ -110,13 +120,16 @@ class TextTokenizer:
     def stream_step(self, stream: DecodeStream, token_id: int) -> str:
         return stream.step(self._tok, token_id) or ""
 
-    def render_chat(self, messages: Sequence[dict[str, Any]]) -> str:
+    def render_chat(self, messages: Sequence[dict[str, Any]], today: date | None = None) -> str:
+        """The prompt text of ``messages``; ``today`` pins the date a template's
+        ``strftime_now`` gives (Llama 3's system header), else the clock's."""
         if self._template is None:
             raise ValueError("this model ships no chat template; send a plain prompt instead")
         bos = self.token_text(self.bos_token_id) if self.bos_token_id is not None else ""
         eos = self.token_text(self.eos_token_ids[0]) if self.eos_token_ids else ""
+        pinned = {"strftime_now": pinned_clock(today)} if today is not None else {}
         return render(self._template, list(messages), add_generation_prompt=True,
-                      bos_token=bos, eos_token=eos)
+                      bos_token=bos, eos_token=eos, **pinned)
 
     def chat_or_text(self, messages: Sequence[dict[str, Any]]) -> dict[str, Any]:
         """The request fields that put ``messages`` to this model: the messages themselves
@@ -133,9 +146,10 @@ class TextTokenizer:
         return self.encode_chat(messages) if "messages" in fields else self.encode(
             fields["prompt"])
 
-    def encode_chat(self, messages: Sequence[dict[str, Any]]) -> list[int]:
+    def encode_chat(self, messages: Sequence[dict[str, Any]], today: date | None = None
+                    ) -> list[int]:
         # Templates write their own BOS where the model wants one.
-        return self.encode(self.render_chat(messages), add_bos=False)
+        return self.encode(self.render_chat(messages, today), add_bos=False)
 
     def save_hf_files(self, folder: Path) -> None:
         """Writes ``tokenizer.json`` and ``tokenizer_config.json``, which ``from_hf_files``

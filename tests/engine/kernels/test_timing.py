@@ -43,8 +43,9 @@ def test_fused_int8_is_timed_on_the_gemm_the_engine_runs(tiny: Tiny) -> None:
         for fused in (False, True):
             layers = kernel_timing._layers("int8", shapes, fused_int8=fused)
             assert all(isinstance(m, kernel_timing._FusedInt8GEMM) == fused for m in layers)
-            assert kernel_timing.time_scheme("int8", shapes, rows=8, seconds=0.01,
-                                             fused_int8=fused) > 0
+            timed = kernel_timing.time_schemes(["int8"], shapes, rows=8, seconds=0.01,
+                                               fused_int8=fused)
+            assert timed["int8"] > 0
         eager = Int8Linear.from_float(torch.randn(32, tiny.config.hidden_size))
         x = torch.randn(5, tiny.config.hidden_size)
         xq, x_scale = quantize_rows(x)

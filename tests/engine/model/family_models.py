@@ -36,6 +36,14 @@ FAMILIES: dict[str, dict[str, Any]] = {
                      "rope_type": "longrope", "rope_theta": 10000.0,
                      "short_factor": [1.0 + 0.15 * i for i in range(8)],
                      "long_factor": [3.0 + 0.5 * i for i in range(8)]}),
+    # Phi-4-mini's: RoPE on three quarters of each head (12 of 16 channels), longrope, a
+    # tied head
+    "phi4-mini": dict(cls="Phi3Config", tie_word_embeddings=True,
+                      original_max_position_embeddings=64, rope_parameters={
+                          "rope_type": "longrope", "rope_theta": 10000.0,
+                          "partial_rotary_factor": 0.75,
+                          "short_factor": [1.0 + 0.2 * i for i in range(6)],
+                          "long_factor": [3.0 + 0.5 * i for i in range(6)]}),
     "gemma2": dict(cls="Gemma2Config", head_dim=16, query_pre_attn_scalar=24,
                    sliding_window=8, attn_logit_softcapping=2.0, final_logit_softcapping=8.0,
                    layer_types=["sliding_attention", "full_attention", "sliding_attention"]),

@@ -86,3 +86,31 @@ def test_templates_cannot_reach_python_through_a_namespace() -> None:
     template = compile_template("{% set ns = namespace() %}{% set ns._x = 1 %}{{ ns._x }}")
     with pytest.raises((TemplateError, jinja2.exceptions.SecurityError)):
         render(template, [])
+
+
+def test_a_pinned_chat_date_reaches_the_prompt_through_the_setting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LLMQ_CHAT_DATE`` pins what a template's strftime_now gives, from the setting through
+    the engine's config to the tokens: a batch rendered over midnight keeps one prompt."""
+    from datetime import date
+
+    from llmq.engine.config import EngineConfig
+    from llmq.engine.engine import Engine
+    from llmq.engine.generation import GenerationRequest
+    from llmq.engine.model.decoder import LlamaModel
+    from llmq.engine.model.tokenizer import TextTokenizer
+    from llmq.settings import Settings
+    from tests.engine.tiny import random_weights, smollm2_tokenizer, tiny_config
+
+    monkeypatch.setenv("LLMQ_CHAT_DATE", "2025-02-03")
+    pinned = Settings().chat_date
+    assert pinned == date(2025, 2, 3)
+    base = smollm2_tokenizer()
+    tok = TextTokenizer(base._tok, LLAMA3_STYLE, base.bos_token_id, base.eos_token_ids)
+    assert "Today Date: 03 Feb 2025\n" in tok.render_chat(MESSAGES, pinned)
+    assert f"Today Date: {datetime.now():%d %b %Y}\n" in tok.render_chat(MESSAGES)
+    config = tiny_config(tok)
+    model = LlamaModel.from_hf_weights(config, random_weights(config))
+    with Engine(model, tok, EngineConfig(slots=1, chat_date=pinned)) as engine:
+        ids = engine.encode(GenerationRequest(messages=MESSAGES))
+    assert tok.decode(ids).count("Today Date: 03 Feb 2025") == 1

@@ -78,6 +78,37 @@ def test_a_supported_family_asking_for_unimplemented_maths_is_refused(
         load_checkpoint(folder_with(tmp_path, hf_config(family, **fields)))
 
 
+def test_a_partial_rotary_factor_is_read_in_both_forms_and_refused_where_it_cannot_run(
+        tmp_path: Path) -> None:
+    """Phi-4-mini's RoPE turns 3/4 of each head. Up to transformers 4 the factor is a
+    top-level field, from 5 a rope parameter: read either way, and refused where the
+    channel count is odd or the family's own layers would not apply it."""
+    new = hf_config("phi3", partial_rotary_factor=0.75)
+    old = {k: v for k, v in new.items() if k != "rope_parameters"}
+    old.update(partial_rotary_factor=0.75, rope_theta=10000.0)
+    for raw in (new, old):
+        assert ModelConfig.from_hf(raw).rope_dim == 12
+    assert ModelConfig.from_hf(hf_config("phi3")).rotary_dim is None
+    with pytest.raises(UnsupportedModel, match="11 of 16 channels is not an even"):
+        load_checkpoint(folder_with(tmp_path / "odd", hf_config("phi3",
+                                                                partial_rotary_factor=0.7)))
+    legacy_llama = {**hf_config("llama"), "partial_rotary_factor": 0.5}
+    legacy_llama.pop("rope_parameters")
+    with pytest.raises(UnsupportedModel, match="partial rotary factor of 0.5 in a llama"):
+        load_checkpoint(folder_with(tmp_path / "llama", legacy_llama))
+
+
+def test_a_gguf_whose_rope_turns_part_of_each_head_is_refused() -> None:
+    from llmq.engine.model.families import check_gguf_fields
+
+    fields = {"general.architecture": "llama", "llama.embedding_length": 64,
+              "llama.attention.head_count": 4, "llama.rope.dimension_count": 16}
+    check_gguf_fields(fields, set(), "m.gguf")
+    with pytest.raises(UnsupportedModel, match=r"RoPE on 12 of each head's 16 channels "
+                                               r"\(llama.rope.dimension_count\)"):
+        check_gguf_fields({**fields, "llama.rope.dimension_count": 12}, set(), "m.gguf")
+
+
 def test_rope_fields_are_read_in_both_forms_transformers_writes() -> None:
     """transformers 5 writes rope_parameters (theta inside); older versions rope_theta and
     rope_scaling. Read as one or the other, a Llama 3 config gives the same maths."""
