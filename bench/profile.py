@@ -38,7 +38,9 @@ def main() -> None:
     params = SamplingParams(max_tokens=args.new_tokens, ignore_eos=True)
 
     def requests() -> list[GenerationRequest]:
-        return [GenerationRequest(messages=p["messages"], params=params) for p in workload()]
+        # a model without a chat template (Gemma 3 270M's GGUF) gets the texts as prompts
+        return [GenerationRequest(**engine.tokenizer.chat_or_text(p["messages"]), params=params)
+                for p in workload()]
 
     def run() -> None:
         engine.generate_here(requests()[:2])  # warm-up: compilation, first allocations
