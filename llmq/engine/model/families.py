@@ -21,7 +21,8 @@ from ..config import (
 
 SUPPORTED_FAMILIES = tuple(FAMILY_OF_MODEL_TYPE)  # config.json's model_type
 # GGUF architectures (general.architecture) llama.cpp writes for them: Mistral as "llama"
-SUPPORTED_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")
+SUPPORTED_GGUF_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3",
+                               "phi3")
 _WHY_NOT = {
     "gemma3": "Gemma 3's multimodal checkpoint (its text-only one, gemma3_text, runs)",
     "phimoe": "Phi-3.5-MoE's mixture of experts",
@@ -111,8 +112,12 @@ def check_gguf_fields(fields: dict[str, Any], tensor_names: set[str], where: str
     head_dim = fields.get(f"{arch}.attention.key_length") or (
         int(fields[f"{arch}.embedding_length"]) // int(heads) if heads else None)
     if turned and head_dim and int(turned) != int(head_dim):
-        missing.append(f"RoPE on {turned} of each head's {head_dim} channels "
-                       f"({arch}.rope.dimension_count)")
+        if arch not in PARTIAL_ROTARY_FAMILIES:
+            missing.append(f"RoPE on {turned} of each head's {head_dim} channels "
+                           f"({arch}.rope.dimension_count)")
+        elif int(turned) % 2 or not 0 < int(turned) < int(head_dim):
+            missing.append(f"RoPE on {turned} of each head's {head_dim} channels, not an "
+                           f"even count below it ({arch}.rope.dimension_count)")
     _refuse(where, arch, missing)
 
 

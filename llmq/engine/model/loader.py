@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig
+from ..config import ModelConfig, longrope_short
 from .checkpoint_names import hf_tensor_shapes
 from .families import UnsupportedModel, check_gguf_fields, check_hf_config
 from .tokenizer import TextTokenizer
@@ -141,6 +141,15 @@ _GGUF_GEMMA_LAYER_NAMES = {
     "post_attention_norm": "post_attention_layernorm",
     "post_ffw_norm": "post_feedforward_layernorm",
 }
+# Phi-3's fused projections keep their Hugging Face layout (split_fused splits both)
+_GGUF_PHI3_LAYER_NAMES = {
+    **_GGUF_LAYER_NAMES,
+    "attn_qkv": "self_attn.qkv_proj",
+    "ffn_up": "mlp.gate_up_proj",
+}
+# longrope's factors, which llama.cpp stores as tensors: read into the config, not weights
+_GGUF_ROPE_FACTORS = {"rope_factors_short.weight": "short_factor",
+                      "rope_factors_long.weight": "long_factor"}
 # architectures whose Q/K rows llama.cpp's converter reorders (its LlamaModel); Qwen's and
 # Gemma's it writes as they are
 _GGUF_PERMUTED = ("llama", "mistral")
@@ -157,7 +166,8 @@ _GGUF_GLOBAL_NAMES = {
 
 def _hf_name(gguf_name: str, arch: str, where: str) -> str:
     base, _, suffix = gguf_name.rpartition(".")
-    names = _GGUF_GEMMA_LAYER_NAMES if arch in _GGUF_GEMMA else _GGUF_LAYER_NAMES
+    names = (_GGUF_GEMMA_LAYER_NAMES if arch in _GGUF_GEMMA
+             else _GGUF_PHI3_LAYER_NAMES if arch == "phi3" else _GGUF_LAYER_NAMES)
     if base.startswith("blk."):
         _, idx, part = base.split(".", 2)
         if part in names:
@@ -174,24 +184,36 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
 
 
-def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer) -> ModelConfig:
+def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer,
+                 rope_factors: dict[str, list[float]] | None = None) -> ModelConfig:
     """The model's config from the metadata llama.cpp writes for ``arch`` (what it leaves
-    out, it takes from its own defaults per architecture: so does this)."""
+    out, it takes from its own defaults per architecture: so does this); ``rope_factors``:
+    Phi-3's longrope factors, which the file holds as tensors."""
     def get(key: str, default: Any = None) -> Any:
         return fields.get(f"{arch}.{key}", default)
 
     hidden = int(get("embedding_length"))
     heads = int(get("attention.head_count"))
     layers = int(get("block_count"))
-    head_dim = int(get("attention.key_length") or get("rope.dimension_count")
-                   or hidden // heads)
-    scaling = None
+    # the RoPE's channels (rope.dimension_count) are each head's unless Phi-4-mini's turns
+    # part of it (families.check_gguf_fields refused other partial ones)
+    head_dim = int(get("attention.key_length") or hidden // heads)
+    rotary = int(get("rope.dimension_count") or head_dim)
+    context = int(get("context_length", 2048))
+    scaling: dict[str, Any] | None = None
     scaling_type = get("rope.scaling.type")
     if scaling_type and scaling_type != "none":
         scaling = {"rope_type": scaling_type, "factor": float(get("rope.scaling.factor", 1.0))}
         orig = get("rope.scaling.original_context_length")
         if orig:
             scaling["original_max_position_embeddings"] = int(orig)
+    if rope_factors:  # Phi-3's longrope, as its config.json gives it
+        scaling = {"rope_type": "longrope", **rope_factors,
+                   "original_max_position_embeddings": int(
+                       get("rope.scaling.original_context_length") or context)}
+        if get("rope.scaling.attn_factor") is not None:
+            scaling["attention_factor"] = float(get("rope.scaling.attn_factor"))
+        scaling, context = longrope_short({}, scaling, context)
     gemma = arch in _GGUF_GEMMA
     window = get("attention.sliding_window")
     layer_types: tuple[str, ...] = ()
@@ -215,7 +237,7 @@ def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer) ->
         rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-5)),
         rope_theta=float(get("rope.freq_base", 10000.0)),
         rope_scaling=scaling,
-        max_position_embeddings=int(get("context_length", 2048)),
+        max_position_embeddings=context,
         tie_word_embeddings="output.weight" not in fields.get("__tensor_names__", ()),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_ids=tokenizer.eos_token_ids,
@@ -230,6 +252,7 @@ def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer) ->
         sliding_window=int(window) if window else None,
         layer_types=layer_types,
         local_rope_theta=10_000.0 if arch == "gemma3" else None,
+        rotary_dim=rotary if rotary != head_dim else None,
     )
 
 
@@ -244,10 +267,14 @@ def _load_gguf(path: Path) -> Checkpoint:
     fields["__tensor_names__"] = {t.name for t in tensors}
     check_gguf_fields(fields, fields["__tensor_names__"], str(path))
     tokenizer = TextTokenizer.from_gguf_fields(fields)
-    config = _gguf_config(fields, arch, tokenizer)
+    rope_factors = {_GGUF_ROPE_FACTORS[t.name]: np.asarray(t.data, dtype=np.float64).tolist()
+                    for t in tensors if t.name in _GGUF_ROPE_FACTORS}
+    config = _gguf_config(fields, arch, tokenizer, rope_factors)
     weights: dict[str, torch.Tensor] = {}
     permuted = arch in _GGUF_PERMUTED
     for t in tensors:
+        if t.name in _GGUF_ROPE_FACTORS:
+            continue
         name = _hf_name(t.name, arch, str(path))
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
             arr = np.array(t.data, dtype=np.float32)  # a writable copy of the mapped file
@@ -268,6 +295,7 @@ def _load_gguf(path: Path) -> Checkpoint:
             tensor = tensor - 1  # llama.cpp writes Gemma's norms with the 1 of x·(1 + w) in
         weights[name] = tensor
     config.validate()
+    split_fused(config, weights)
     check_tensors(config, weights, str(path))
     return Checkpoint(config, weights, tokenizer, str(path))
 

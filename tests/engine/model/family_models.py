@@ -5,6 +5,7 @@ for the families' parity tests."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +111,22 @@ _GGUF_PARTS = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
 _GGUF_GEMMA_PARTS = {**_GGUF_PARTS, "post_attention_layernorm": "post_attention_norm",
                      "pre_feedforward_layernorm": "ffn_norm",
                      "post_feedforward_layernorm": "post_ffw_norm"}
-GGUF_FAMILIES = ("qwen2", "qwen3", "gemma2", "gemma3")
+_GGUF_PHI3_PARTS = {**_GGUF_PARTS, "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
+GGUF_FAMILIES = ("qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi4-mini")
 
 
 def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
     """``model``'s weights as llama.cpp's converter writes a ``family`` checkpoint: its
     metadata keys, Q/K rows as they are (it reorders them for Llama only), Gemma's norms
-    with their 1 added, F32 tensors."""
+    with their 1 added, Phi-3's fused projections as they are and its longrope factors as
+    tensors, F32 tensors."""
     import gguf
     import numpy as np
 
     c = model.config
     gemma = family.startswith("gemma")
-    wr = gguf.GGUFWriter(str(path), family)
+    phi3 = family.startswith("phi")
+    wr = gguf.GGUFWriter(str(path), "phi3" if phi3 else family)
     wr.add_context_length(c.max_position_embeddings)
     wr.add_embedding_length(c.hidden_size)
     wr.add_block_count(c.num_hidden_layers)
@@ -130,11 +134,23 @@ def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
     wr.add_head_count(c.num_attention_heads)
     wr.add_head_count_kv(c.num_key_value_heads)
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    wr.add_key_length(head_dim)
-    wr.add_value_length(head_dim)
+    if not phi3:  # its converter (Phi3MiniModel) writes no key or value length
+        wr.add_key_length(head_dim)
+        wr.add_value_length(head_dim)
     wr.add_layer_norm_rms_eps(c.rms_norm_eps)
     rope = c.rope_parameters.get("full_attention") or c.rope_parameters
     wr.add_rope_freq_base(rope["rope_theta"])
+    if phi3:  # as Phi3MiniModel.set_gguf_parameters and generate_extra_tensors write them
+        original = (rope.get("original_max_position_embeddings")
+                    or c.original_max_position_embeddings)
+        wr.add_rope_scaling_orig_ctx_len(original)
+        partial = rope.get("partial_rotary_factor", 1.0)
+        wr.add_rope_dimension_count(int(partial * c.hidden_size) // c.num_attention_heads)
+        wr.add_sliding_window(c.sliding_window or 0)
+        scale = c.max_position_embeddings / original
+        wr.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)))
+        wr.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], np.float32))
+        wr.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
     if rope.get("rope_type") == "linear":  # as the converter writes Gemma 3 4B's
         wr.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         wr.add_rope_scaling_factor(rope["factor"])
@@ -146,7 +162,7 @@ def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
         wr.add_attn_logit_softcapping(c.attn_logit_softcapping)
         wr.add_final_logit_softcapping(c.final_logit_softcapping)
     add_smollm2_tokenizer(wr)
-    parts = _GGUF_GEMMA_PARTS if gemma else _GGUF_PARTS
+    parts = _GGUF_GEMMA_PARTS if gemma else _GGUF_PHI3_PARTS if phi3 else _GGUF_PARTS
     names = {"model.embed_tokens.weight": "token_embd.weight",
              "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
     tied = c.tie_word_embeddings

@@ -172,8 +172,8 @@ def gguf_with(path: Path, arch: str, tensors: dict[str, np.ndarray]) -> Path:
 def test_a_gguf_of_another_architecture_or_with_rope_factors_is_refused(tmp_path: Path
                                                                          ) -> None:
     weight = np.zeros((4, 4), dtype=np.float32)
-    with pytest.raises(UnsupportedModel, match="architecture 'phi3' is not supported"):
-        load_checkpoint(gguf_with(tmp_path / "q.gguf", "phi3", {"token_embd.weight": weight}))
+    with pytest.raises(UnsupportedModel, match="architecture 'phi2' is not supported"):
+        load_checkpoint(gguf_with(tmp_path / "q.gguf", "phi2", {"token_embd.weight": weight}))
     llama31 = gguf_with(tmp_path / "l.gguf", "llama", {"token_embd.weight": weight,
                                                         "rope_freqs.weight": weight[0]})
     with pytest.raises(UnsupportedModel, match="rope_freqs"):
