@@ -263,6 +263,39 @@ def longrope_short(cfg: dict[str, Any], scaling: dict[str, Any], context: int
              "original_max_position_embeddings": original}, min(context, original))
 
 
+# where Llama 3's scaling is sought when a GGUF file gives it only as per-frequency factors:
+# the original contexts (powers of two) and the low/high frequency factors Llama 3.x uses
+_LLAMA3_ORIGINAL_CONTEXTS = tuple(2 ** k for k in range(5, 19))
+_LLAMA3_BANDS = ((1.0, 4.0), (1.0, 2.0), (1.0, 8.0), (2.0, 4.0))
+
+
+def llama3_scaling_of(factors: list[float], dim: int, theta: float) -> dict[str, Any] | None:
+    """Llama 3's rope scaling whose per-frequency divisors are ``factors`` (llama.cpp's
+    ``rope_freqs`` tensor, which its converter computes from the scaling and writes instead
+    of it), found by recomputing them for the usual parameters; None when none gives them
+    (the caller refuses the file: no factors run that no config would have given)."""
+    if len(factors) != dim // 2 or not factors:
+        return None
+    factor = max(factors)
+    wavelens = [2 * math.pi * theta ** (i / dim) for i in range(0, dim, 2)]
+    for original in _LLAMA3_ORIGINAL_CONTEXTS:
+        for low, high in _LLAMA3_BANDS:
+            expected = []
+            for wavelen in wavelens:
+                if wavelen < original / high:
+                    expected.append(1.0)
+                elif wavelen > original / low:
+                    expected.append(factor)
+                else:
+                    smooth = (original / wavelen - low) / (high - low)
+                    expected.append(1 / ((1 - smooth) / factor + smooth))
+            if all(math.isclose(e, f, rel_tol=1e-5) for e, f in zip(expected, factors,
+                                                                      strict=True)):
+                return {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                        "high_freq_factor": high, "original_max_position_embeddings": original}
+    return None
+
+
 def hidden_activation(cfg: dict[str, Any]) -> str:
     """The MLP's activation: Gemma's configs name it ``hidden_activation``, the others
     ``hidden_act``."""

@@ -156,10 +156,12 @@ def check_family(artifact: Path) -> None:
     """Raises UnsupportedModel (a ValueError) for a checkpoint of a family, or with a
     feature, that the engine does not implement."""
     if artifact.suffix == ".gguf":
-        from llmq.engine.model.gguf_file import read_gguf  # numpy and gguf: only for GGUF
+        # numpy and gguf: only for GGUF
+        from llmq.engine.model.gguf_file import read_gguf, rope_factor_tensors
 
         fields, tensors = read_gguf(artifact)
-        check_gguf_fields(fields, {t.name for t in tensors}, str(artifact))
+        check_gguf_fields(fields, str(artifact),
+                          rope_factor_tensors(tensors).get("frequency_factors"))
     elif not is_variant(artifact):
         config = artifact / "config.json"
         try:

@@ -15,6 +15,7 @@ from ..config import (
     ACTIVATIONS,
     FAMILY_OF_MODEL_TYPE,
     hidden_activation,
+    llama3_scaling_of,
     partial_rotary_factor,
     rope_parameters,
 )
@@ -34,11 +35,6 @@ _WHY_NOT = {
 SUPPORTED_ROPE_SCALINGS = (None, "default", "linear", "llama3", "yarn", "longrope")
 # model types whose attention turns part of each head only (Phi-4-mini's three quarters)
 PARTIAL_ROTARY_FAMILIES = ("phi3",)
-# GGUF tensors that carry maths the decoder does not read
-_GGUF_UNREAD_TENSORS = {
-    "rope_freqs": "per-frequency rope factors (rope_freqs: Llama 3.1-style scaling as "
-                  "llama.cpp writes it)",
-}
 
 
 class UnsupportedModel(ValueError):
@@ -96,14 +92,25 @@ def check_hf_config(raw: dict[str, Any], where: str) -> None:
     _refuse(where, family, missing)
 
 
-def check_gguf_fields(fields: dict[str, Any], tensor_names: set[str], where: str) -> None:
-    """Refuses a GGUF file whose architecture or features llmq does not run."""
+def check_gguf_fields(fields: dict[str, Any], where: str,
+                      frequency_factors: list[float] | None = None) -> None:
+    """Refuses a GGUF file whose architecture or features llmq does not run.
+    ``frequency_factors``: its ``rope_freqs`` tensor, Llama 3's scaling as llama.cpp writes
+    it, run where it is one that a config could name (``config.llama3_scaling_of``)."""
     arch = fields.get("general.architecture")
     if arch not in SUPPORTED_GGUF_ARCHITECTURES:
         raise UnsupportedModel(f"{where}: model architecture {arch!r} is not supported; llmq "
                                f"runs {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}")
-    missing = [why for prefix, why in _GGUF_UNREAD_TENSORS.items()
-               if any(n == prefix or n.startswith(prefix + ".") for n in tensor_names)]
+    missing = []
+    if frequency_factors is not None:
+        heads = int(fields.get(f"{arch}.attention.head_count") or 1)
+        dim = int(fields.get(f"{arch}.rope.dimension_count")
+                  or fields.get(f"{arch}.attention.key_length")
+                  or int(fields.get(f"{arch}.embedding_length") or 0) // heads)
+        theta = float(fields.get(f"{arch}.rope.freq_base", 10000.0))
+        if llama3_scaling_of(frequency_factors, dim, theta) is None:
+            missing.append("per-frequency rope factors that no Llama 3 rope scaling gives "
+                           "(rope_freqs)")
     kind = fields.get(f"{arch}.rope.scaling.type")
     if kind not in (None, "none", "linear"):
         missing.append(f"rope scaling {kind!r} ({arch}.rope.scaling.type)")

@@ -91,6 +91,19 @@ class _Cursor:
         return values.tolist()
 
 
+# rope factors llama.cpp stores as tensors (Phi-3's longrope, Llama 3's rope_freqs), by the
+# config field each stands for: read into the config, not the weights
+ROPE_FACTOR_TENSORS = {"rope_factors_short.weight": "short_factor",
+                       "rope_factors_long.weight": "long_factor",
+                       "rope_freqs.weight": "frequency_factors"}
+
+
+def rope_factor_tensors(tensors: list[GGUFTensor]) -> dict[str, list[float]]:
+    """The rope factors among ``tensors``, by config field (ROPE_FACTOR_TENSORS)."""
+    return {ROPE_FACTOR_TENSORS[t.name]: np.asarray(t.data, dtype=np.float64).tolist()
+            for t in tensors if t.name in ROPE_FACTOR_TENSORS}
+
+
 def read_gguf(path: str | Path) -> tuple[dict[str, Any], list[GGUFTensor]]:
     """The file's key/value fields (as Python values, arrays as lists) and its tensors."""
     path = Path(path)

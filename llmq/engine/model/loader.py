@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig, longrope_short
+from ..config import ModelConfig, llama3_scaling_of, longrope_short
 from .checkpoint_names import hf_tensor_shapes
 from .families import UnsupportedModel, check_gguf_fields, check_hf_config
 from .tokenizer import TextTokenizer
@@ -147,9 +147,6 @@ _GGUF_PHI3_LAYER_NAMES = {
     "attn_qkv": "self_attn.qkv_proj",
     "ffn_up": "mlp.gate_up_proj",
 }
-# longrope's factors, which llama.cpp stores as tensors: read into the config, not weights
-_GGUF_ROPE_FACTORS = {"rope_factors_short.weight": "short_factor",
-                      "rope_factors_long.weight": "long_factor"}
 # architectures whose Q/K rows llama.cpp's converter reorders (its LlamaModel); Qwen's and
 # Gemma's it writes as they are
 _GGUF_PERMUTED = ("llama", "mistral")
@@ -185,10 +182,10 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer,
-                 rope_factors: dict[str, list[float]] | None = None) -> ModelConfig:
+                 rope_factors: dict[str, list[float]], where: str) -> ModelConfig:
     """The model's config from the metadata llama.cpp writes for ``arch`` (what it leaves
     out, it takes from its own defaults per architecture: so does this); ``rope_factors``:
-    Phi-3's longrope factors, which the file holds as tensors."""
+    the rope factors the file holds as tensors (Phi-3's longrope, Llama 3's rope_freqs)."""
     def get(key: str, default: Any = None) -> Any:
         return fields.get(f"{arch}.{key}", default)
 
@@ -207,6 +204,12 @@ def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer,
         orig = get("rope.scaling.original_context_length")
         if orig:
             scaling["original_max_position_embeddings"] = int(orig)
+    frequency_factors = rope_factors.pop("frequency_factors", None)
+    if frequency_factors is not None:  # Llama 3.1+'s scaling, written as its divisors
+        scaling = llama3_scaling_of(frequency_factors, rotary,
+                                    float(get("rope.freq_base", 10000.0)))
+        if scaling is None or scaling["factor"] == 1.0:  # check_gguf_fields refused others
+            scaling = None
     if rope_factors:  # Phi-3's longrope, as its config.json gives it
         scaling = {"rope_type": "longrope", **rope_factors,
                    "original_max_position_embeddings": int(
@@ -260,20 +263,19 @@ def _load_gguf(path: Path) -> Checkpoint:
     from gguf import GGMLQuantizationType
     from gguf.quants import dequantize
 
-    from .gguf_file import read_gguf
+    from .gguf_file import ROPE_FACTOR_TENSORS, read_gguf, rope_factor_tensors
 
     fields, tensors = read_gguf(path)
     arch = fields.get("general.architecture")
     fields["__tensor_names__"] = {t.name for t in tensors}
-    check_gguf_fields(fields, fields["__tensor_names__"], str(path))
+    rope_factors = rope_factor_tensors(tensors)
+    check_gguf_fields(fields, str(path), rope_factors.get("frequency_factors"))
     tokenizer = TextTokenizer.from_gguf_fields(fields)
-    rope_factors = {_GGUF_ROPE_FACTORS[t.name]: np.asarray(t.data, dtype=np.float64).tolist()
-                    for t in tensors if t.name in _GGUF_ROPE_FACTORS}
-    config = _gguf_config(fields, arch, tokenizer, rope_factors)
+    config = _gguf_config(fields, arch, tokenizer, rope_factors, str(path))
     weights: dict[str, torch.Tensor] = {}
     permuted = arch in _GGUF_PERMUTED
     for t in tensors:
-        if t.name in _GGUF_ROPE_FACTORS:
+        if t.name in ROPE_FACTOR_TENSORS:
             continue
         name = _hf_name(t.name, arch, str(path))
         if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):

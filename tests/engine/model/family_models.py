@@ -9,9 +9,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from tests.engine.tiny import add_smollm2_tokenizer, smollm2_tokenizer
+from tests.engine.tiny import add_smollm2_tokenizer, llama_cpp_permute, smollm2_tokenizer
 
 # small enough to run in a second, shaped to exercise what sets each family apart: a head
 # dimension other than hidden / heads, windows shorter than the prompts, more than one RoPE
@@ -112,7 +113,28 @@ _GGUF_GEMMA_PARTS = {**_GGUF_PARTS, "post_attention_layernorm": "post_attention_
                      "pre_feedforward_layernorm": "ffn_norm",
                      "post_feedforward_layernorm": "post_ffw_norm"}
 _GGUF_PHI3_PARTS = {**_GGUF_PARTS, "self_attn.qkv_proj": "attn_qkv", "mlp.gate_up_proj": "ffn_up"}
-GGUF_FAMILIES = ("qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi4-mini")
+GGUF_FAMILIES = ("llama3", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "phi4-mini")
+# llama.cpp's architecture for each family's checkpoints
+_GGUF_ARCH = {"llama3": "llama", "phi3": "phi3", "phi4-mini": "phi3"}
+
+
+def llama3_rope_freqs(rope: dict[str, Any], dim: int) -> np.ndarray:
+    """Llama 3's scaling as llama.cpp's converter writes it (LlamaModel's
+    generate_extra_tensors): a divisor per frequency, in float32."""
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    original = rope["original_max_position_embeddings"]
+    freqs = 1.0 / (rope["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    out = []
+    for freq in freqs.tolist():
+        wavelen = 2 * math.pi / freq
+        if wavelen < original / high:
+            out.append(1.0)
+        elif wavelen > original / low:
+            out.append(factor)
+        else:
+            smooth = (original / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
 
 
 def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
@@ -121,12 +143,12 @@ def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
     with their 1 added, Phi-3's fused projections as they are and its longrope factors as
     tensors, F32 tensors."""
     import gguf
-    import numpy as np
 
     c = model.config
     gemma = family.startswith("gemma")
     phi3 = family.startswith("phi")
-    wr = gguf.GGUFWriter(str(path), "phi3" if phi3 else family)
+    arch = _GGUF_ARCH.get(family, family)
+    wr = gguf.GGUFWriter(str(path), arch)
     wr.add_context_length(c.max_position_embeddings)
     wr.add_embedding_length(c.hidden_size)
     wr.add_block_count(c.num_hidden_layers)
@@ -151,6 +173,8 @@ def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
         wr.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)))
         wr.add_tensor("rope_factors_long.weight", np.array(rope["long_factor"], np.float32))
         wr.add_tensor("rope_factors_short.weight", np.array(rope["short_factor"], np.float32))
+    if rope.get("rope_type") == "llama3":  # Llama 3.1+: a tensor, no scaling metadata
+        wr.add_tensor("rope_freqs.weight", llama3_rope_freqs(rope, head_dim))
     if rope.get("rope_type") == "linear":  # as the converter writes Gemma 3 4B's
         wr.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         wr.add_rope_scaling_factor(rope["factor"])
@@ -172,6 +196,10 @@ def write_family_gguf(path: Path, family: str, model: torch.nn.Module) -> Path:
         arr = t.float().numpy()
         if gemma and name.endswith("norm.weight"):
             arr = arr + 1
+        if arch == "llama" and name.endswith("q_proj.weight"):  # its RoPE is interleaved
+            arr = llama_cpp_permute(arr, c.num_attention_heads)
+        elif arch == "llama" and name.endswith("k_proj.weight"):
+            arr = llama_cpp_permute(arr, c.num_key_value_heads)
         if name.startswith("model.layers."):
             _, _, idx, rest = name.split(".", 3)
             part, _, suffix = rest.rpartition(".")

@@ -103,10 +103,10 @@ def test_a_gguf_whose_rope_turns_part_of_each_head_is_refused() -> None:
 
     fields = {"general.architecture": "llama", "llama.embedding_length": 64,
               "llama.attention.head_count": 4, "llama.rope.dimension_count": 16}
-    check_gguf_fields(fields, set(), "m.gguf")
+    check_gguf_fields(fields, "m.gguf")
     with pytest.raises(UnsupportedModel, match=r"RoPE on 12 of each head's 16 channels "
                                                r"\(llama.rope.dimension_count\)"):
-        check_gguf_fields({**fields, "llama.rope.dimension_count": 12}, set(), "m.gguf")
+        check_gguf_fields({**fields, "llama.rope.dimension_count": 12}, "m.gguf")
 
 
 def test_rope_fields_are_read_in_both_forms_transformers_writes() -> None:

@@ -136,11 +136,13 @@ def test_a_gguf_written_as_llama_cpp_does_gives_transformers_logits(name: str,
     for _ in range(2):  # unpacked the first time, read from the unpacked copy the second
         ckpt = load_checkpoint(path, tmp_path / "cache")
         scaling = ckpt.config.rope_scaling
-        if name.startswith("phi"):  # the same longrope from other fields (float32 factors)
-            assert scaling is not None and from_folder.config.rope_scaling is not None
-            assert scaling["short_factor"] == pytest.approx(
-                from_folder.config.rope_scaling["short_factor"])
-            scaling = from_folder.config.rope_scaling
+        if name.startswith(("phi", "llama")):  # the same scaling from other fields
+            expected = from_folder.config.rope_scaling
+            assert scaling is not None and expected is not None
+            for field in ("rope_type", "short_factor", "factor", "low_freq_factor",
+                          "high_freq_factor", "original_max_position_embeddings"):
+                assert scaling.get(field) == pytest.approx(expected.get(field)), field
+            scaling = expected
         assert replace(ckpt.config, rope_scaling=scaling,
                        rms_norm_eps=from_folder.config.rms_norm_eps,
                        max_position_embeddings=from_folder.config.max_position_embeddings,
