@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -89,7 +90,8 @@ def record(title: str, table: str, notes: str = "") -> None:
     """Appends one dated section to the history of BENCHMARKS.md, with the command that ran
     it, and rewrites the current figures at the top."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = " ".join(["python -m", _module_name(), *sys.argv[1:]])
+    # quoted as a shell needs it (variant names hold spaces and commas)
+    command = " ".join(["python -m", _module_name(), shlex.join(sys.argv[1:])])
     section = (f"\n## {title}\n\n{stamp}, commit {commit()}, {machine()}\n\n"
                f"Command: `{command}`\n\n{table}\n")
     if notes:
