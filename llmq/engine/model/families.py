@@ -19,6 +19,7 @@ from ..config import (
     partial_rotary_factor,
     rope_parameters,
 )
+from .tokenizer import GGUF_PRE_TOKENIZERS, GGUF_TOKENIZER_MODELS
 
 SUPPORTED_FAMILIES = tuple(FAMILY_OF_MODEL_TYPE)  # config.json's model_type
 # GGUF architectures (general.architecture) llama.cpp writes for them: Mistral as "llama"
@@ -102,6 +103,14 @@ def check_gguf_fields(fields: dict[str, Any], where: str,
         raise UnsupportedModel(f"{where}: model architecture {arch!r} is not supported; llmq "
                                f"runs {', '.join(SUPPORTED_GGUF_ARCHITECTURES)}")
     missing = []
+    tokenizer = fields.get("tokenizer.ggml.model")
+    pre = fields.get("tokenizer.ggml.pre", "default")
+    if tokenizer not in GGUF_TOKENIZER_MODELS:
+        missing.append(f"tokenizer {tokenizer!r} (tokenizer.ggml.model; llmq reads "
+                       f"{', '.join(GGUF_TOKENIZER_MODELS)})")
+    elif tokenizer == "gpt2" and pre not in GGUF_PRE_TOKENIZERS:
+        missing.append(f"pre-tokenizer {pre!r} (tokenizer.ggml.pre; llmq reads "
+                       f"{', '.join(p for p in GGUF_PRE_TOKENIZERS if p)})")
     if frequency_factors is not None:
         heads = int(fields.get(f"{arch}.attention.head_count") or 1)
         dim = int(fields.get(f"{arch}.rope.dimension_count")

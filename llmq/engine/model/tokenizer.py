@@ -31,22 +31,30 @@ _LLAMA3_SPLIT = (
 _QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
 
 
+_DIGIT_SPLIT_PRE = ("smollm", "starcoder", "refact")
+_REGEX_SPLIT_PRE = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT,
+                    "smaug-bpe": _LLAMA3_SPLIT, "qwen2": _QWEN2_SPLIT}
+_BYTE_LEVEL_PRE = ("gpt2", "default", "")
+# what a GGUF file's tokenizer may be (checked at import: families.check_gguf_fields)
+GGUF_TOKENIZER_MODELS = ("gpt2", "llama")  # byte-level BPE, SentencePiece
+GGUF_PRE_TOKENIZERS = (*_DIGIT_SPLIT_PRE, *_REGEX_SPLIT_PRE, *_BYTE_LEVEL_PRE)
+
+
 def _gguf_pre_tokenizer(name: str) -> pre_tokenizers.PreTokenizer:
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if name in ("smollm", "starcoder", "refact"):
+    if name in _DIGIT_SPLIT_PRE:
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
-    splits = {"llama-bpe": _LLAMA3_SPLIT, "llama3": _LLAMA3_SPLIT, "smaug-bpe": _LLAMA3_SPLIT,
-              "qwen2": _QWEN2_SPLIT}
-    if name in splits:
+    if name in _REGEX_SPLIT_PRE:
         return pre_tokenizers.Sequence(
             [
                 pre_tokenizers.Split(
-                    pattern=_tokenizers_regex(splits[name]), behavior="isolated", invert=False
+                    pattern=_tokenizers_regex(_REGEX_SPLIT_PRE[name]), behavior="isolated",
+                    invert=False
                 ),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
-    if name in ("gpt2", "default", ""):
+    if name in _BYTE_LEVEL_PRE:
         return byte_level
     raise ValueError(f"unsupported GGUF pre-tokenizer {name!r}")
 

@@ -102,7 +102,8 @@ def test_a_gguf_whose_rope_turns_part_of_each_head_is_refused() -> None:
     from llmq.engine.model.families import check_gguf_fields
 
     fields = {"general.architecture": "llama", "llama.embedding_length": 64,
-              "llama.attention.head_count": 4, "llama.rope.dimension_count": 16}
+              "llama.attention.head_count": 4, "llama.rope.dimension_count": 16,
+              "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "smollm"}
     check_gguf_fields(fields, "m.gguf")
     with pytest.raises(UnsupportedModel, match=r"RoPE on 12 of each head's 16 channels "
                                                r"\(llama.rope.dimension_count\)"):
@@ -150,16 +151,20 @@ def test_windows_are_read_per_layer_as_transformers_applies_them() -> None:
 def test_a_config_round_trips_through_the_fields_llmq_writes() -> None:
     """Unpacked GGUF files and artifacts carry ``to_hf``'s config: read back, the same."""
     for kind, fields in [("qwen2", {}), ("qwen3", {"head_dim": 32}), ("gemma2", {}),
+                         ("phi3", {"partial_rotary_factor": 0.75}),
                          ("gemma3_text", {}), ("mistral", {"sliding_window": 32}),
                          ("llama", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}})]:
         config = ModelConfig.from_hf(hf_config(kind, **fields))
         assert ModelConfig.from_hf(config.to_hf()) == config, kind
 
 
-def gguf_with(path: Path, arch: str, tensors: dict[str, np.ndarray]) -> Path:
+def gguf_with(path: Path, arch: str, tensors: dict[str, np.ndarray],
+              tokenizer: tuple[str, str] = ("gpt2", "smollm")) -> Path:
     import gguf
 
     writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_tokenizer_model(tokenizer[0])
+    writer.add_tokenizer_pre(tokenizer[1])
     for name, array in tensors.items():
         writer.add_tensor(name, array)
     writer.write_header_to_file()
@@ -178,6 +183,26 @@ def test_a_gguf_of_another_architecture_or_with_rope_factors_is_refused(tmp_path
                                                         "rope_freqs.weight": weight[0]})
     with pytest.raises(UnsupportedModel, match="rope_freqs"):
         load_checkpoint(llama31)
+
+
+@pytest.mark.usefixtures("sqlite_env")
+def test_a_gguf_whose_tokenizer_llmq_does_not_read_is_refused_at_import(tmp_path: Path
+                                                                        ) -> None:
+    """Phi-4-mini's GGUF names the pre-tokenizer gpt-4o: refused before it is registered,
+    not at the first load."""
+    from llmq.variants.registry import import_model, list_models
+
+    weight = np.zeros((4, 4), dtype=np.float32)
+    path = gguf_with(tmp_path / "phi4.gguf", "phi3", {"token_embd.weight": weight},
+                     tokenizer=("gpt2", "gpt-4o"))
+    with pytest.raises(ValueError, match=r"pre-tokenizer 'gpt-4o' \(tokenizer.ggml.pre; "
+                                         r"llmq reads smollm, "):
+        import_model(path, "my-phi4")
+    assert "my-phi4" not in {m["name"] for m in list_models()}
+    rwkv = gguf_with(tmp_path / "r.gguf", "llama", {"token_embd.weight": weight},
+                     tokenizer=("rwkv", ""))
+    with pytest.raises(UnsupportedModel, match=r"tokenizer 'rwkv' \(tokenizer.ggml.model"):
+        load_checkpoint(rwkv)
 
 
 @pytest.mark.usefixtures("sqlite_env")
