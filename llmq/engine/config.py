@@ -146,12 +146,10 @@ class ModelConfig:
         if not window:  # every layer attends to every position, whatever its type says
             layer_types = ()
         if family == "gemma2" and window and not layer_types:  # before transformers 4.53 wrote them
-            layer_types = tuple("sliding_attention" if i % 2 == 0 else "full_attention"
-                                for i in range(int(cfg["num_hidden_layers"])))
+            layer_types = windowed_pattern(int(cfg["num_hidden_layers"]), 2)
         if family == "gemma3" and window and not layer_types:
-            pattern = int(cfg.get("sliding_window_pattern", 6))
-            layer_types = tuple("sliding_attention" if (i + 1) % pattern else "full_attention"
-                                for i in range(int(cfg["num_hidden_layers"])))
+            layer_types = windowed_pattern(int(cfg["num_hidden_layers"]),
+                                           int(cfg.get("sliding_window_pattern", 6)))
         return cls(
             vocab_size=int(cfg["vocab_size"]),
             hidden_size=hidden,
@@ -339,6 +337,13 @@ def rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
     if isinstance(params, dict):
         return params
     return {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg.get("rope_theta", 10000.0)}
+
+
+def windowed_pattern(layers: int, pattern: int) -> tuple[str, ...]:
+    """Gemma's layer types: every ``pattern``-th layer global, the others windowed (as
+    transformers and llama.cpp count them: the last of each group is the global one)."""
+    return tuple("sliding_attention" if (i + 1) % pattern else "full_attention"
+                 for i in range(layers))
 
 
 def partial_rotary_factor(cfg: dict[str, Any]) -> float:

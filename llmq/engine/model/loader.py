@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig, llama3_scaling_of, longrope_short
+from ..config import ModelConfig, llama3_scaling_of, longrope_short, windowed_pattern
 from .checkpoint_names import hf_tensor_shapes
 from .families import UnsupportedModel, check_gguf_fields, check_hf_config
 from .tokenizer import TextTokenizer
@@ -222,8 +222,7 @@ def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer,
     layer_types: tuple[str, ...] = ()
     if window and arch in _GGUF_WINDOW_PATTERN:
         pattern = int(get("attention.sliding_window_pattern") or _GGUF_WINDOW_PATTERN[arch])
-        layer_types = tuple("sliding_attention" if (i + 1) % pattern else "full_attention"
-                            for i in range(layers))
+        layer_types = windowed_pattern(layers, pattern)
     # llama.cpp scales Gemma's queries by rsqrt(head_dim), but by rsqrt(hidden / heads) in
     # the 27B models (46 and 62 layers), as their query_pre_attn_scalar says
     query_scalar = None
