@@ -22,7 +22,8 @@ def run_llmq(args: dict) -> dict:
 
     configure_process(threads=args.get("threads", 2))
     engine = Engine.load(resolve(args.get("model", args.get("base", "smollm2-135m"))), EngineConfig(
-        slots=args["slots"], slot_length=512, threads=args.get("threads", 2),
+        slots=args["slots"], slot_length=args.get("slot_length", 512),
+        threads=args.get("threads", 2),
         step_tokens=args.get("step_tokens", 4096),
         prefix_cache_entries=args.get("prefix_entries", 16)))
     prompts = workload(args.get("limit"))

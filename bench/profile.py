@@ -50,7 +50,7 @@ def main() -> None:
             seconds = time.perf_counter() - start
         tokens = sum(r.completion_tokens for r in results)
         print(f"{args.model}: {tokens} tokens in {seconds:.1f} s, {tokens / seconds:.1f} "
-              f"tokens/s under the profiler, KV cache {engine.runner.cache.kv.dtype}")
+              f"tokens/s under the profiler, KV cache {engine.runner.cache.dtype}")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
     on_compute_thread(run)

@@ -5,6 +5,9 @@ order from run to run; medians and their ratio are reported.
 
     git worktree add /tmp/before REV
     .venv/bin/python -m bench.revisions --before /tmp/before [--after .] [--runs 5]
+        [--model gemma3-270m] [--slot-length 2048]
+
+The preset runs where its artifact has been built (bench/optimize.py).
 """
 
 from __future__ import annotations
@@ -36,12 +39,21 @@ def main() -> None:
     ap.add_argument("--before", type=Path, required=True, help="a checkout of the old tree")
     ap.add_argument("--after", type=Path, default=ROOT)
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--variant", type=Path, default=ROOT / "bench" / ".variants" / "preset",
-                    help="a variant artifact both trees load (bench/optimize.py builds it)")
+    ap.add_argument("--model", default="smollm2-135m", help="a built-in model")
+    ap.add_argument("--variant", type=Path,
+                    help="a variant artifact both trees load (default: the model's preset as "
+                         "bench/optimize.py builds it)")
+    ap.add_argument("--slot-length", type=int, default=512,
+                    help="context per slot (windowed layers differ only past their window)")
     opts = ap.parse_args()
+    from bench.optimize import variant_folder
+
     trees = {"before": opts.before.resolve(), "after": opts.after.resolve()}
-    configs = {"fp32 base, 64 slots": {"engine": "llmq", "slots": 64},
-               "preset, 64 slots": {"engine": "llmq", "slots": 64, "model": str(opts.variant)}}
+    common = {"engine": "llmq", "slots": 64, "slot_length": opts.slot_length}
+    configs = {"fp32 base, 64 slots": {**common, "model": opts.model}}
+    variant = opts.variant or variant_folder("preset", opts.model)
+    if variant.is_dir():
+        configs["preset, 64 slots"] = {**common, "model": str(variant)}
     samples: dict[tuple[str, str], list[float]] = {(c, t): [] for c in configs for t in trees}
     for run in range(opts.runs):
         order = list(trees) if run % 2 == 0 else list(reversed(trees))
@@ -59,7 +71,8 @@ def main() -> None:
     table = markdown_table(["configuration", "before tok/s (median)", "after tok/s (median)",
                             "after / before", "before runs", "after runs"], rows)
     notes = (f"Before: {trees['before']} ({_revision(trees['before'])}); after: "
-             f"{trees['after']} ({_revision(trees['after'])}). The shared workload, 64 chat "
+             f"{trees['after']} ({_revision(trees['after'])}). Model {opts.model}, "
+             f"{opts.slot_length} positions per slot. The shared workload, 64 chat "
              f"prompts, {NEW_TOKENS} new tokens each, greedy, EOS ignored, 2 threads; "
              f"{opts.runs} runs of each, the trees' order alternating, each in its own process.")
     print(table)

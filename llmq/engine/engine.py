@@ -34,6 +34,7 @@ from .host.process import compile_enabled
 from .host.threads import compute_threads
 from .model.artifact import load_variant
 from .model.decoder import LlamaModel
+from .model.kv_cache import prompt_chunk_limit
 from .model.loader import load_checkpoint
 from .model.manifest import is_variant
 from .model.tokenizer import TextTokenizer
@@ -73,12 +74,17 @@ class Engine:
         self.tokenizer = tokenizer
         self.name = name
         slot_length = min(self.config.slot_length, model.config.max_position_embeddings)
+        # windowed layers keep a ring of their window and a chunk (kv_cache.positions_kept)
+        chunk = prompt_chunk_limit(model.config, slot_length)
+        if chunk is not None:
+            chunk = min(chunk, self.config.step_tokens)
         self.scheduler = Scheduler(SchedulerConfig(
             slots=self.config.slots, slot_length=slot_length,
-            step_tokens=self.config.step_tokens,
+            step_tokens=self.config.step_tokens, chunk_tokens=chunk,
             prefix_cache_entries=self.config.prefix_cache_entries,
         ))
-        self.runner = ModelRunner(model, self.config.slots, slot_length)
+        self.runner = ModelRunner(model, self.config.slots, slot_length,
+                                  chunk or self.config.step_tokens)
         self.eos_ids = frozenset(model.config.eos_token_ids) | frozenset(tokenizer.eos_token_ids)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._wake = threading.Event()

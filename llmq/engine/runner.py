@@ -17,28 +17,28 @@ def sampled_sequences(plan: StepPlan) -> list[Sequence]:
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, slots: int, slot_length: int) -> None:
+    def __init__(self, model: LlamaModel, slots: int, slot_length: int,
+                 chunk: int | None = None) -> None:
+        """``chunk``: the most prompt tokens of one sequence a step holds (what windowed
+        layers' rings are sized for: kv_cache.positions_kept); None: ``slot_length``."""
         self.model = model
         self.device = model.device
         self.cache = KVCache(model.config, slots, slot_length, model.kv_dtype,
-                             self.device)
-        # kept prefixes: key -> [layers, 2, K, n, E]
-        self._prefixes: dict[tuple[int, ...], torch.Tensor] = {}
+                             self.device, chunk)
+        # kept prefixes: key -> KVCache.save_prefix's copy
+        self._prefixes: dict[tuple[int, ...], list[torch.Tensor]] = {}
 
     def forget_prefixes(self) -> None:
         self._prefixes.clear()
 
     def execute(self, plan: StepPlan) -> tuple[list[Sequence], torch.Tensor]:
         """Runs ``plan``; returns the sequences that get a token and their ``[N, V]`` logits."""
-        kv = self.cache.kv
         for copy in plan.prefix_copies:
-            stored = self._prefixes[copy.key]
-            kv[:, :, copy.slot, :, : stored.shape[3]] = stored
+            self.cache.restore_prefix(copy.slot, self._prefixes[copy.key])
         step, wanted = self.build_inputs(plan)
         logits = self.model(step, self.cache) if step.tokens.numel() else None
-        for save in plan.prefix_saves:
-            n = len(save.key)
-            self._prefixes[save.key] = kv[:, :, save.slot, :, :n].clone()
+        for save in plan.prefix_saves:  # planned where the slot has just reached len(key)
+            self._prefixes[save.key] = self.cache.save_prefix(save.slot, len(save.key))
         for key in plan.prefix_evictions:
             self._prefixes.pop(key, None)
         if logits is None:
@@ -91,7 +91,7 @@ class ModelRunner:
             decode_slots = as_tensor(dslots)
         step = StepInputs(
             tokens=as_tensor(tokens), positions=as_tensor(positions),
-            cache_rows=self._cache_rows(slots, positions).to(dev),
+            cache_rows=self._cache_rows(slots, positions),
             num_decode=num_decode, decode_slots=decode_slots, decode_span=span,
             decode_contiguous=contiguous, decode_bias=decode_bias, decode_len=decode_len,
             decode_lengths=decode_lengths,
@@ -100,12 +100,15 @@ class ModelRunner:
         )
         return step, sampled_sequences(plan)
 
-    def _cache_rows(self, slots: list[int], positions: list[int]) -> torch.Tensor:
-        """Row of each (token, KV head) in the cache viewed as ``[S * K * L, R]``."""
-        heads, length = self.model.config.num_kv_heads, self.cache.length
+    def _cache_rows(self, slots: list[int], positions: list[int]) -> dict[int, torch.Tensor]:
+        """Per positions kept P: the row of each (token, KV head) in a layer's cache viewed
+        as ``[S * K * P, R]``."""
+        heads = self.model.config.num_kv_heads
         slot_t = torch.tensor(slots, dtype=torch.long)[:, None]
         pos_t = torch.tensor(positions, dtype=torch.long)[:, None]
-        return ((slot_t * heads + torch.arange(heads)) * length + pos_t).reshape(-1)
+        return {kept: ((slot_t * heads + torch.arange(heads)) * kept + pos_t % kept
+                       ).reshape(-1).to(self.device)
+                for kept in self.cache.kept_lengths}
 
     def _segment(self, begin: int, n: int, slot: int, start: int) -> PrefillSegment:
         """Plain causal attention when nothing is cached before the segment; otherwise a

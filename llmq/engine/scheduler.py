@@ -92,6 +92,9 @@ class SchedulerConfig:
     slots: int = 32
     slot_length: int = 2048  # cache positions per slot: prompt + generated tokens must fit
     step_tokens: int = 4096  # tokens per forward pass (decodes + prefill chunks)
+    # prompt tokens of one sequence per step (None: as many as the step holds); what the
+    # rings of windowed layers are sized for (llmq.engine.model.kv_cache.positions_kept)
+    chunk_tokens: int | None = None
     prefix_cache_entries: int = 16  # 0 disables prefix caching
     min_prefix_tokens: int = 16  # shorter shared prefixes are not worth a cache entry
     prefix_peers: int = 8  # waiting sequences compared when looking for a shared prefix
@@ -198,6 +201,10 @@ class Scheduler:
 
     # --- planning -------------------------------------------------------------------------
 
+    def _chunk_budget(self, budget: int) -> int:
+        chunk = self.config.chunk_tokens
+        return budget if chunk is None else min(budget, chunk)
+
     def schedule(self) -> StepPlan:
         plan = StepPlan()
         budget = self.config.step_tokens
@@ -233,7 +240,9 @@ class Scheduler:
             seq.computed = len(hit)
             self.prefix_hit_tokens += len(hit)
         shared = self._shared_prefix_length(seq)
-        if seq.computed + self.config.min_prefix_tokens <= shared <= seq.computed + budget:
+        # kept only if this step's chunk reaches it: the runner copies the slot after the step
+        reach = seq.computed + self._chunk_budget(budget)
+        if seq.computed + self.config.min_prefix_tokens <= shared <= reach:
             key = tuple(seq.prompt[:shared])
             plan.prefix_saves.append(PrefixSave(seq.slot, key))
             plan.prefix_evictions.extend(self.prefixes.add(key))
@@ -248,7 +257,7 @@ class Scheduler:
 
     def _plan_chunk(self, plan: StepPlan, seq: Sequence, budget: int, stop_at: int) -> int:
         """Plans the next prompt chunk of ``seq`` within ``budget``; returns its length."""
-        n = min(budget, stop_at - seq.computed)
+        n = min(self._chunk_budget(budget), stop_at - seq.computed)
         if n <= 0:
             return 0
         end = seq.computed + n

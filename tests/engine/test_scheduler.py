@@ -102,6 +102,26 @@ def test_shared_prefix_is_computed_once_then_copied() -> None:
     assert not plan.prefix_saves
 
 
+def test_a_chunk_cap_limits_each_sequence_and_the_prefixes_it_keeps() -> None:
+    """With rings of windowed layers a sequence writes at most ``chunk_tokens`` prompt
+    positions a step, whatever the budget; a shared prefix is kept only when this step's
+    chunk reaches it (the runner copies the slot right after the step)."""
+    s = Scheduler(SchedulerConfig(slots=4, slot_length=64, step_tokens=100, chunk_tokens=4,
+                                  prefix_cache_entries=4, min_prefix_tokens=4))
+    near, far = [9] * 4, [8] * 6
+    seqs = [Sequence("n0", [*near, 1, 2], 2), Sequence("n1", [*near, 3, 4], 2),
+            Sequence("f0", [*far, 1], 2), Sequence("f1", [*far, 2], 2)]
+    for q in seqs:
+        s.add(q)
+    plan = run_step(s)
+    assert [(p.seq.request_id, p.start, len(p.tokens)) for p in plan.prefill] == [("n0", 0, 4)]
+    assert [k.key for k in plan.prefix_saves] == [tuple(near)]
+    plan = run_step(s)
+    assert sorted((p.seq.request_id, p.start, len(p.tokens)) for p in plan.prefill) == [
+        ("f0", 0, 4), ("f1", 0, 4), ("n0", 4, 2), ("n1", 4, 2)]
+    assert not plan.prefix_saves  # the far prefix (6 tokens) is past one chunk
+
+
 def test_prefix_cache_evicts_least_recently_used() -> None:
     index = sched.PrefixIndex(capacity=2)
     assert index.add((1, 2)) == [] and index.add((3, 4)) == []

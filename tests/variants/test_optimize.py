@@ -212,7 +212,7 @@ def test_pruned_quantized_artifact_round_trips(tiny: Tiny, tmp_path: Path,
     with Engine.load(out, config) as loaded:
         assert loaded.model.config.intermediate_size == 64
         assert loaded.model.config.num_kv_heads == 1
-        assert loaded.runner.cache.kv.dtype == torch.float16
+        assert loaded.runner.cache.dtype == torch.float16
         assert generate(loaded) == before
     reloaded, _, _ = load_variant(out)
     codes = {"int8": "qweight", "int4": "codes", "fp8": "weight", "bf16": "weight"}[quantize]

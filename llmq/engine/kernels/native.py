@@ -143,7 +143,8 @@ def declare_decode_attention(lib: ctypes.CDLL) -> None:
     fn = lib.llmq_decode_attention
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] + [ctypes.c_int] * 4 + [
-        ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float] + [ctypes.c_void_p] * 3
+        ctypes.c_int64, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_int64,
+        ctypes.c_int64] + [ctypes.c_void_p] * 3
 
 
 @functools.cache
@@ -192,15 +193,18 @@ def serves(config: ModelConfig, cache_dtype: torch.dtype) -> bool:
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                      slots: torch.Tensor, lengths: torch.Tensor, q_scale: float = 1.0,
-                     new: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-                     ) -> torch.Tensor:
+                     new: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                     window: int = 0) -> torch.Tensor:
     """Attention of one query position per row over its slot's first ``lengths[row]`` cached
-    positions. q ``[B, K, G, E]`` float32, multiplied by ``q_scale`` as it is read; keys and
-    values ``[S, K, L, R]`` (the whole layer cache, positions contiguous; R = E, or E + 4 for
-    int8: kv_cache.py); slots and lengths ``[B]`` int64. ``new``: the step's own keys and
-    values ``[B * K, E]`` float32 and their rows in the caches viewed as ``[S * K * L, R]``,
-    written first, in the same call (as ``kv_cache.to_cache`` converts them and
-    ``index_copy_`` writes them). Returns ``[B, K, G, E]`` float32."""
+    positions, or with a ``window`` the last ``window`` of them. q ``[B, K, G, E]`` float32,
+    multiplied by ``q_scale`` as it is read; keys and values ``[S, K, P, R]`` (the whole
+    layer cache, positions contiguous, position p at ``p % P``: a windowed layer's ring; R =
+    E, or E + 4 for int8: kv_cache.py); slots and lengths ``[B]`` int64. ``new``: the step's
+    own keys and values ``[B * K, E]`` float32 and their rows in the caches viewed as
+    ``[S * K * P, R]``, written first, in the same call (as ``kv_cache.to_cache`` converts
+    them and ``index_copy_`` writes them). The ring must hold every position a row sees, and
+    the step's writes must not land on positions its rows see (kv_cache.positions_kept).
+    Returns ``[B, K, G, E]`` float32."""
     rows, kv_heads, group, dim = q.shape
     lib = _decode_library(dim, group)
     assert lib is not None, "check serves() first"
@@ -222,7 +226,8 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
         q.data_ptr(), keys.data_ptr(), values.data_ptr(), slots.data_ptr(),
         lengths.data_ptr(), out.data_ptr(), rows, kv_heads, group, dim,
         CACHE_DTYPES[keys.dtype], keys.stride(0), keys.stride(1), torch.get_num_threads(),
-        q_scale, *(t.data_ptr() for t in written) if written else (None, None, None))
+        q_scale, keys.shape[2], window,
+        *(t.data_ptr() for t in written) if written else (None, None, None))
     if status:
         raise ValueError(f"native decode attention was not built for head dim {dim}, group "
                          f"{group}, {keys.dtype}")

@@ -166,11 +166,14 @@ class DecoderLayer(nn.Module):
                 cache: tuple[torch.Tensor, torch.Tensor], step: StepInputs,
                 paths: LayerPaths) -> torch.Tensor:
         """Writes the step's keys and values into the cache, then attends over it."""
-        k_cache, v_cache = cache  # [S, K, L, R] each (kv_cache.py)
+        k_cache, v_cache = cache  # [S, K, P, R] each, position p at p % P (kv_cache.py)
         c = self.config
         dim = c.head_dim
-        window = self.window if self.window and self.window < k_cache.shape[2] else None
-        if paths.native_attention and window is None and c.attn_softcap is None:
+        kept = k_cache.shape[2]
+        # a window at least the cache's length hides nothing (a ring is longer than its window)
+        window = self.window if self.window and self.window < kept else None
+        rows = step.cache_rows[kept]
+        if paths.native_attention and c.attn_softcap is None:
             # one call writes the step's keys and values and attends every row, decode and
             # prompt alike: a prompt row is a row that sees its slot up to its own position,
             # which the call has just written (faster than PyTorch's flash attention on
@@ -179,11 +182,12 @@ class DecoderLayer(nn.Module):
             n_tok = q.shape[0]
             out = native.decode_attention(
                 q.reshape(n_tok, c.num_kv_heads, c.group_size, dim).float(), k_cache, v_cache,
-                step.row_slots, step.row_lengths, c.attention_scale, (k, v, step.cache_rows))
+                step.row_slots, step.row_lengths, c.attention_scale, (k, v, rows),
+                window or 0)
             return out.to(q.dtype).view_as(q)
         width = k_cache.shape[-1]
-        k_cache.view(-1, width).index_copy_(0, step.cache_rows, to_cache(k, k_cache.dtype))
-        v_cache.view(-1, width).index_copy_(0, step.cache_rows, to_cache(v, v_cache.dtype))
+        k_cache.view(-1, width).index_copy_(0, rows, to_cache(k, k_cache.dtype))
+        v_cache.view(-1, width).index_copy_(0, rows, to_cache(v, v_cache.dtype))
         attend = paths.decode_attention
         if c.attn_softcap is not None:
             attend = softcapped_decode_attention(c.attn_softcap)
@@ -198,7 +202,7 @@ class DecoderLayer(nn.Module):
         c = self.config
         nd, kv_heads, group, dim = q.shape[0], c.num_kv_heads, c.group_size, c.head_dim
         qd = q.reshape(nd, kv_heads, group, dim) * c.attention_scale  # [B, K, G, E]
-        span, length = step.decode_span, step.decode_len
+        span, length = step.decode_span, min(step.decode_len, k_cache.shape[2])
         if not step.decode_contiguous:
             full = qd.new_zeros(span, kv_heads, group, dim)
             full[step.decode_slots] = qd
@@ -206,7 +210,8 @@ class DecoderLayer(nn.Module):
         keys, values = k_cache[:span, :, :length], v_cache[:span, :, :length]
         if keys.dtype == torch.int8:  # PyTorch's forms read floats
             keys, values = from_cache(keys, q.dtype), from_cache(values, q.dtype)
-        bias = step.decode_bias if window is None else step.windowed_decode_bias(window)
+        bias = (step.decode_bias if window is None else
+                step.windowed_decode_bias(window, k_cache.shape[2]))
         od = attend(qd, keys, values, bias)
         return od if step.decode_contiguous else od[step.decode_slots]
 
@@ -223,18 +228,23 @@ class DecoderLayer(nn.Module):
         for seg in step.prefill:
             n = seg.end - seg.begin
             qs = q[seg.begin:seg.end].transpose(0, 1).unsqueeze(0)  # [1, H, n, E]
+            # the positions the segment's rows see begin at first (0 without a window)
+            first = 0 if window is None else max(0, seg.start - window + 1)
             if seg.mask is None:  # nothing cached before it: this step's own keys, unrounded
                 rows = slice(seg.begin * kv_heads, seg.end * kv_heads)
                 # v leaves a bf16 linear in bf16, while RoPE has made q and k float32
                 ks = k[rows].view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0).to(q.dtype)
                 vs = v[rows].view(n, kv_heads, dim).transpose(0, 1).unsqueeze(0).to(q.dtype)
             else:
-                end = seg.start + n
-                ks = from_cache(k_cache[seg.slot:seg.slot + 1, :, :end], q.dtype)
-                vs = from_cache(v_cache[seg.slot:seg.slot + 1, :, :end], q.dtype)  # [1, K, end, E]
+                end = seg.start + n  # a ring's entries by index
+                seen: slice | torch.Tensor = slice(first, end)
+                if end > k_cache.shape[2]:
+                    seen = torch.arange(first, end, device=q.device) % k_cache.shape[2]
+                ks = from_cache(k_cache[seg.slot:seg.slot + 1, :, seen], q.dtype)
+                vs = from_cache(v_cache[seg.slot:seg.slot + 1, :, seen], q.dtype)  # [1, K, m, E]
             mask = seg.mask
             if window is not None and seg.start + n > window:
-                mask = window_mask(seg.start, n, window, q.device)
+                mask = window_mask(seg.start, n, window, q.device)[:, first:]
             os_ = prompt_attention(qs, ks, vs, mask, c.attention_scale,
                                    c.attn_softcap)  # [1, H, n, E]
             out[seg.begin:seg.end] = os_[0].transpose(0, 1)

@@ -46,9 +46,32 @@ def from_cache(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return (x[..., :dim].float() * scale).to(dtype)
 
 
+def prompt_chunk_limit(config: ModelConfig, slot_length: int) -> int | None:
+    """Most prompt tokens of one sequence per step where a layer keeps only a ring of its
+    window (``positions_kept``): the smallest such window, else None (no limit but the step's).
+    A step writes all its keys before any row attends, so a ring must hold a chunk's keys
+    beside the window its first row sees."""
+    windows = [w for i in range(config.num_layers)
+               if (w := config.layer_window(i)) and w < slot_length]
+    return min(windows) if windows else None
+
+
+def positions_kept(config: ModelConfig, index: int, slot_length: int, chunk: int) -> int:
+    """Cache positions per slot of layer ``index``: every position of the slot, or for a
+    windowed layer a ring of ``window + chunk - 1`` (position p at p mod that), enough for
+    the keys that a step's rows of ``chunk`` consecutive positions see."""
+    window = config.layer_window(index)
+    if not window or window >= slot_length:
+        return slot_length
+    return min(slot_length, window + chunk - 1)
+
+
 class KVCache(nn.Module):
-    """Keys and values of every layer and slot, allocated once: ``[layers, 2, S, K, L, R]``,
-    R the width of a cached row (``cache_row_width``: E, or E + 4 for int8).
+    """Keys and values of every layer and slot, allocated once: per group of layers that keep
+    as many positions (``positions_kept``: the whole slot, or a windowed layer's ring) one
+    buffer ``[layers, 2, S, K, P, R]``, R the width of a cached row (``cache_row_width``: E,
+    or E + 4 for int8). A layer's keys and values are ``[S, K, P, R]``, position p at
+    ``p % P``.
 
     It must start as zeros: decode attention reads every slot up to the longest one and masks
     the rest, and a masked NaN left in never-written memory would still poison the product.
@@ -56,13 +79,38 @@ class KVCache(nn.Module):
     commits only the pages that steps write, however large the cache."""
 
     def __init__(self, config: ModelConfig, slots: int, length: int, dtype: torch.dtype,
-                 device: torch.device) -> None:
+                 device: torch.device, chunk: int | None = None) -> None:
         super().__init__()
-        shape = (config.num_layers, 2, slots, config.num_kv_heads, length,
-                 cache_row_width(config.head_dim, dtype))
-        self.register_buffer("kv", zeros_lazily(shape, dtype, device), persistent=False)
+        kept = [positions_kept(config, i, length, chunk or length)
+                for i in range(config.num_layers)]
+        self.kept_lengths = sorted(set(kept), reverse=True)
+        where = []
+        for g, positions in enumerate(self.kept_lengths):
+            members = [i for i, p in enumerate(kept) if p == positions]
+            where += [(i, g, j) for j, i in enumerate(members)]
+            shape = (len(members), 2, slots, config.num_kv_heads, positions,
+                     cache_row_width(config.head_dim, dtype))
+            self.register_buffer(f"kv{g}", zeros_lazily(shape, dtype, device),
+                                 persistent=False)
+        self._where = [(g, j) for _, g, j in sorted(where)]
         self.slots = slots
         self.length = length
+        self.dtype = dtype
+
+    @property
+    def groups(self) -> list[torch.Tensor]:
+        return [getattr(self, f"kv{g}") for g in range(len(self.kept_lengths))]
 
     def layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.kv[index, 0], self.kv[index, 1]
+        g, j = self._where[index]
+        return self.groups[g][j, 0], self.groups[g][j, 1]
+
+    def save_prefix(self, slot: int, n: int) -> list[torch.Tensor]:
+        """A copy of what ``slot`` holds of its first ``n`` positions, just written: per group
+        ``[layers, 2, K, min(n, P), R]`` (a ring's whole content once n passes it)."""
+        return [kv[:, :, slot, :, :n].clone() for kv in self.groups]
+
+    def restore_prefix(self, slot: int, saved: list[torch.Tensor]) -> None:
+        """Puts a ``save_prefix`` copy into ``slot``, which then continues at position n."""
+        for kv, part in zip(self.groups, saved, strict=True):
+            kv[:, :, slot, :, :part.shape[3]] = part

@@ -26,7 +26,9 @@ class StepInputs:
 
     tokens: torch.Tensor  # [T] long
     positions: torch.Tensor  # [T] long
-    cache_rows: torch.Tensor  # [T * K] long: rows of the cache viewed as [S * K * L, R]
+    # per positions kept P (kv_cache.positions_kept): [T * K] long, the rows of a layer's
+    # cache viewed as [S * K * P, R]
+    cache_rows: dict[int, torch.Tensor]
     num_decode: int  # rows [0, num_decode) are one decode token each
     decode_slots: torch.Tensor | None  # [num_decode] long
     decode_span: int  # decode attention covers slots [0, decode_span)
@@ -41,15 +43,21 @@ class StepInputs:
     row_slots: torch.Tensor  # [T] long
     row_lengths: torch.Tensor  # [T] long
     # the windowed layers' decode biases, made by the first layer of each window
-    window_biases: dict[int, torch.Tensor] = field(default_factory=dict)
+    window_biases: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
-    def windowed_decode_bias(self, window: int) -> torch.Tensor:
-        """``decode_bias`` that also hides every position but each slot's last ``window``."""
-        bias = self.window_biases.get(window)
+    def windowed_decode_bias(self, window: int, kept: int) -> torch.Tensor:
+        """The decode bias of a layer that sees each slot's last ``window`` positions and
+        keeps ``kept`` of them in a ring (position p at p mod kept, kept >= window):
+        ``[decode_span, 1, 1, min(decode_len, kept)]`` over the ring's entries. Entry j of a
+        slot of n positions holds the latest position p = j mod kept below n, which it sees
+        when ``n - 1 - p``, that is ``(n - 1 - j) mod kept``, is under the window."""
+        bias = self.window_biases.get((window, kept))
         if bias is None:
             assert self.decode_bias is not None and self.decode_lengths is not None
-            first = (self.decode_lengths - window).view(-1, 1, 1, 1)
-            early = torch.arange(self.decode_len, device=first.device) < first
-            bias = self.decode_bias.masked_fill(early, float("-inf"))
-            self.window_biases[window] = bias
+            n = self.decode_lengths.view(-1, 1, 1, 1)
+            entry = torch.arange(min(self.decode_len, kept), device=n.device)
+            seen = (entry < n) & (torch.remainder(n - 1 - entry, kept) < window)
+            bias = torch.zeros(seen.shape, dtype=self.decode_bias.dtype, device=n.device)
+            bias.masked_fill_(~seen, float("-inf"))
+            self.window_biases[(window, kept)] = bias
         return bias

@@ -19,6 +19,7 @@ from tests.engine.model.test_attention import (
     assert_same_bits,
     prompt_rows_case,
     reference,
+    ring_window_case,
     written_case,
 )
 from tests.engine.tiny import HAS_COMPILER, native_kernels
@@ -85,13 +86,13 @@ def test_the_avx2_and_plain_builds_compute_the_same(march: str, tmp_path: Path) 
 
     def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
                lengths: torch.Tensor, scale: float = 1.0,
-               new: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+               new: tuple[torch.Tensor, ...] = (), window: int = 0) -> torch.Tensor:
         out = torch.empty_like(q)
         assert lib.llmq_decode_attention(
             q.data_ptr(), keys.data_ptr(), values.data_ptr(), slots.data_ptr(),
             lengths.data_ptr(), out.data_ptr(), len(slots), keys.shape[1], 2, 32,
             native.CACHE_DTYPES[keys.dtype], keys.stride(0), keys.stride(1), 2, scale,
-            *([t.data_ptr() for t in new] or [None] * 3)) == 0
+            keys.shape[2], window, *([t.data_ptr() for t in new] or [None] * 3)) == 0
         return out
 
     slots, kv_heads, length = 5, 2, 40
@@ -111,3 +112,7 @@ def test_the_avx2_and_plain_builds_compute_the_same(march: str, tmp_path: Path) 
         attend(pq, pk, pv, pslots, plengths, 1.0, (k_new, v_new, cache_rows))
         assert_same_bits(pk, want_k)
         assert_same_bits(pv, want_v)
+        # a windowed layer's ring
+        rq, rk, rv, rslots, rlengths, want = ring_window_case(32, 2, dtype, g)
+        torch.testing.assert_close(attend(rq, rk, rv, rslots, rlengths, window=16).double(),
+                                   want, rtol=1e-4, atol=1e-5)

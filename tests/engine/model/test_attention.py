@@ -144,6 +144,44 @@ def test_native_attention_takes_prompt_rows_a_tile_at_a_time(dtype: torch.dtype)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
 
 
+def ring_window_case(dim: int, group: int, dtype: torch.dtype, g: torch.Generator
+                     ) -> tuple[torch.Tensor, ...]:
+    """A windowed layer's ring of 40 positions (position p at p % 40), each row seeing its
+    last 16: a chunk of 20 prompt rows whose window starts mid-ring, decode rows whose window
+    wraps round the ring's end, and a row shorter than its window; and the float64 answer
+    over each row's window of positions."""
+    kv_heads, ring, window = 2, 40, 16
+    written = [80, 90, 5]  # positions each slot has written, the ring keeping the last 40
+    logical = torch.randn(3, kv_heads, 90, 2, dim, generator=g)  # keys and values by position
+    keys = torch.full((3, kv_heads, ring, dim), 1e6)  # what no row may see
+    values = torch.full((3, kv_heads, ring, dim), -1e6)
+    for slot, n in enumerate(written):
+        for p in range(n):
+            keys[slot, :, p % ring] = logical[slot, :, p, 0]
+            values[slot, :, p % ring] = logical[slot, :, p, 1]
+    slots = torch.tensor([0] * 20 + [1, 1, 2])
+    lengths = torch.cat([torch.arange(61, 81), torch.tensor([90, 83, 5])])
+    q = torch.randn(len(slots), kv_heads, group, dim, generator=g) * dim ** -0.5
+    stored = [(from_cache(as_cache(logical[slot, :, :, 0], dtype), torch.float64),
+               from_cache(as_cache(logical[slot, :, :, 1], dtype), torch.float64))
+              for slot in range(3)]
+    want = torch.empty(q.shape, dtype=torch.float64)
+    for row, (slot, n) in enumerate(zip(slots.tolist(), lengths.tolist(), strict=True)):
+        k, v = (x[:, max(0, n - window):n] for x in stored[slot])
+        want[row] = torch.softmax(q[row].double() @ k.transpose(-1, -2), dim=-1) @ v
+    return q, as_cache(keys, dtype), as_cache(values, dtype), slots, lengths, want
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int8])
+def test_native_attention_sees_only_a_window_of_a_ring(dtype: torch.dtype) -> None:
+    q, keys, values, slots, lengths, want = ring_window_case(
+        64, 3, dtype, torch.Generator().manual_seed(4))
+    with native_kernels():
+        got = native.decode_attention(q, keys, values, slots, lengths, window=16)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.skipif(not HAS_COMPILER, reason="the native kernel is built with a C++ compiler")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int8])
 def test_native_attention_writes_the_steps_keys_then_attends(dtype: torch.dtype) -> None:
@@ -174,7 +212,7 @@ def test_a_half_or_int8_cache_keeps_the_models_logits(tiny: Tiny, kv: str,
                                                       tolerance: float) -> None:
     exact = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
     small = LlamaModel.from_hf_weights(replace(tiny.config, kv_cache_dtype=kv), tiny.weights)
-    assert ModelRunner(small, 1, 8).cache.kv.dtype == getattr(torch, kv)
+    assert ModelRunner(small, 1, 8).cache.dtype == getattr(torch, kv)
     tokens = tiny.tokenizer.encode("Summarize in two sentences: the mountain is tall and "
                                    "the valley below it is deep and green.")
     want = chunked_logits(exact, tokens, len(tokens))  # one prefill: no cache read at all

@@ -5,6 +5,7 @@ batching and through ``llmq run``, at several slot counts."""
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -79,15 +80,16 @@ def test_batched_greedy_tokens_match_transformers(family: tuple[str, Path, torch
 
 @pytest.mark.skipif(not HAS_COMPILER, reason="llmq's native kernels need a C++ compiler")
 @pytest.mark.parametrize("family", ["gemma3", "qwen3", "phi3"], indirect=True)
-def test_native_attention_serves_unwindowed_layers_with_the_same_tokens(
+def test_native_attention_serves_every_layer_with_the_same_tokens(
         family: tuple[str, Path, torch.nn.Module]) -> None:
-    """With the native kernels on, layers without a window or soft cap attend natively and
-    the others through PyTorch, in the same steps (the families whose attention differs:
-    windows beside global layers, a head dim of 32, a window over every layer)."""
+    """With the native kernels on, every layer without a soft cap attends natively, windowed
+    layers from their rings (the families whose attention differs: windows beside global
+    layers, a head dim of 32, a window over every layer)."""
     _, folder, hf = family
     with native_kernels():
         engine = Engine.load(folder, EngineConfig(slots=2, slot_length=128, step_tokens=16))
         try:
+            assert engine.model.choose_paths().native_attention
             params = SamplingParams(max_tokens=GREEDY_TOKENS, ignore_eos=True)
             results = engine.generate(GenerationRequest(prompt=p, params=params)
                                       for p in PROMPTS[:2])
@@ -95,6 +97,32 @@ def test_native_attention_serves_unwindowed_layers_with_the_same_tokens(
         finally:
             engine.close()
     for prompt, result in zip(PROMPTS, results, strict=False):
+        assert result.token_ids == hf_greedy(hf, tokenizer.encode(prompt), GREEDY_TOKENS)
+
+
+@pytest.mark.parametrize("native", [False, True] if HAS_COMPILER else [False])
+def test_windowed_layers_run_from_rings_and_reuse_shared_prefixes(native: bool,
+                                                                   tmp_path: Path) -> None:
+    """Gemma 3 with a window of 20 in a slot of 256: its windowed layers keep rings of 39
+    positions, prompts go in chunks of 20, and a shared prefix is computed once and copied;
+    every sequence runs past its ring, and greedy tokens stay transformers'."""
+    folder, hf = write_family_folder(tmp_path / "model", "gemma3", sliding_window=20)
+    shared = "Background: the mountain is tall, the valley is deep, the river flows far"
+    prompts = [f"{shared} north.", f"{shared} south, slowly.", f"{shared} to the sea"]
+    with native_kernels() if native else nullcontext():
+        engine = Engine.load(folder, EngineConfig(slots=2, slot_length=256, step_tokens=64))
+        try:
+            assert engine.runner.cache.kept_lengths == [256, 39]
+            assert engine.model.choose_paths().native_attention == native
+            params = SamplingParams(max_tokens=GREEDY_TOKENS, ignore_eos=True)
+            results = engine.generate(GenerationRequest(prompt=p, params=params)
+                                      for p in prompts)
+            hits = engine.scheduler.prefix_hit_tokens
+            tokenizer = engine.tokenizer
+        finally:
+            engine.close()
+    assert hits >= 16
+    for prompt, result in zip(prompts, results, strict=True):
         assert result.token_ids == hf_greedy(hf, tokenizer.encode(prompt), GREEDY_TOKENS)
 
 

@@ -292,22 +292,19 @@ inline void prefetch_rows(const T* p, int64_t count) {
         __builtin_prefetch(bytes + b);
 }
 
-// q [G, E] (scaled), keys/values [length, E], scores [G, padded(length)], out [G, E]
+// Scores of G query rows against count consecutive cached keys: scores[g * stride + l]
 template <class C, int E, int G>
-void one_task(const float* q, float q_scale, const typename C::T* keys,
-              const typename C::T* values, int64_t length, float* scores, float* out) {
+inline void score_run(const V (&qv)[G][E / W], const typename C::T* keys,
+                      const typename C::T* values, int64_t count, float* scores,
+                      int64_t stride) {
     constexpr int N = E / W;
-    const int64_t stride = padded(length);
-    V qv[G][N];
-    for (int g = 0; g < G; ++g)
-        for (int i = 0; i < N; ++i) qv[g][i] = mul(load_f32(q + g * E + i * W), splat(q_scale));
     // W keys at a time: their float32 copy, then per query row W dot products summed across
     // lanes together (lane_sums), so one store writes W scores
     constexpr int64_t RS = ROW<C, E>;
     alignas(64) float block[W * E];
     prefetch_rows(keys, PREFETCH_AHEAD * RS);
     int64_t l = 0;
-    for (; W > 1 && l + W <= length; l += W) {
+    for (; W > 1 && l + W <= count; l += W) {
         prefetch_rows(keys + (l + PREFETCH_AHEAD) * RS, W * RS);
         prefetch_rows(values + l * RS, W * RS);  // read after the softmax: in cache by then
         const float* kb = block;
@@ -331,7 +328,7 @@ void one_task(const float* q, float q_scale, const typename C::T* keys,
             store(scores + g * stride + l, lane_sums(acc));
         }
     }
-    for (; l < length; ++l) {
+    for (; l < count; ++l) {
         const typename C::T* row = keys + l * RS;
         const V s = splat(C::scale(row, E));
         V k[N];
@@ -342,6 +339,43 @@ void one_task(const float* q, float q_scale, const typename C::T* keys,
             scores[g * stride + l] = sum(acc);
         }
     }
+}
+
+// o[g] += the sum of count consecutive cached values, weighted by weights[g * stride + l]
+template <class C, int E, int G>
+inline void sum_run(const typename C::T* values, int64_t count, const float* weights,
+                    int64_t stride, V (&o)[G][E / W]) {
+    constexpr int N = E / W;
+    constexpr int64_t RS = ROW<C, E>;
+    for (int64_t l = 0; l < count; ++l) {
+        const typename C::T* row = values + l * RS;
+        const float s = C::scale(row, E);
+        V v[N];
+        for (int i = 0; i < N; ++i) v[i] = C::load(row + i * W);
+        for (int g = 0; g < G; ++g) {
+            const V p = splat(weights[g * stride + l] * s);
+            for (int i = 0; i < N; ++i) o[g][i] = fma(p, v[i], o[g][i]);
+        }
+    }
+}
+
+// q [G, E] (scaled); keys/values [ring, E]: the row sees positions [first, first + length),
+// position p at p % ring (length <= ring, so they are at most two runs of the ring); scores
+// [G, padded(length)], out [G, E]
+template <class C, int E, int G>
+void one_task(const float* q, float q_scale, const typename C::T* keys,
+              const typename C::T* values, int64_t first, int64_t length, int64_t ring,
+              float* scores, float* out) {
+    constexpr int N = E / W;
+    constexpr int64_t RS = ROW<C, E>;
+    const int64_t stride = padded(length);
+    const int64_t start = first % ring;
+    const int64_t head = length < ring - start ? length : ring - start;  // before the wrap
+    V qv[G][N];
+    for (int g = 0; g < G; ++g)
+        for (int i = 0; i < N; ++i) qv[g][i] = mul(load_f32(q + g * E + i * W), splat(q_scale));
+    score_run<C, E, G>(qv, keys + start * RS, values + start * RS, head, scores, stride);
+    if (length > head) score_run<C, E, G>(qv, keys, values, length - head, scores + head, stride);
     for (int g = 0; g < G; ++g) {
         float* s = scores + g * stride;
         for (int64_t l = length; l < stride; ++l) s[l] = -INFINITY;
@@ -360,22 +394,15 @@ void one_task(const float* q, float q_scale, const typename C::T* keys,
     V o[G][N];
     for (int g = 0; g < G; ++g)
         for (int i = 0; i < N; ++i) o[g][i] = zero();
-    for (int64_t l = 0; l < length; ++l) {
-        const typename C::T* row = values + l * RS;
-        const float s = C::scale(row, E);
-        V v[N];
-        for (int i = 0; i < N; ++i) v[i] = C::load(row + i * W);
-        for (int g = 0; g < G; ++g) {
-            const V p = splat(scores[g * stride + l] * s);
-            for (int i = 0; i < N; ++i) o[g][i] = fma(p, v[i], o[g][i]);
-        }
-    }
+    sum_run<C, E, G>(values + start * RS, head, scores, stride, o);
+    if (length > head) sum_run<C, E, G>(values, length - head, scores + head, stride, o);
     for (int g = 0; g < G; ++g)
         for (int i = 0; i < N; ++i) store(out + g * E + i * W, o[g][i]);
 }
 
 // A tile of prompt rows: n <= W consecutive positions of one slot (row r sees the slot's
-// first len0 + r positions), so its n * G query rows share every key and value they read.
+// first len0 + r positions, or with a window only the last window of them; position p at
+// p % ring), so its n * G query rows share every key and value they read.
 // Flash attention with the query rows across the lanes of MV = G vectors (row-major q is
 // transposed once per tile into qt [E][W * G]): W keys' scores are sums of E products of a
 // broadcast key element and a vector of query rows, with no horizontal sums; a running max
@@ -384,8 +411,8 @@ void one_task(const float* q, float q_scale, const typename C::T* keys,
 // attend prompt rows (bench/kernels.py).
 template <class C, int E, int G>
 void tile_task(const float* q, int64_t q_row_stride, float q_scale, const typename C::T* keys,
-               const typename C::T* values, int64_t len0, int n, float* out,
-               int64_t out_row_stride, float* space) {
+               const typename C::T* values, int64_t len0, int n, int64_t ring,
+               int64_t window, float* out, int64_t out_row_stride, float* space) {
     constexpr int M = W * G;  // query rows of a full tile, G vectors of W
     constexpr int64_t RS = ROW<C, E>;
     constexpr int JB = W >= 16 ? 4 : W >= 2 ? 2 : 1;  // keys scored together (JB * G sums)
@@ -395,10 +422,12 @@ void tile_task(const float* q, int64_t q_row_stride, float q_scale, const typena
     alignas(64) float kf[W * E];
     alignas(64) float vf[W * E];
     alignas(64) float p[W * M];  // scores, then weights, of W keys: p[j * M + m]
-    alignas(64) float limit[M];  // keys a query row sees
+    alignas(64) float limit[M];  // positions a query row sees: [lower, limit)
+    alignas(64) float lower[M];
     for (int m = 0; m < M; ++m) {
         const int r = m / G;
         limit[m] = static_cast<float>(r < n ? len0 + r : len0);  // padding rows: as row 0
+        lower[m] = window > 0 ? limit[m] - static_cast<float>(window) : 0.f;
         for (int e = 0; e < E; ++e)
             qt[e * M + m] = r < n ? q[r * q_row_stride + (m % G) * E + e] * q_scale : 0.f;
     }
@@ -409,11 +438,14 @@ void tile_task(const float* q, int64_t q_row_stride, float q_scale, const typena
         run_sum[v] = zero();
     }
     const int64_t total = len0 + n - 1;  // keys the last row sees
-    for (int64_t l0 = 0; l0 < total; l0 += W) {
+    // from the first row's first position: each row then sees a key of the first block, so
+    // no running max starts at -inf twice
+    const int64_t from = window > 0 && len0 > window ? len0 - window : 0;
+    for (int64_t l0 = from; l0 < total; l0 += W) {
         const int nb = static_cast<int>(total - l0 < W ? total - l0 : W);
         for (int j = 0; j < W; ++j) {
-            const typename C::T* k_row = keys + (l0 + j) * RS;
-            const typename C::T* v_row = values + (l0 + j) * RS;
+            const typename C::T* k_row = keys + ((l0 + j) % ring) * RS;
+            const typename C::T* v_row = values + ((l0 + j) % ring) * RS;
             const V ks = splat(j < nb ? C::scale(k_row, E) : 0.f);
             const V vs = splat(j < nb ? C::scale(v_row, E) : 0.f);
             for (int i = 0; i < E / W; ++i) {
@@ -436,10 +468,12 @@ void tile_task(const float* q, int64_t q_row_stride, float q_scale, const typena
             for (int b = 0; b < JB; ++b)
                 for (int v = 0; v < G; ++v) store(p + (j + b) * M + v * W, acc[b][v]);
         }
-        if (l0 + W > len0)  // some row's last visible key is in this block
-            for (int j = 0; j < W; ++j)
+        if (l0 + W > len0 || window > 0)  // some row's last (or first) key is in this block
+            for (int j = 0; j < W; ++j) {
+                const float at = static_cast<float>(l0 + j);
                 for (int m = 0; m < M; ++m)
-                    if (static_cast<float>(l0 + j) >= limit[m]) p[j * M + m] = -INFINITY;
+                    if (at >= limit[m] || at < lower[m]) p[j * M + m] = -INFINITY;
+            }
         V scale[G];
         for (int v = 0; v < G; ++v) {
             V top = run_max[v];
@@ -492,6 +526,8 @@ struct Call {
     int64_t slot_stride, head_stride;
     int threads;
     float q_scale;  // q's rows are multiplied by it as they are read
+    int64_t ring;  // positions a slot keeps: position p at p % ring
+    int64_t window;  // positions a row sees, its own included (0: all)
     // the step's own keys and values [rows * K, E] float32, written first to cache_rows [rows
     // * K] (rows of the layer's cache viewed as [S * K * L, R]); null when already written
     const float* k_new;
@@ -552,14 +588,16 @@ void run(const Call& c) {
             if constexpr (W > 1) {
                 if (task.count > 1) {
                     tile_task<C, E, G>(c.q + at, row_stride, c.q_scale, kc + base,
-                                       vc + base, length, task.count, c.out + at,
-                                       row_stride, tile);
+                                       vc + base, length, task.count, c.ring, c.window,
+                                       c.out + at, row_stride, tile);
                     continue;
                 }
             }
-            if (static_cast<int64_t>(scores.size()) < G * padded(length))
-                scores.resize(G * padded(length));
-            one_task<C, E, G>(c.q + at, c.q_scale, kc + base, vc + base, length,
+            const int64_t first = c.window > 0 && length > c.window ? length - c.window : 0;
+            const int64_t seen = length - first;
+            if (static_cast<int64_t>(scores.size()) < G * padded(seen))
+                scores.resize(G * padded(seen));
+            one_task<C, E, G>(c.q + at, c.q_scale, kc + base, vc + base, first, seen, c.ring,
                               scores.data(), c.out + at);
         }
     }
@@ -576,10 +614,12 @@ int build_for(const Call& c, int G, int E) {
 
 extern "C" {
 
-// q [rows, K, G, E] float32, multiplied by q_scale as it is read; caches [S, K, L, R] in
+// q [rows, K, G, E] float32, multiplied by q_scale as it is read; caches [S, K, P, R] in
 // dtype (0 float32, 1 float16, 2 bfloat16, 3 int8 with R = E + 4: codes and their float32
-// scale) with the given strides in elements, positions contiguous; slots and lengths [rows];
-// out [rows, K, G, E] float32. With k_new, v_new and cache_rows (else null), the step's keys
+// scale) with the given strides in elements, positions contiguous, position p at p % ring
+// (ring = P); slots and lengths [rows]: a row sees its slot's positions below its length, or
+// with a window > 0 the last window of them (the caller keeps a ring at least as long as the
+// positions any row sees, and a step's writes clear of them); out [rows, K, G, E] float32. With k_new, v_new and cache_rows (else null), the step's keys
 // and values [rows * K, E] are first written into the caches (each [S, K, L, R] contiguous,
 // as its own [S * K * L, R] rows), converted as to_cache does. Returns 0, or 1 for a head
 // dimension or group size other than the build's (LLMQ_HEAD_DIM, LLMQ_GROUP) or an unknown
@@ -588,9 +628,10 @@ int llmq_decode_attention(const float* q, const void* k_cache, const void* v_cac
                           const int64_t* slots, const int64_t* lengths, float* out,
                           int64_t rows, int K, int G, int E, int dtype,
                           int64_t slot_stride, int64_t head_stride, int threads, float q_scale,
-                          const float* k_new, const float* v_new, const int64_t* cache_rows) {
+                          int64_t ring, int64_t window, const float* k_new, const float* v_new,
+                          const int64_t* cache_rows) {
     const Call c{q, k_cache, v_cache, slots, lengths, out, rows, K, slot_stride, head_stride,
-                 threads, q_scale, k_new, v_new, cache_rows};
+                 threads, q_scale, ring, window, k_new, v_new, cache_rows};
     switch (dtype) {
         case 0: return build_for<F32>(c, G, E);
         case 1: return build_for<F16>(c, G, E);
