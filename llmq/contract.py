@@ -38,6 +38,10 @@ MAX_STOP_STRINGS = 16
 MAX_OPENAI_PENALTY = 2.0
 MAX_REPETITION_PENALTY = 10.0
 MAX_NGRAM_SIZE = 64
+# sanity bounds of what no model's context holds (each worker checks its own context, and
+# submit checks max_tokens against LLMQ_SLOT_LENGTH: llmq.api.inputs.InputLimits)
+MAX_MAX_TOKENS = 1 << 20
+MAX_TOP_K = 1 << 20
 
 
 class RequestKind(enum.StrEnum):
@@ -65,13 +69,39 @@ class TextFormat(BaseModel):
         return None
 
 
+@functools.cache
+def _probe_tokenizer() -> Any:
+    """An llguidance tokenizer of the 256 bytes and an end token: enough to take a grammar's
+    first step without a model's vocabulary, so that one that no text satisfies (a schema
+    whose ``$ref`` only refers to itself, incompatible types) is refused at submit rather
+    than by the worker."""
+    import llguidance
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<eos>"] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(["<eos>"])
+    return llguidance.LLTokenizer(tokenizer.to_str(), n_vocab=len(vocab))
+
+
 @functools.lru_cache(maxsize=256)
 def _grammar_error(grammar: str) -> str:
-    """Why ``grammar`` cannot be compiled ("" when it can); cached, since a file's lines
-    usually share one schema."""
+    """Why ``grammar`` cannot be compiled, or cannot be satisfied ("" when it can be used);
+    cached, since a file's lines usually share one schema."""
     from llguidance import LLMatcher
 
-    return LLMatcher.validate_grammar(grammar)
+    error = LLMatcher.validate_grammar(grammar)
+    if error:
+        return error
+    matcher = LLMatcher(_probe_tokenizer(), grammar, log_level=0)
+    matcher.compute_bitmask()
+    if not matcher.is_error():
+        return ""
+    first = matcher.get_error().splitlines()[0]  # the rest is llguidance's state dump
+    return "no text satisfies it" if first == "NoExtensionBias" else first
 
 
 class _Constrained(BaseModel):
@@ -166,14 +196,19 @@ def _one_stop_string(v: Any) -> Any:
     return [v] if isinstance(v, str) else v
 
 
-MaxTokens = Annotated[int, Field(ge=1)]
-Temperature = Annotated[float, Field(ge=0, le=MAX_TEMPERATURE)]
-TopP = Annotated[float, Field(gt=0, le=1)]
-TopK = Annotated[int, Field(ge=0)]
-Seed = Annotated[int, Field(ge=SEED_MIN, le=SEED_MAX)]
-OpenAIPenalty = Annotated[float, Field(ge=-MAX_OPENAI_PENALTY, le=MAX_OPENAI_PENALTY)]
-RepetitionPenalty = Annotated[float, Field(gt=0, le=MAX_REPETITION_PENALTY)]
-NgramSize = Annotated[int, Field(ge=0, le=MAX_NGRAM_SIZE)]
+# numbers are strict: an integer field takes JSON integers only (not true, 5.0 or "5"), a
+# float field integers and floats, finite; every one is bounded
+MaxTokens = Annotated[int, Field(strict=True, ge=1, le=MAX_MAX_TOKENS)]
+Temperature = Annotated[float, Field(strict=True, allow_inf_nan=False, ge=0,
+                                     le=MAX_TEMPERATURE)]
+TopP = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0, le=1)]
+TopK = Annotated[int, Field(strict=True, ge=0, le=MAX_TOP_K)]
+Seed = Annotated[int, Field(strict=True, ge=SEED_MIN, le=SEED_MAX)]
+OpenAIPenalty = Annotated[float, Field(strict=True, allow_inf_nan=False,
+                                       ge=-MAX_OPENAI_PENALTY, le=MAX_OPENAI_PENALTY)]
+RepetitionPenalty = Annotated[float, Field(strict=True, allow_inf_nan=False, gt=0,
+                                           le=MAX_REPETITION_PENALTY)]
+NgramSize = Annotated[int, Field(strict=True, ge=0, le=MAX_NGRAM_SIZE)]
 
 
 class SamplingOverrides(BaseModel):

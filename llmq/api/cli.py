@@ -37,7 +37,7 @@ class LlmqGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (InputFileError, service.NotFound, service.EnqueueError, SchemaOutOfDate,
-                service.GenerationFailed, LookupError) as exc:
+                service.GenerationFailed, LookupError, service.DatabaseUrlError) as exc:
             # KeyError-style lookups quote their message; show it as written
             message = exc.args[0] if len(exc.args) == 1 else str(exc)
             raise click.ClickException(str(message)) from None
@@ -53,7 +53,8 @@ def _infrastructure_error(exc: Exception) -> str | None:
     from sqlalchemy.exc import OperationalError as DatabaseError
 
     if isinstance(exc, DatabaseError):
-        return f"database unavailable ({redact_url(get_settings().database_url)}): {exc.orig}"
+        first = (str(exc.orig).splitlines() or [""])[0]  # psycopg adds a hint on a line
+        return f"database unavailable ({redact_url(get_settings().database_url)}): {first}"
     if isinstance(exc, BrokerError):
         return f"broker unavailable ({redact_url(get_settings().broker_url)}): {exc}"
     return None

@@ -9,7 +9,7 @@ from typing import Any
 from llmq.api.files import InvalidRequest
 from llmq.api.inputs import InputLimits, parse_record
 from llmq.api.openai_batches import check_capacity, model_named
-from llmq.api.output import openai_line
+from llmq.api.output import openai_line, public_id
 from llmq.api.service import enqueue, request_defaults, to_new_request
 from llmq.db import openai_batches as rows
 from llmq.db import queries
@@ -18,15 +18,15 @@ from llmq.db.session import session_scope
 from llmq.settings import get_settings
 
 
-def start(owner: str | None, url: str, body: dict[str, Any]) -> int:
-    """Stores and sends one request; returns its id."""
+def start(owner: str | None, url: str, body: dict[str, Any]) -> tuple[int, str]:
+    """Stores and sends one request; returns its id and its public id (output.public_id)."""
     if body.get("n") not in (None, 1):
         raise InvalidRequest("n: llmq writes one choice per request", "n")
     s = get_settings()
     try:
         item = parse_record({"custom_id": "request", "method": "POST", "url": url,
                              "body": body}, 1)
-        InputLimits(s.max_file_bytes, s.max_line_bytes, s.max_prompt_chars).check_prompt(item)
+        InputLimits.of(s).check_prompt(item)
     except ValueError as exc:
         raise InvalidRequest(str(exc)) from None
     check_capacity(owner, 1)
@@ -39,7 +39,7 @@ def start(owner: str | None, url: str, body: dict[str, Any]) -> int:
         batch_id = batch.id
         ids = queries.add_requests(session, batch_id, model, [new])
     enqueue(batch_id, ids, model, "any", "high")
-    return ids[0]
+    return ids[0], public_id(batch_id, new.custom_id)
 
 
 def outcome(request_id: int) -> dict[str, Any] | None:

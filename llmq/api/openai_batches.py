@@ -30,7 +30,8 @@ from llmq.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-WINDOW = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
+WINDOW = re.compile(r"([1-9][0-9]{0,5})([smhd])")
+MAX_WINDOW_SECONDS = 7 * 86400
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -44,13 +45,17 @@ class Backpressure(RuntimeError):
 
 
 def window_seconds(window: str) -> int:
-    """OpenAI takes "24h" only; llmq takes any count of s, m, h or d (a shorter window
-    suits quick jobs, and tests)."""
-    match = WINDOW.match(window)
+    """OpenAI takes "24h" only; llmq takes any count of s, m, h or d up to 7 days (a
+    shorter window suits quick jobs, and tests)."""
+    match = WINDOW.fullmatch(window)
     if not match:
         raise InvalidRequest(f"completion_window {window!r}: expected a duration such as "
                              "24h (or 90m, 3600s, 2d)", "completion_window")
-    return int(match[1]) * UNIT_SECONDS[match[2]]
+    seconds = int(match[1]) * UNIT_SECONDS[match[2]]
+    if seconds > MAX_WINDOW_SECONDS:
+        raise InvalidRequest(f"completion_window {window!r}: at most 7d (OpenAI's is 24h)",
+                             "completion_window")
+    return seconds
 
 
 def check_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
@@ -195,7 +200,7 @@ def _store(batch_id: str, model: str, path: Any, endpoint: str) -> None:
     A broker that fails half-way is not the caller's error: the rows are stored, and the
     workers' reconciler sends what was not sent."""
     s = get_settings()
-    limits = InputLimits(s.max_file_bytes, s.max_line_bytes, s.max_prompt_chars)
+    limits = InputLimits.of(s)
     sender = Sender(model, "any", "normal")
     report = store_requests(batch_id, model, iter_input(path, None, limits, endpoint),
                             request_defaults(), sender)

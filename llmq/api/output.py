@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 import time
@@ -65,21 +66,29 @@ def openai_finish_reason(reason: str) -> str:
     return FinishReason.STOP if reason == FinishReason.REPETITION else reason
 
 
+def public_id(batch_id: str, custom_id: str) -> str:
+    """The id that OpenAI's lines give a request: a digest of its batch's random id and its
+    custom id (unique in the batch), stable across downloads and, unlike the database's
+    sequential id, silent about how many requests came before it."""
+    return hashlib.sha256(f"{batch_id}\0{custom_id}".encode()).hexdigest()[:24]
+
+
 def openai_error_line(req: Request) -> dict[str, Any]:
     """A request that has no result, as OpenAI's error files write one: a line that was
     never a valid request answers 400, a failure 500 (both with an error body); a cancelled
     or expired request has no response, only an error code."""
+    rid = public_id(req.batch_id, req.custom_id)
     if req.state == RequestState.FAILED:
         invalid = req.kind == RequestKind.INVALID
         error = {"message": req.last_error or "failed", "param": None, "code": None,
                  "type": "invalid_request_error" if invalid else "server_error"}
-        response = {"status_code": 400 if invalid else 500, "request_id": str(req.id),
+        response = {"status_code": 400 if invalid else 500, "request_id": f"req_{rid}",
                     "body": {"error": error}}
-        return {"id": f"batch_req_{req.id}", "custom_id": req.custom_id,
+        return {"id": f"batch_req_{rid}", "custom_id": req.custom_id,
                 "response": response, "error": None}
     code = "batch_expired" if (req.last_error or "").startswith("batch_expired") else (
         f"batch_{req.state}")
-    return {"id": f"batch_req_{req.id}", "custom_id": req.custom_id, "response": None,
+    return {"id": f"batch_req_{rid}", "custom_id": req.custom_id, "response": None,
             "error": {"code": code, "message": req.last_error or f"the request was {req.state}"}}
 
 
@@ -90,9 +99,10 @@ def openai_line(req: Request, res: Result | None) -> dict[str, Any]:
     usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
              "total_tokens": res.prompt_tokens + res.completion_tokens}
     created = int(res.created_at.timestamp()) if res.created_at else int(time.time())
+    rid = public_id(req.batch_id, req.custom_id)
     if req.kind == "chat":
         body: dict[str, Any] = {
-            "id": f"chatcmpl-{req.id}", "object": "chat.completion", "created": created,
+            "id": f"chatcmpl-{rid}", "object": "chat.completion", "created": created,
             "model": res.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
                          "finish_reason": openai_finish_reason(res.finish_reason)}],
@@ -100,12 +110,12 @@ def openai_line(req: Request, res: Result | None) -> dict[str, Any]:
         }
     else:
         body = {
-            "id": f"cmpl-{req.id}", "object": "text_completion", "created": created,
+            "id": f"cmpl-{rid}", "object": "text_completion", "created": created,
             "model": res.model,
             "choices": [{"index": 0, "text": res.text,
                          "finish_reason": openai_finish_reason(res.finish_reason)}],
             "usage": usage,
         }
-    return {"id": f"batch_req_{req.id}", "custom_id": req.custom_id,
-            "response": {"status_code": 200, "request_id": str(req.id), "body": body},
+    return {"id": f"batch_req_{rid}", "custom_id": req.custom_id,
+            "response": {"status_code": 200, "request_id": f"req_{rid}", "body": body},
             "error": None}

@@ -27,6 +27,7 @@ from llmq.contract import RequestKind, SamplingParams, defaults_from
 from llmq.db import queries
 from llmq.db.migrate import ensure_schema, upgrade
 from llmq.db.models import Batch
+from llmq.db.session import DatabaseUrlError as DatabaseUrlError  # for the command line
 from llmq.db.session import session_scope
 from llmq.settings import get_settings, redact_url
 
@@ -72,8 +73,7 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
                 on_stored: Callable[[list[int]], None] | None = None) -> SubmitReport:
     """Parses the file and writes the batch (``store_requests``)."""
     settings = get_settings()
-    limits = InputLimits(settings.max_file_bytes, settings.max_line_bytes,
-                         settings.max_prompt_chars)
+    limits = InputLimits.of(settings)
     defaults = request_defaults(max_tokens, temperature, extra_defaults)
     if strict:  # a first pass: nothing is stored unless every line is good
         bad = [r for r in iter_input(path, column, limits) if isinstance(r, Rejected)]

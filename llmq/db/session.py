@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 
-from llmq.settings import get_settings
+from llmq.settings import get_settings, redact_url
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -46,7 +47,16 @@ def dispose_engines() -> None:
         _engines.popitem()[1].dispose()
 
 
+class DatabaseUrlError(ValueError):
+    """LLMQ_DATABASE_URL is not a URL that SQLAlchemy can connect with."""
+
+
 def _create(url: str) -> Engine:
+    try:
+        make_url(url).get_dialect()  # a port that is not a number fails here too
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseUrlError(f"LLMQ_DATABASE_URL {redact_url(url)!r} is not a database URL "
+                               f"({type(exc).__name__}: {redact_url(str(exc))})") from None
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)

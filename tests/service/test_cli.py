@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,27 @@ def test_expected_errors_are_one_line(tmp_path: Path) -> None:
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("Error: ")
         assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_bad_database_url_or_a_database_down_is_one_line(tmp_path: Path) -> None:
+    """At `serve`'s start as in any command: no traceback, and no password."""
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    down = f"postgresql://llmq:s3cret@127.0.0.1:{free_port()}/llmq"
+    for url, needle in [("postgresql://llmq:s3cret@127.0.0.1:abc/llmq", "is not a database URL"),
+                        ("nothing-here", "is not a database URL"),
+                        ("mysqlx://a/b", "is not a database URL"),
+                        (down, "database unavailable")]:
+        for args in (("serve", "--port", str(free_port())), ("status",)):
+            proc = llmq({"LLMQ_DATABASE_URL": url}, *args, check=False)
+            lines = proc.stderr.strip().splitlines()
+            assert proc.returncode == 1 and len(lines) == 1, (url, proc.stderr)
+            assert lines[0].startswith("Error: ")
+            assert needle in lines[0] and "Traceback" not in proc.stderr
+            assert "s3cret" not in proc.stderr
+    proc = llmq({"LLMQ_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}, "submit", str(fifo),
+                check=False)
+    assert proc.returncode == 1 and "not a regular file" in proc.stderr
 
 
 def test_broker_down_keeps_the_batch_for_retry(tmp_path: Path) -> None:

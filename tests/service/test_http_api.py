@@ -5,6 +5,7 @@ expiry, idempotent create), keys (401, another key's 404), caps (413, 429), comp
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,6 +96,11 @@ def test_batch_round_trip_with_a_bad_line(stack: Stack, tmp_path: Path) -> None:
     assert sorted(output) == [f"req-{i}" for i in range(6)]
     body = output["req-0"]["response"]["body"]
     assert output["req-0"]["response"]["status_code"] == 200
+    # ids that say nothing of how many requests the server has seen, the same on every read
+    ids = [line["id"] for line in output.values()]
+    assert all(re.fullmatch(r"batch_req_[0-9a-f]{24}", i) for i in ids) and len(set(ids)) == 6
+    assert lines_of(api, done.output_file_id)["req-0"]["id"] == output["req-0"]["id"]
+    assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", body["id"])
     assert body["object"] == "chat.completion"
     assert body["usage"]["completion_tokens"] == 8
     errors = lines_of(api, done.error_file_id)
@@ -110,7 +116,9 @@ def test_batch_round_trip_with_a_bad_line(stack: Stack, tmp_path: Path) -> None:
 
 def test_cancel_mid_batch(stack: Stack, tmp_path: Path) -> None:
     api = client(stack)
-    long = [chat_line(i, max_tokens=400, ignore_eos=True) for i in range(12)]
+    # three waves of the worker's 8 slots: queued ones are left when the cancel comes, on
+    # however fast a machine
+    long = [chat_line(i, max_tokens=400, ignore_eos=True) for i in range(24)]
     batch = api.batches.create(input_file_id=upload(api, tmp_path / "long.jsonl", long),
                                endpoint="/v1/chat/completions", completion_window="24h")
     deadline = time.time() + 60
@@ -122,7 +130,7 @@ def test_cancel_mid_batch(stack: Stack, tmp_path: Path) -> None:
     done = wait_status(api, batch.id, ("cancelled",))
     errors = lines_of(api, done.error_file_id)
     assert errors and {r["error"]["code"] for r in errors.values()} == {"batch_cancelled"}
-    assert len(errors) + len(lines_of(api, done.output_file_id)) == 12
+    assert len(errors) + len(lines_of(api, done.output_file_id)) == 24
 
 
 def test_expiry_keeps_what_finished(stack: Stack, tmp_path: Path) -> None:
@@ -230,6 +238,9 @@ def test_metrics_and_health(stack: Stack) -> None:
     tokens = next(line for line in text.splitlines()
                   if line.startswith("llmq:generation_tokens_total"))
     assert float(tokens.split()[-1]) > 0
+    # a worker is named by host and process, nothing more
+    workers = re.findall(r'llmq:engine_occupancy\{[^}]*worker="([^"]*)"', text)
+    assert workers and all(re.fullmatch(r"[^:]+:\d+", w) for w in workers), workers
 
 
 def test_open_mode_serves_loopback_only(tmp_path: Path) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -98,7 +100,7 @@ def test_limits_and_malformed_bytes_are_line_errors(tmp_path: Path) -> None:
     assert [a.custom_id for a in parsed.accepted] == ["ok", "long"]
     errors = {r.line: r.error for r in parsed.rejected}
     assert errors[2] == "line 2: not UTF-8 text (byte 38 of the line)"
-    assert "line 3: the line is 200,001 bytes, over the limit of 1,000" in errors[3]
+    assert "line 3: the line is 200,000 bytes, over the limit of 1,000" in errors[3]
     assert "prompt: Input should be a valid string" in errors[5]
     assert parsed.rejected[2].custom_id == "y" * 200  # storable as the failed row's key
     assert errors[6] == "line 6: custom_id: contains a NUL character"
@@ -110,6 +112,72 @@ def test_limits_and_malformed_bytes_are_line_errors(tmp_path: Path) -> None:
     with pytest.raises(InputFileError, match="over the limit of 10 .LLMQ_MAX_FILE_BYTES"):
         read_input(path, limits=InputLimits(max_file_bytes=10))
     bad_csv = tmp_path / "in.csv"
-    bad_csv.write_bytes(b"prompt\ncaf\xe9\n")
-    with pytest.raises(InputFileError, match="not UTF-8"):
-        read_input(bad_csv)
+    bad_csv.write_bytes(b"prompt\ncaf\xe9\nfine\n")
+    parsed = read_input(bad_csv)
+    assert [r.error for r in parsed.rejected] == ["line 2: not UTF-8 text (byte 4 of the line)"]
+    assert [a.input["prompt"] for a in parsed.accepted] == ["fine"]
+
+
+def test_a_line_over_the_cap_is_refused_without_being_held(tmp_path: Path) -> None:
+    """A 24 MB line under a 64 KB cap: refused as it streams, never read whole (what
+    Python holds at once stays a few MB), and the lines after it still run."""
+    path = tmp_path / "in.jsonl"
+    with path.open("wb") as f:
+        f.write(b'{"prompt": "before"}\n{"prompt": "')
+        for _ in range(24):
+            f.write(b"x" * (1 << 20))
+        f.write(b'"}\n{"prompt": "after"}\n')
+    tracemalloc.start()
+    try:
+        parsed = read_input(path, limits=InputLimits(max_line_bytes=64 << 10))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20
+    assert [a.input["prompt"] for a in parsed.accepted] == ["before", "after"]
+    assert parsed.rejected[0].error == ("line 2: the line is 25,165,838 bytes, over the limit "
+                                        "of 65,536 (LLMQ_MAX_LINE_BYTES)")
+
+
+def test_hostile_values_are_line_errors_and_the_rest_runs(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    lines = [b"\xef\xbb\xbf" + json.dumps({"custom_id": "bom", "prompt": "a"}).encode(),
+             b'{"custom_id": "digits", "prompt": "b", "max_tokens": ' + b"9" * 5000 + b"}",
+             b'{"custom_id": "surrogate", "messages": [{"role": "user", "content": "\\ud800"}]}',
+             b'{"custom_id": "pair", "prompt": "\\ud83d\\ude00"}',
+             json.dumps({"custom_id": "bool", "prompt": "c", "max_tokens": True}).encode(),
+             json.dumps({"custom_id": "big", "prompt": "d", "max_tokens": 10**12}).encode(),
+             json.dumps({"custom_id": "context", "prompt": "e", "max_tokens": 2048}).encode(),
+             b'{"custom_id": "nan", "prompt": "f", "temperature": NaN}',
+             json.dumps({"custom_id": "float", "prompt": "g", "temperature": 1}).encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    parsed = read_input(path, limits=InputLimits(context_tokens=2048))
+    assert [a.custom_id for a in parsed.accepted] == ["bom", "pair", "float"]
+    assert parsed.accepted[1].input["prompt"] == "\U0001f600"
+    errors = {r.custom_id: r.error for r in parsed.rejected}
+    assert errors[None] == "line 2: invalid JSON: a number of more than 4,300 digits"
+    assert errors["surrogate"] == ("line 3: messages.0.content: a lone UTF-16 surrogate is not "
+                                   "Unicode text")
+    assert errors["bool"] == "line 5: max_tokens: Input should be a valid integer"
+    assert "max_tokens: Input should be less than or equal to 1048576" in errors["big"]
+    assert errors["context"] == ("line 7: max_tokens: 2,048 leaves no room for the prompt in "
+                                 "the context of 2,048 tokens (LLMQ_SLOT_LENGTH)")
+    assert errors["nan"] == "line 8: temperature: Input should be a finite number"
+
+
+def test_a_csv_cell_over_the_cap_is_a_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_bytes(b"\xef\xbb\xbfcustom_id,prompt\na,first\nb," + b"y" * (5 << 20)
+                     + b'\nc,"two\nlines"\n')
+    parsed = read_input(path, limits=InputLimits(max_line_bytes=1 << 20))
+    assert [(a.custom_id, a.input["prompt"]) for a in parsed.accepted] == [
+        ("a", "first"), ("c", "two\nlines")]
+    assert parsed.rejected[0].error == ("line 3: the line is 5,242,882 bytes, over the limit "
+                                        "of 1,048,576 (LLMQ_MAX_LINE_BYTES)")
+
+
+def test_a_fifo_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "in.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(InputFileError, match="not a regular file"):
+        read_input(fifo)

@@ -102,10 +102,10 @@ def _sse(data: Any) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(request_id: int, request: Request, chat: bool, include_usage: bool
-                  ) -> AsyncIterator[str]:
+async def _stream(request_id: int, public: str, request: Request, chat: bool,
+                  include_usage: bool) -> AsyncIterator[str]:
     if chat:  # the role at once: the client knows the request is in
-        yield _sse({"id": f"chatcmpl-{request_id}", "object": "chat.completion.chunk",
+        yield _sse({"id": f"chatcmpl-{public}", "object": "chat.completion.chunk",
                     "created": int(time.time()), "model": "",
                     "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                  "finish_reason": None}]})
@@ -128,11 +128,11 @@ async def _stream(request_id: int, request: Request, chat: bool, include_usage: 
 
 async def _complete(owner: str | None, url: str, body: dict[str, Any],
                     request: Request) -> Any:
-    request_id = await run_in_threadpool(completions.start, owner, url, body)
+    request_id, public = await run_in_threadpool(completions.start, owner, url, body)
     if body.get("stream"):
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_stream(request_id, request, "messages" in body, usage),
-                                 media_type="text/event-stream")
+        return StreamingResponse(_stream(request_id, public, request, "messages" in body,
+                                         usage), media_type="text/event-stream")
     async for line in _outcome(request_id, request):
         if line is not None:
             status, answer = _body_of(line)

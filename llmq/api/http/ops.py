@@ -70,7 +70,8 @@ def _worker_families(workers: list[dict[str, Any]]) -> Iterator[Metric]:
                                "Prompt tokens a worker's engine took from its prefix cache.",
                                labels=labels)
     for w in workers:
-        key = [w["name"], w["model"], w["device"]]
+        # host and process only: the name's last part is the worker's private life token
+        key = [w["name"].rsplit(":", 1)[0], w["model"], w["device"]]
         if w.get("slots"):
             occupancy.add_metric(key, w.get("running", 0) / w["slots"])
         queries.add_metric(key, w.get("prompt_tokens", 0))
