@@ -105,6 +105,22 @@ class Settings(BaseSettings):
     api_max_queued_per_key: int = Field(
         200_000, ge=1, description="queued and running requests of one key (429 beyond)")
     api_retry_after: int = Field(30, ge=1, description="Retry-After of a 429, seconds")
+    # the front door (api/http/front_door.py): what a request is let in on
+    api_body_timeout: float = Field(
+        30.0, gt=0, description="a request body that sends nothing for this long gets 408")
+    api_body_deadline: float = Field(
+        900.0, gt=0, description="a request body not whole after this long gets 408 (a slow "
+        "trickle as much as a stall)")
+    api_max_uploading_bytes_per_key: int = Field(
+        400 << 20, ge=1, description="bytes of one key's uploads in progress (429 beyond)")
+    api_max_uploading_bytes: int = Field(
+        2 << 30, ge=1, description="bytes of all uploads in progress (503 beyond): bounds "
+        "the temporary files they spool to")
+    api_metrics_need_key: bool = Field(
+        False, description="/metrics answers only calls with a key (it is open by default, "
+        "as Prometheus scrapes are)")
+    api_max_connections: int = Field(
+        512, ge=1, description="open connections of one `llmq serve` process (503 beyond)")
     api_request_timeout: float = Field(
         600.0, gt=0, description="how long /v1/chat/completions waits for its result (504)")
 

@@ -8,6 +8,10 @@ from rich.table import Table
 
 from llmq.api import keys as api_keys
 from llmq.api.cli_common import emit_json, err
+from llmq.settings import get_settings
+
+KEEP_ALIVE_SECONDS = 5  # an idle kept-alive connection is closed after it
+HEADER_BYTES = 16 << 10  # a request whose headers pass this is refused (uvicorn: h11)
 
 
 @click.command()
@@ -22,14 +26,21 @@ def serve(host: str, port: int, processes: int, log_level: str) -> None:
     import uvicorn
 
     from llmq.api.http.app import OpenModeRefused, check_binding
+    from llmq.db.migrate import ensure_schema
 
     try:
         check_binding(host)
     except OpenModeRefused as exc:
         raise click.ClickException(str(exc)) from None
+    ensure_schema()  # a bad URL or a database that is down: one line (cli.LlmqGroup), not
+    # a traceback from the server's start-up
     err.print(f"llmq API on http://{host}:{port}/v1 (schema: /openapi.json)")
+    # uvicorn's own limits, set here rather than left to its defaults: connections per
+    # process (503 beyond), idle keep-alive, and the bytes of a request's headers
     uvicorn.run("llmq.api.http.app:create_app", factory=True, host=host, port=port,
-                workers=processes, log_level=log_level)
+                workers=processes, log_level=log_level,
+                limit_concurrency=get_settings().api_max_connections,
+                timeout_keep_alive=KEEP_ALIVE_SECONDS, h11_max_incomplete_event_size=HEADER_BYTES)
 
 
 @click.group()

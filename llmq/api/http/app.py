@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
 from llmq.api.http import batches, completions, errors, files, ops
+from llmq.api.http.front_door import FrontDoor
 from llmq.db.migrate import ensure_schema
 from llmq.settings import get_settings
 
@@ -39,8 +40,10 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="llmq", version="1", lifespan=lifespan,
+    # the schema at /openapi.json; no /docs or /redoc, whose pages load from a public CDN
+    app = FastAPI(title="llmq", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="The OpenAI Files and Batches API over llmq's queues.")
+    app.add_middleware(FrontDoor)
     errors.install(app)
     for router in (files.router, batches.router, completions.router, ops.router):
         app.include_router(router)

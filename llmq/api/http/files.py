@@ -2,37 +2,30 @@
 
 from __future__ import annotations
 
-import re
+import unicodedata
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 
 from llmq.api import files
 from llmq.api.http.auth import caller
-from llmq.api.http.errors import ApiError
-from llmq.settings import get_settings
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-MULTIPART_SLACK = 64 << 10  # the form's own bytes around the file
-UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f/\\]")
+def clean_name(name: str) -> str:
+    """An upload's name as it is kept for display: without control and format characters
+    (bidirectional overrides that would show a name reversed, zero-width ones) and path
+    separators, at most 300 characters."""
+    kept = "".join("_" if c in "/\\" else c for c in name
+                   if unicodedata.category(c) not in ("Cc", "Cf", "Cs", "Zl", "Zp"))
+    return kept.strip()[:300] or "upload.jsonl"
 
 
-def size_cap(request: Request) -> None:
-    """Refuses an upload whose declared length is over the cap before reading its body (one
-    without a length is counted as it is copied)."""
-    length = request.headers.get("content-length", "")
-    cap = get_settings().api_max_file_bytes
-    if length.isdigit() and int(length) > cap + MULTIPART_SLACK:
-        raise ApiError(413, f"the upload is {int(length):,} bytes, over the limit of {cap:,} "
-                       "(LLMQ_API_MAX_FILE_BYTES)", param="file")
-
-
-@router.post("", dependencies=[Depends(size_cap)])
+@router.post("")  # its size is bounded by the front door (front_door.py)
 def upload(file: UploadFile = File(...), purpose: str = Form(..., max_length=30),
            owner: str | None = Depends(caller)) -> dict[str, Any]:
-    name = UNPRINTABLE.sub("_", file.filename or "upload.jsonl")[:300] or "upload.jsonl"
+    name = clean_name(file.filename or "")
     return files.store_upload(file.file, name, purpose, owner)
 
 
