@@ -32,8 +32,9 @@ def serve(host: str, port: int, processes: int, log_level: str) -> None:
         check_binding(host)
     except OpenModeRefused as exc:
         raise click.ClickException(str(exc)) from None
-    ensure_schema()  # a bad URL or a database that is down: one line (cli.LlmqGroup), not
-    # a traceback from the server's start-up
+    # a bad URL or a database that is down: one line here (cli.LlmqGroup), not a traceback
+    # from the server's start-up
+    ensure_schema()
     err.print(f"llmq API on http://{host}:{port}/v1 (schema: /openapi.json)")
     # uvicorn's own limits, set here rather than left to its defaults: connections per
     # process (503 beyond), idle keep-alive, and the bytes of a request's headers

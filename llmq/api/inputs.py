@@ -10,11 +10,14 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmq.contract import RequestKind, SamplingOverrides, explain
+
+if TYPE_CHECKING:
+    from llmq.settings import Settings
 
 
 class Message(BaseModel):
@@ -143,7 +146,7 @@ class InputLimits:
                              f"the context of {self.context_tokens:,} tokens (LLMQ_SLOT_LENGTH)")
 
     @classmethod
-    def of(cls, settings: Any) -> InputLimits:
+    def of(cls, settings: Settings) -> InputLimits:
         return cls(settings.max_file_bytes, settings.max_line_bytes, settings.max_prompt_chars,
                    settings.slot_length)
 
