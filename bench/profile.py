@@ -4,6 +4,10 @@ operators by self time. A diagnosis, not a benchmark: the profiler itself costs 
 percent, and nothing is recorded in BENCHMARKS.md.
 
     .venv/bin/python -m bench.profile [--model smollm2-135m|NAME|PATH] [--slots 64] [--rows 25]
+        [--shapes]
+
+``--shapes`` splits each operator by its input shapes (which of a step's matmuls, copies and
+multiplications is the head's).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--rows", type=int, default=25)
+    ap.add_argument("--shapes", action="store_true", help="group operators by input shapes")
     args = ap.parse_args()
 
     import torch
@@ -44,14 +49,17 @@ def main() -> None:
 
     def run() -> None:
         engine.generate_here(requests()[:2])  # warm-up: compilation, first allocations
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU],
+                                    record_shapes=args.shapes) as prof:
             start = time.perf_counter()
             results = engine.generate_here(requests())
             seconds = time.perf_counter() - start
         tokens = sum(r.completion_tokens for r in results)
         print(f"{args.model}: {tokens} tokens in {seconds:.1f} s, {tokens / seconds:.1f} "
               f"tokens/s under the profiler, KV cache {engine.runner.cache.dtype}")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+        print(prof.key_averages(group_by_input_shape=args.shapes).table(
+            sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40,
+            max_shapes_column_width=70))
 
     on_compute_thread(run)
 

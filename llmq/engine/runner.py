@@ -36,6 +36,7 @@ class ModelRunner:
         for copy in plan.prefix_copies:
             self.cache.restore_prefix(copy.slot, self._prefixes[copy.key])
         step, wanted = self.build_inputs(plan)
+        step.scratch_logits = True  # the engine samples from them before its next step
         logits = self.model(step, self.cache) if step.tokens.numel() else None
         for save in plan.prefix_saves:  # planned where the slot has just reached len(key)
             self._prefixes[save.key] = self.cache.save_prefix(save.slot, len(save.key))

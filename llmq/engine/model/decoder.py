@@ -338,7 +338,7 @@ class LlamaModel(nn.Module):
         x = x[step.logits_rows]  # [N, D]
         x = F.rms_norm(x, (c.hidden_size,), self.norm, c.rms_norm_eps)
         if isinstance(self.lm_head, OutputHead):
-            logits = self.lm_head(x, self.embed.weight)  # [N, V]
+            logits = self.lm_head(x, self.embed.weight, step.scratch_logits)  # [N, V]
         else:
             logits = self.lm_head(x).float()  # [N, V]
         return logits if c.final_softcap is None else softcapped(logits, c.final_softcap)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..kernels.dense import Linear
+from ..kernels.int8 import int8_kernel, quantize_rows
 from ..kernels.native import top_k_indices
 from ..kernels.quantized import Int8Linear
 
@@ -46,6 +47,7 @@ class OutputHead(nn.Module):
         pruned = rows < vocab_size
         self.register_buffer("kept", torch.zeros(rows if pruned else 0, dtype=torch.int64))
         self.floor_offset = math.log(vocab_size - rows + 1)
+        self._product: torch.Tensor | None = None  # int8 heads: int32 [rows seen, R], kept
 
     @classmethod
     def from_weight(cls, weight: torch.Tensor, kept: torch.Tensor | None = None,
@@ -66,10 +68,16 @@ class OutputHead(nn.Module):
     def rows(self) -> int:
         return self.kept.numel() or self.vocab_size
 
-    def forward(self, x: torch.Tensor, exact_weight: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, exact_weight: torch.Tensor,
+                scratch: bool = False) -> torch.Tensor:
         """float32 logits ``[N, V]``; ``exact_weight`` is the float ``[V, D]`` weight the head
-        was made from (the tied embedding), read only for an int8 head's candidates."""
-        logits = self.proj(x).float()  # [N, R]
+        was made from (the tied embedding), read only for an int8 head's candidates.
+        ``scratch``: the caller is done with the logits before the next call, which may
+        write over them (the engine's steps)."""
+        if self.scheme == "int8" and self._kept_product_serves(x):
+            logits = self._int8_logits(x, scratch)
+        else:
+            logits = self.proj(x).float()  # [N, R]
         if self.scheme == "int8":
             candidates = top_k_indices(logits, min(RERANK, self.rows))  # [N, k]
             ids = self.kept[candidates] if self.kept.numel() else candidates
@@ -81,6 +89,28 @@ class OutputHead(nn.Module):
         full = torch.empty(logits.shape[0], self.vocab_size, device=logits.device)
         full.copy_(floor.expand(-1, self.vocab_size))
         return full.index_copy_(1, self.kept, logits)
+
+    def _kept_product_serves(self, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dtype == torch.float32
+                and isinstance(self.proj, Int8Linear)
+                and int8_kernel() == "onednn")
+
+    def _int8_logits(self, x: torch.Tensor, scratch: bool) -> torch.Tensor:
+        """The int8 head's float32 logits ``[N, R]``, as ``Int8Linear`` computes them through
+        oneDNN, with its int32 product in a buffer the head keeps: a fresh one per step
+        (67 MB for Gemma 3's 262k rows at 64 slots) cost more in page faults than the GEMM
+        itself, and so did its float copy (bench/BENCHMARKS.md). With ``scratch`` the logits
+        are that buffer, converted in place."""
+        proj = self.proj
+        assert isinstance(proj, Int8Linear)
+        n = x.shape[0]
+        if self._product is None or self._product.shape[0] < n:
+            self._product = torch.empty(n, proj.out_features, dtype=torch.int32)
+        product = self._product[:n]
+        xq, x_scale = quantize_rows(x.float())
+        torch._int_mm(xq, proj.qweight.t(), out=product)
+        logits = product.view(torch.float32).copy_(product) if scratch else product.float()
+        return logits.mul_(proj.scale).mul_(x_scale)
 
     def extra_repr(self) -> str:
         return f"rows={self.rows} of {self.vocab_size}, {self.scheme or 'float'}"

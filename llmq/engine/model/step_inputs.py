@@ -42,6 +42,9 @@ class StepInputs:
     # native kernel needs to attend for decode and prompt rows alike, in one call
     row_slots: torch.Tensor  # [T] long
     row_lengths: torch.Tensor  # [T] long
+    # the logits are consumed before the next step, which may write over them (the engine's
+    # steps; not a caller that keeps the logits of several steps)
+    scratch_logits: bool = False
     # the windowed layers' decode biases, made by the first layer of each window
     window_biases: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 

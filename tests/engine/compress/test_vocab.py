@@ -15,6 +15,7 @@ from llmq.engine.compress.vocab import ROW_MULTIPLE, choose_tokens, prune_vocab
 from llmq.engine.model.artifact import load_variant, save_variant
 from llmq.engine.model.decoder import LlamaModel
 from tests.conftest import Tiny
+from tests.engine.tiny import forced_int8_kernel
 
 
 def base_model(tiny: Tiny) -> LlamaModel:
@@ -81,3 +82,25 @@ def test_a_pruned_int8_head_round_trips(tiny: Tiny, tmp_path: Path) -> None:
     torch.testing.assert_close(sequence_logits(loaded, tokens), sequence_logits(model, tokens))
     assert torch.equal(sequence_logits(loaded, tokens).argmax(-1),
                        sequence_logits(base_model(tiny), tokens).argmax(-1))
+
+
+def test_an_int8_head_keeps_its_product_buffer_and_gives_the_same_logits(tiny: Tiny) -> None:
+    """Through oneDNN the int8 head writes its int32 product into a buffer it keeps (a fresh
+    one per step cost more in page faults than the GEMM): bit for bit Int8Linear's logits,
+    at growing and shrinking row counts; a caller's logits survive the next call unless it
+    asked for scratch logits, which are the buffer itself."""
+    head = rebuild_head(base_model(tiny), scheme="int8").lm_head
+    g = torch.Generator().manual_seed(0)
+    with forced_int8_kernel("onednn"):
+        kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for n in (3, 7, 2):
+            x = torch.randn(n, tiny.config.hidden_size, generator=g)
+            want = head.proj(x).float()
+            got = head._int8_logits(x, scratch=False)
+            assert torch.equal(got, want)
+            kept.append((got, want))
+            scratch = head._int8_logits(x, scratch=True)
+            assert torch.equal(scratch, want)
+            assert scratch.data_ptr() == head._product.data_ptr()
+        assert all(torch.equal(got, want) for got, want in kept)
+        assert head._product.shape[0] == 7
