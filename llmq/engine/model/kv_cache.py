@@ -84,7 +84,7 @@ class KVCache(nn.Module):
         kept = [positions_kept(config, i, length, chunk or length)
                 for i in range(config.num_layers)]
         self.kept_lengths = sorted(set(kept), reverse=True)
-        where = []
+        where: list[tuple[int, int, int]] = []  # (layer, group, index in it)
         for g, positions in enumerate(self.kept_lengths):
             members = [i for i, p in enumerate(kept) if p == positions]
             where += [(i, g, j) for j, i in enumerate(members)]
