@@ -339,6 +339,17 @@ def rope_parameters(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**(cfg.get("rope_scaling") or {}), "rope_theta": cfg.get("rope_theta", 10000.0)}
 
 
+def gguf_head_widths(fields: dict[str, Any], arch: str) -> tuple[int, int]:
+    """A GGUF model's head width and the channels of each head that RoPE turns, as llama.cpp
+    reads them: ``attention.key_length``, else hidden / heads; ``rope.dimension_count``, else
+    the whole head (0 where the file gives neither)."""
+    heads = int(fields.get(f"{arch}.attention.head_count") or 0)
+    hidden = int(fields.get(f"{arch}.embedding_length") or 0)
+    head_dim = int(fields.get(f"{arch}.attention.key_length") or (hidden // heads if heads
+                                                                   else 0))
+    return head_dim, int(fields.get(f"{arch}.rope.dimension_count") or head_dim)
+
+
 def windowed_pattern(layers: int, pattern: int) -> tuple[str, ...]:
     """Gemma's layer types: every ``pattern``-th layer global, the others windowed (as
     transformers and llama.cpp count them: the last of each group is the global one)."""

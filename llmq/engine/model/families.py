@@ -14,6 +14,7 @@ from typing import Any
 from ..config import (
     ACTIVATIONS,
     FAMILY_OF_MODEL_TYPE,
+    gguf_head_widths,
     hidden_activation,
     llama3_scaling_of,
     partial_rotary_factor,
@@ -111,27 +112,20 @@ def check_gguf_fields(fields: dict[str, Any], where: str,
     elif tokenizer == "gpt2" and pre not in GGUF_PRE_TOKENIZERS:
         missing.append(f"pre-tokenizer {pre!r} (tokenizer.ggml.pre; llmq reads "
                        f"{', '.join(p for p in GGUF_PRE_TOKENIZERS if p)})")
+    head_dim, turned = gguf_head_widths(fields, arch)
     if frequency_factors is not None:
-        heads = int(fields.get(f"{arch}.attention.head_count") or 1)
-        dim = int(fields.get(f"{arch}.rope.dimension_count")
-                  or fields.get(f"{arch}.attention.key_length")
-                  or int(fields.get(f"{arch}.embedding_length") or 0) // heads)
         theta = float(fields.get(f"{arch}.rope.freq_base", 10000.0))
-        if llama3_scaling_of(frequency_factors, dim, theta) is None:
+        if llama3_scaling_of(frequency_factors, turned, theta) is None:
             missing.append("per-frequency rope factors that no Llama 3 rope scaling gives "
                            "(rope_freqs)")
     kind = fields.get(f"{arch}.rope.scaling.type")
     if kind not in (None, "none", "linear"):
         missing.append(f"rope scaling {kind!r} ({arch}.rope.scaling.type)")
-    turned = fields.get(f"{arch}.rope.dimension_count")
-    heads = fields.get(f"{arch}.attention.head_count")
-    head_dim = fields.get(f"{arch}.attention.key_length") or (
-        int(fields[f"{arch}.embedding_length"]) // int(heads) if heads else None)
-    if turned and head_dim and int(turned) != int(head_dim):
+    if turned and head_dim and turned != head_dim:
         if arch not in PARTIAL_ROTARY_FAMILIES:
             missing.append(f"RoPE on {turned} of each head's {head_dim} channels "
                            f"({arch}.rope.dimension_count)")
-        elif int(turned) % 2 or not 0 < int(turned) < int(head_dim):
+        elif turned % 2 or not 0 < turned < head_dim:
             missing.append(f"RoPE on {turned} of each head's {head_dim} channels, not an "
                            f"even count below it ({arch}.rope.dimension_count)")
     _refuse(where, arch, missing)

@@ -16,7 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import ModelConfig, llama3_scaling_of, longrope_short, windowed_pattern
+from ..config import (
+    ModelConfig,
+    gguf_head_widths,
+    llama3_scaling_of,
+    longrope_short,
+    windowed_pattern,
+)
 from .checkpoint_names import hf_tensor_shapes
 from .families import UnsupportedModel, check_gguf_fields, check_hf_config
 from .tokenizer import TextTokenizer
@@ -182,7 +188,7 @@ def unpermute_rope_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer,
-                 rope_factors: dict[str, list[float]], where: str) -> ModelConfig:
+                 rope_factors: dict[str, list[float]]) -> ModelConfig:
     """The model's config from the metadata llama.cpp writes for ``arch`` (what it leaves
     out, it takes from its own defaults per architecture: so does this); ``rope_factors``:
     the rope factors the file holds as tensors (Phi-3's longrope, Llama 3's rope_freqs)."""
@@ -192,10 +198,9 @@ def _gguf_config(fields: dict[str, Any], arch: str, tokenizer: TextTokenizer,
     hidden = int(get("embedding_length"))
     heads = int(get("attention.head_count"))
     layers = int(get("block_count"))
-    # the RoPE's channels (rope.dimension_count) are each head's unless Phi-4-mini's turns
-    # part of it (families.check_gguf_fields refused other partial ones)
-    head_dim = int(get("attention.key_length") or hidden // heads)
-    rotary = int(get("rope.dimension_count") or head_dim)
+    # the RoPE's channels are each head's unless Phi-4-mini's turns part of it
+    # (families.check_gguf_fields refused other partial ones)
+    head_dim, rotary = gguf_head_widths(fields, arch)
     context = int(get("context_length", 2048))
     scaling: dict[str, Any] | None = None
     scaling_type = get("rope.scaling.type")
@@ -270,7 +275,7 @@ def _load_gguf(path: Path) -> Checkpoint:
     rope_factors = rope_factor_tensors(tensors)
     check_gguf_fields(fields, str(path), rope_factors.get("frequency_factors"))
     tokenizer = TextTokenizer.from_gguf_fields(fields)
-    config = _gguf_config(fields, arch, tokenizer, rope_factors, str(path))
+    config = _gguf_config(fields, arch, tokenizer, rope_factors)
     weights: dict[str, torch.Tensor] = {}
     permuted = arch in _GGUF_PERMUTED
     for t in tensors:
