@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import math
 import sys
 
 import numpy as np
@@ -12,9 +13,12 @@ import torch
 def zeros_lazily(shape: tuple[int, ...], dtype: torch.dtype,
                  device: torch.device) -> torch.Tensor:
     """Zeros that cost no memory until written: on CPU from calloc (via numpy), which maps
-    zero pages lazily."""
-    if device.type == "cpu" and dtype == torch.float32:
-        t = torch.from_numpy(np.zeros(shape, dtype=np.float32))
+    zero pages lazily, in any dtype (bytes viewed as it: all-zero bytes are zero in every
+    dtype torch has). ``torch.zeros`` writes every page at once: an int8 KV cache of 64 slots
+    took 6 s of a worker's start that way (bench/startup.py)."""
+    if device.type == "cpu":
+        count = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        t = torch.from_numpy(np.zeros(count, dtype=np.uint8)).view(dtype).view(shape)
         _no_huge_pages(t)
         return t
     return torch.zeros(shape, dtype=dtype, device=device)
