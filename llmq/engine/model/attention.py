@@ -12,11 +12,14 @@ import torch.nn.functional as F
 _compiled_decode: Callable[..., torch.Tensor] | None = None
 
 
-def compiled_decode_attention() -> Callable[..., torch.Tensor]:
+def compiled_decode_attention(*args: torch.Tensor) -> torch.Tensor:
+    """``decode_attention_reduced`` through inductor, compiled at its first call: a model
+    whose decode rows all go through the native kernel never pays for importing the compiler
+    (about a second of every start)."""
     global _compiled_decode
     if _compiled_decode is None:
         _compiled_decode = torch.compile(decode_attention_reduced, dynamic=True)
-    return _compiled_decode
+    return _compiled_decode(*args)
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,

@@ -256,7 +256,10 @@ class LlamaModel(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.embed = nn.Embedding(config.vocab_size, config.hidden_size)
+        # given its weight, the embedding skips its random init, which on the meta device
+        # imports torch's compiler (a second of every start)
+        self.embed = nn.Embedding(config.vocab_size, config.hidden_size,
+                                  _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = nn.Parameter(torch.ones(config.hidden_size), requires_grad=False)
         self.lm_head: nn.Module = (
@@ -274,19 +277,19 @@ class LlamaModel(nn.Module):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    def choose_paths(self) -> LayerPaths:
+    def choose_paths(self, fuse_layers: bool = True) -> LayerPaths:
         """How every layer runs from now on; called once, after the linears are in place.
         On CPU: attention (decode and prompt rows) through llmq's own kernel (native.py;
         decode through inductor's form and prompts through PyTorch's where it cannot be
         built), and the layers' halves through inductor where their linears ask for it (int8;
-        CUDA runs its int8 GEMMs eagerly)."""
+        CUDA runs its int8 GEMMs eagerly) unless ``fuse_layers`` is off."""
         cpu = self.device.type == "cpu"
-        fuse = cpu and any(isinstance(m, LinearLayer) and m.fuse_with_neighbours
+        fuse = cpu and fuse_layers and any(isinstance(m, LinearLayer) and m.fuse_with_neighbours
                            for m in self.layers.modules())
         self.paths = LayerPaths(
             halves=compiled_halves() if fuse else None,
             native_attention=cpu and native.serves(self.config, self.kv_dtype),
-            decode_attention=compiled_decode_attention() if cpu else decode_attention,
+            decode_attention=compiled_decode_attention if cpu else decode_attention,
             rotated_producers=cpu and self.config.hidden_act == "silu"
             and not self.config.gemma_norms and all(rotated.fuses_producers(layer)
                                                     for layer in self.layers))
