@@ -12,6 +12,7 @@ import torch
 
 from ..kernels import native
 from ..kernels.int8 import pin_int8_kernel
+from . import measured
 from .memory import keep_freed_memory
 from .threads import keep_main_thread_serial, set_compute_threads
 
@@ -34,7 +35,8 @@ def configure_process(threads: int | None = None, compile: bool = True,
     - ``compile`` also turns on llmq's own kernels (native.py), built with that compiler
       for this CPU under ``cache_dir`` (None: a temporary folder of the process);
     - ``int8_kernel`` pins the int8 GEMM (``onednn`` or ``fbgemm``); ``auto`` times both
-      the first time an int8 layer is packed (kernels/int8.py);
+      the first time an int8 layer is packed (kernels/int8.py), once per machine: timings
+      that choose kernels are kept under ``cache_dir`` (measured.py);
     - on CUDA, prompt attention never goes to cuDNN: PyTorch picks cuDNN's attention for
       bf16 on Hopper, and cuDNN builds a plan for every new prompt length it sees, which
       made bf16 serve slower than fp32 (bench/gpu.py); flash attention needs no plan."""
@@ -47,6 +49,7 @@ def configure_process(threads: int | None = None, compile: bool = True,
         compile = False
     _compile = compile
     native.configure(compile, cache_dir)
+    measured.configure(cache_dir)
     pin_int8_kernel(None if int8_kernel == "auto" else int8_kernel)
     torch.backends.cuda.enable_cudnn_sdp(False)
 

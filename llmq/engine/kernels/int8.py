@@ -28,6 +28,8 @@ import weakref
 
 import torch
 
+from ..host import measured
+
 log = logging.getLogger(__name__)
 
 KERNELS = ("onednn", "fbgemm")  # onednn: torch._int_mm
@@ -71,7 +73,8 @@ def int8_kernel() -> str:
     if _pinned is not None:
         return _pinned
     if _chosen is None:
-        timings = time_kernels() if fbgemm_available() else {"onednn": 0.0}
+        timings = (measured.remembered(f"int8-gemm {_TIMING_SHAPE}", time_kernels)
+                   if fbgemm_available() else {"onednn": 0.0})
         _chosen = faster_kernel(timings)
         log.info("int8 kernel: %s (ms per call at %s: %s)", _chosen, _TIMING_SHAPE, timings)
     return _chosen

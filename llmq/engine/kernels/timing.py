@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..host import measured
 from ..host.cpu import cpu_description
 from ..host.process import compile_enabled
 from .dense import Linear
@@ -158,7 +159,9 @@ def slow_here(model: nn.Module, config: ModelConfig) -> str | None:
         return None
     if next(model.parameters()).device.type != "cpu":
         return None
-    timings = measure(config, ("none", scheme))
+    shapes = layer_shapes(config)
+    key = f"linear schemes none,{scheme} {shapes} rows {DECODE_ROWS} fused {int8_fuses_here()}"
+    timings = measured.remembered(key, lambda: measure(config, ("none", scheme)))
     if timings[scheme] <= timings["none"]:
         return None
     return (f"this variant's {scheme} linear kernels run at {timings['none'] / timings[scheme]:.2f}"
