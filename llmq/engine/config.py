@@ -389,3 +389,7 @@ class EngineConfig:
     device: str = "cpu"  # cpu | cuda | auto
     dtype: str = "auto"  # auto (cpu: float32, cuda: bfloat16) | float32 | bfloat16 | float16
     chat_date: date | None = None  # what chat templates' strftime_now renders (None: today)
+    # compile the layers around int8 linears with inductor (LlamaModel.choose_paths): faster
+    # steps, for 2-3 s at start even from inductor's cache; one short sequence (llmq
+    # generate) is done sooner without (bench/startup.py)
+    fuse_layers: bool = True

@@ -69,7 +69,7 @@ class Engine:
                  config: EngineConfig | None = None, name: str = "model") -> None:
         self.config = config or EngineConfig()
         if compile_enabled():
-            model.choose_paths()
+            model.choose_paths(self.config.fuse_layers)
         self.model = model
         self.tokenizer = tokenizer
         self.name = name

@@ -55,9 +55,12 @@ def run_batch(ids: Sequence[int], model: str, slots: int | None = None,
 def generate(model: str, params: SamplingParams, prompt: str | None = None,
              messages: list[dict[str, Any]] | None = None,
              on_text: Callable[[str], None] | None = None) -> GenerationResult:
-    """One request, straight to a one-slot engine (nothing stored), streamed to ``on_text``."""
+    """One request, straight to a one-slot engine (nothing stored), streamed to ``on_text``;
+    its layers run uncompiled, as compiling them costs more than it saves on one sequence
+    (bench/startup.py)."""
     settings = get_settings()
-    engine, _ = runtime.load_engine(settings, model, settings.device, slots=1)
+    engine, _ = runtime.load_engine(settings, model, settings.device, slots=1,
+                                    fuse_layers=False)
     request = GenerationRequest(prompt=prompt, messages=messages, params=params)
     try:
         return engine.submit(request, on_token=None if on_text is None else (

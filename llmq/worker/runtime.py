@@ -26,16 +26,18 @@ def engine_device(device: str) -> str:
     return {"gpu": "cuda", "cpu": "cpu"}.get(device, "auto")
 
 
-def load_engine(settings: Settings, model: str, device: str,
-         slots: int | None = None) -> tuple[Engine, WorkerIdentity]:
+def load_engine(settings: Settings, model: str, device: str, slots: int | None = None,
+                fuse_layers: bool = True) -> tuple[Engine, WorkerIdentity]:
     """Sets up the process (threads, allocator, compilation) and loads a new engine for
-    ``model``; returns it and who this worker is once it runs."""
+    ``model``; returns it and who this worker is once it runs. ``fuse_layers``:
+    ``EngineConfig``'s."""
     configure_process(settings.threads, settings.compile, settings.cache_dir or None,
                       settings.int8_kernel)
     engine = Engine.load(resolve(model), EngineConfig(
         slots=slots or settings.slots, slot_length=settings.slot_length,
         step_tokens=settings.step_tokens, threads=settings.threads,
-        device=engine_device(device), chat_date=settings.chat_date), name=model,
+        device=engine_device(device), chat_date=settings.chat_date,
+        fuse_layers=fuse_layers), name=model,
         verify=settings.verify_artifacts, cache_dir=settings.cache_dir or None)
     actual = "gpu" if engine.model.device.type == "cuda" else "cpu"
     for warning in (timing.slow_here(engine.model, engine.model.config),
