@@ -5,6 +5,7 @@ rest start fast and read only the database."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import Any
@@ -64,6 +65,18 @@ def _infrastructure_error(exc: Exception) -> str | None:
 @click.version_option(package_name="llmq")
 def main() -> None:
     """llmq: batch inference for language models."""
+    show_progress()
+
+
+def show_progress() -> None:
+    """Progress of slow first starts (llmq.progress) as ``llmq: ...`` lines on stderr."""
+    progress = logging.getLogger("llmq.progress")
+    if not progress.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("llmq: %(message)s"))
+        progress.addHandler(handler)
+        progress.setLevel(logging.INFO)
+        progress.propagate = False
 
 
 # --- models in this process --------------------------------------------------------------

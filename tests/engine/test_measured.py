@@ -33,16 +33,23 @@ class Counting:
         return self.value
 
 
-def test_a_timing_is_measured_once_and_read_back_by_the_next_process(kept_in: Path) -> None:
+def test_a_timing_is_measured_once_and_read_back_by_the_next_process(
+        kept_in: Path, caplog: pytest.LogCaptureFixture) -> None:
     measure = Counting({"onednn": 0.5, "fbgemm": 0.25})
-    assert measured.remembered("gemm", measure) == {"onednn": 0.5, "fbgemm": 0.25}
+    with caplog.at_level(logging.INFO, logger="llmq.progress"):
+        assert measured.remembered("gemm", measure) == {"onednn": 0.5, "fbgemm": 0.25}
+        assert measured.remembered("other", Counting(1)) == 1
+    # one progress line while a first start measures, naming where it keeps what it finds
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "llmq.progress"]
+    assert str(kept_in) in line
     assert measured.remembered("gemm", measure) == {"onednn": 0.5, "fbgemm": 0.25}
     measured.configure(kept_in)  # what a new process sees: the file alone
     assert measured.remembered("gemm", measure) == {"onednn": 0.5, "fbgemm": 0.25}
     assert measure.calls == 1
     file = measured.path()
     assert file is not None and file.parent.parent == kept_in
-    assert json.loads(file.read_text()) == {"gemm": {"onednn": 0.5, "fbgemm": 0.25}}
+    assert json.loads(file.read_text()) == {"gemm": {"onednn": 0.5, "fbgemm": 0.25},
+                                            "other": 1}
 
 
 def test_another_torch_build_measures_again(kept_in: Path,

@@ -24,6 +24,9 @@ from typing import Any
 import torch
 
 log = logging.getLogger(__name__)
+# what a command line shows while a first start on a machine prepares what later starts
+# reuse (the CLI prints this logger's lines to stderr)
+progress = logging.getLogger("llmq.progress")
 
 # bump when what a key measures changes meaning
 FORMAT = 1
@@ -70,12 +73,22 @@ def remembered(key: str, measure: Callable[[], Any]) -> Any:
         values = _load()
         if key in values:
             return values[key]
+    if _folder is not None:
+        first_start_on_this_machine(_folder.parent)
     value = measure()  # outside the lock: a measurement may itself ask for another
     with _lock:
         values = _load()
         values[key] = value
         _store(values)
     return json.loads(json.dumps(value))  # the same shape a later process reads back
+
+
+def first_start_on_this_machine(cache_dir: Path) -> None:
+    """One progress line per process, the first time it builds or times what it keeps."""
+    if "progress" not in _warned:
+        _warned.add("progress")
+        progress.info("first start on this machine (or after an upgrade): building and "
+                      "timing kernels for this CPU, kept in %s for later starts", cache_dir)
 
 
 def _load() -> dict[str, Any]:

@@ -32,11 +32,13 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import torch
 
 from ..config import ModelConfig
+from ..host import measured
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +108,11 @@ def _build(compiler: str, source: Path, defines: tuple[str, ...]) -> Path:
                                     _toolchain_identity(compiler)]).encode()).hexdigest()[:16]
     target = _folder() / f"{source.stem}-{'-'.join((*defines, key)).lower()}.so"
     if not target.is_file():
-        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+        if _build_dir is not None:
+            measured.first_start_on_this_machine(_build_dir)
+        # per process and thread: a model's compile thread may build beside its engine
+        partial = target.with_name(
+            f"{target.name}.partial-{os.getpid()}-{threading.get_ident()}")
         subprocess.run([compiler, *flags, "-o", str(partial), str(source)], check=True,
                        capture_output=True, text=True)
         partial.rename(target)  # atomic: processes building at once never load half a file
