@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
+from typing import Any, Literal
 
 KV_CACHE_DTYPES = ("", "float32", "float16", "bfloat16", "int8")
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
@@ -377,6 +377,11 @@ def rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
     return params if kind not in (None, "default") else None
 
 
+# when a model's int8 layers are compiled (LlamaModel.choose_paths): before the first step,
+# while the first steps run eagerly, or never
+Fusing = Literal["now", "in_background", "off"]
+
+
 @dataclass
 class EngineConfig:
     """Field names match the settings that fill them (``LLMQ_SLOTS`` -> ``slots``)."""
@@ -389,7 +394,8 @@ class EngineConfig:
     device: str = "cpu"  # cpu | cuda | auto
     dtype: str = "auto"  # auto (cpu: float32, cuda: bfloat16) | float32 | bfloat16 | float16
     chat_date: date | None = None  # what chat templates' strftime_now renders (None: today)
-    # compile the layers around int8 linears with inductor (LlamaModel.choose_paths): faster
-    # steps, for 2-3 s at start even from inductor's cache; one short sequence (llmq
-    # generate) is done sooner without (bench/startup.py)
-    fuse_layers: bool = True
+    # when to compile the layers around int8 linears with inductor (LlamaModel.choose_paths):
+    # faster steps, for 2-3 s of compiling even from inductor's cache; in the background
+    # while the first steps run eagerly, "now", or "off" (one short sequence, llmq generate,
+    # is done sooner without: bench/startup.py)
+    fuse_layers: Fusing = "in_background"

@@ -69,7 +69,7 @@ class Engine:
                  config: EngineConfig | None = None, name: str = "model") -> None:
         self.config = config or EngineConfig()
         if compile_enabled():
-            model.choose_paths(self.config.fuse_layers)
+            model.choose_paths(self.config.fuse_layers, self.config.threads)
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -161,6 +161,7 @@ class Engine:
             if self._thread is not None:
                 self._thread.join()
                 self._thread = None
+        self.model.wait_for_paths()  # a compile still running ends with the process's work
         if self._masks is not None:
             self._masks.close()
 

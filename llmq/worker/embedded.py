@@ -60,7 +60,7 @@ def generate(model: str, params: SamplingParams, prompt: str | None = None,
     (bench/startup.py)."""
     settings = get_settings()
     engine, _ = runtime.load_engine(settings, model, settings.device, slots=1,
-                                    fuse_layers=False)
+                                    fuse_layers="off")
     request = GenerationRequest(prompt=prompt, messages=messages, params=params)
     try:
         return engine.submit(request, on_token=None if on_text is None else (

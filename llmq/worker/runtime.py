@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from llmq.engine.config import EngineConfig
+from llmq.engine.config import EngineConfig, Fusing
 from llmq.engine.engine import Engine
 from llmq.engine.host.process import configure_process
 from llmq.engine.kernels import rotated, timing
@@ -27,7 +27,7 @@ def engine_device(device: str) -> str:
 
 
 def load_engine(settings: Settings, model: str, device: str, slots: int | None = None,
-                fuse_layers: bool = True) -> tuple[Engine, WorkerIdentity]:
+                fuse_layers: Fusing = "in_background") -> tuple[Engine, WorkerIdentity]:
     """Sets up the process (threads, allocator, compilation) and loads a new engine for
     ``model``; returns it and who this worker is once it runs. ``fuse_layers``:
     ``EngineConfig``'s."""

@@ -246,7 +246,12 @@ def test_compiled_int8_layers_match_the_eager_path(tiny: Tiny, tmp_path: Path,
     torch.testing.assert_close(compiled, eager, rtol=1e-3, atol=1e-3)
     assert compiled_tokens == eager_tokens
     # one short sequence (llmq generate) is served sooner uncompiled
-    assert variant.choose_paths(fuse_layers=False).halves is None
+    assert variant.choose_paths("off").halves is None
+    # a worker serves eagerly while the halves compile, then runs them compiled
+    assert variant.choose_paths("in_background").halves is None
+    assert generate(Engine(variant, tok, config)) == eager_tokens
+    assert variant.wait_for_paths().halves is not None
+    torch.testing.assert_close(logits(variant, tokens), eager, rtol=1e-3, atol=1e-3)
     float_model = LlamaModel.from_hf_weights(tiny.config, tiny.weights)
     assert float_model.choose_paths().halves is None  # nothing to fuse in a float model
 

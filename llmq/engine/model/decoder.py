@@ -9,15 +9,18 @@ E head dim, S cache slots, L cache positions per slot."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ModelConfig
+from ..config import Fusing, ModelConfig
+from ..host.threads import compute_threads
 from ..kernels import native, rotated
 from ..kernels.dense import Linear
 from ..kernels.linear import LinearLayer, pack_linears
@@ -35,8 +38,13 @@ from .kv_cache import KVCache, from_cache, to_cache
 from .rope import apply_rope, rope_attention_factor, rope_inv_freq
 from .step_inputs import StepInputs
 
+log = logging.getLogger(__name__)
+
 FusedHalves = tuple[Callable[..., Any], Callable[..., Any]]
 _compiled: FusedHalves | None = None
+# rows of the step that compiles the halves in the background: at least 2 (one row runs
+# eagerly), and no width of a model's, which dynamo would tie the row count to
+_WARM_ROWS = 7
 
 
 def compiled_halves() -> FusedHalves:
@@ -272,27 +280,65 @@ class LlamaModel(nn.Module):
         self._layer_rope = [self._ropes.index(r) for r in ropes]
         self._rope_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.paths = LayerPaths()  # eager until choose_paths
+        self._fusing: threading.Thread | None = None
 
     @property
     def device(self) -> torch.device:
         return self.embed.weight.device
 
-    def choose_paths(self, fuse_layers: bool = True) -> LayerPaths:
+    def choose_paths(self, fuse: Fusing = "now", threads: int | None = None) -> LayerPaths:
         """How every layer runs from now on; called once, after the linears are in place.
         On CPU: attention (decode and prompt rows) through llmq's own kernel (native.py;
         decode through inductor's form and prompts through PyTorch's where it cannot be
         built), and the layers' halves through inductor where their linears ask for it (int8;
-        CUDA runs its int8 GEMMs eagerly) unless ``fuse_layers`` is off."""
+        CUDA runs its int8 GEMMs eagerly). ``fuse``: compile the halves now, or
+        ``in_background`` while the first steps run eagerly (a worker serves seconds
+        sooner: bench/startup.py), for steps of ``threads`` OpenMP threads (inductor builds
+        its kernels for a thread count), or ``off`` (one short sequence is done sooner
+        uncompiled)."""
         cpu = self.device.type == "cpu"
-        fuse = cpu and fuse_layers and any(isinstance(m, LinearLayer) and m.fuse_with_neighbours
-                           for m in self.layers.modules())
+        fusing = cpu and fuse != "off" and any(
+            isinstance(m, LinearLayer) and m.fuse_with_neighbours for m in self.layers.modules())
         self.paths = LayerPaths(
-            halves=compiled_halves() if fuse else None,
+            halves=compiled_halves() if fusing and fuse == "now" else None,
             native_attention=cpu and native.serves(self.config, self.kv_dtype),
             decode_attention=compiled_decode_attention if cpu else decode_attention,
             rotated_producers=cpu and self.config.hidden_act == "silu"
             and not self.config.gemma_norms and all(rotated.fuses_producers(layer)
                                                     for layer in self.layers))
+        if fusing and fuse == "in_background":
+            self._fusing = threading.Thread(target=self._fuse_when_compiled,
+                                            args=(self.paths, threads), daemon=True,
+                                            name="llmq-compile")
+            self._fusing.start()
+        return self.paths
+
+    def _fuse_when_compiled(self, paths: LayerPaths, threads: int | None) -> None:
+        """Compiles the halves on a step of a few rows through the first layer (from
+        inductor's cache when it holds them), then hands them to every layer's next step.
+        Steps are already batch-dependent in their last bits (a row's sums depend on how
+        many rows its GEMM runs), so the switch changes no guarantee. Should compiling fail,
+        the layers stay eager: slower, never wrong."""
+        try:
+            torch.set_num_threads(threads or compute_threads())
+            halves = compiled_halves()
+            c, layer = self.config, self.layers[0]
+            with torch.inference_mode():
+                x = torch.zeros(_WARM_ROWS, c.hidden_size, dtype=self.dtype)
+                cos = torch.zeros(_WARM_ROWS, 1, c.head_dim, dtype=self.dtype)
+                q, _, _ = halves[0](layer, x, cos, cos, paths.rotated_producers)
+                halves[1](layer, x, torch.zeros_like(q).view(_WARM_ROWS, -1),
+                          paths.rotated_producers)
+        except Exception:
+            log.exception("compiling the int8 layers failed: they keep running eagerly")
+            return
+        self.paths = replace(paths, halves=halves)
+
+    def wait_for_paths(self) -> LayerPaths:
+        """The paths once a compile started in the background is done."""
+        if self._fusing is not None:
+            self._fusing.join()
+            self._fusing = None
         return self.paths
 
     @property
