@@ -46,6 +46,17 @@ def snapshot() -> Snapshot:
     return snap
 
 
+def ready_workers() -> int | None:
+    """Workers that can serve: a worker's first heartbeat comes once its model is loaded, and
+    its beats stop counting after ``worker_timeout`` (None: the database did not answer)."""
+    heard_after = utcnow() - timedelta(seconds=get_settings().worker_timeout)
+    try:
+        with session_scope() as session:
+            return len(aggregates.live_workers(session, heard_after))
+    except Exception:  # readiness reports the database's error itself
+        return None
+
+
 def readiness() -> dict[str, str]:
     """"ok" or the error of each service llmq needs (the database, the broker)."""
     from llmq.worker.broker import ping

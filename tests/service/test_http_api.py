@@ -229,6 +229,7 @@ def test_metrics_and_health(stack: Stack) -> None:
     assert httpx.get(stack.base_url + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(stack.base_url + "/readyz")
     assert ready.status_code == 200 and ready.json()["database"] == "ok"
+    assert ready.json()["workers"] >= 1  # the stack's worker, heartbeating once it could serve
     text = httpx.get(stack.base_url + "/metrics").text
     for name in ("llmq:num_requests_running", "llmq:num_requests_waiting",
                  "llmq:generation_tokens_total", "llmq:time_to_first_token_seconds_bucket",

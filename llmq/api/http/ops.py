@@ -105,8 +105,10 @@ def healthz() -> dict[str, str]:
 async def readyz() -> JSONResponse:
     checks = await run_in_threadpool(metrics.readiness)
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", **checks},
-                        status_code=200 if ready else 503)
+    # how many workers can serve, for the operator: the API takes batches without any
+    workers = await run_in_threadpool(metrics.ready_workers)
+    return JSONResponse({"status": "ok" if ready else "unavailable", **checks,
+                         "workers": workers}, status_code=200 if ready else 503)
 
 
 @router.get("/v1/models")
