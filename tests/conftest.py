@@ -5,6 +5,7 @@ weights."""
 from __future__ import annotations
 
 import atexit
+import getpass
 import os
 import shutil
 import tempfile
@@ -25,6 +26,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # unpacked checkpoints go to a folder of this run (workers inherit it), never the user's cache
 os.environ["LLMQ_CACHE_DIR"] = tempfile.mkdtemp(prefix="llmq-test-cache-")
 atexit.register(shutil.rmtree, os.environ["LLMQ_CACHE_DIR"], True)
+# but inductor's compiled graphs stay in its shared default cache: compiling cold in every run
+# would cost minutes
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}"))
 # as every entry point does; the eager int8 path unless a test fuses layers itself
 configure_process(compile=False)
 
