@@ -5,6 +5,7 @@ and one RoPE form serve every source. Nothing is unpickled."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -38,6 +39,10 @@ class Checkpoint:
     source: str
 
 
+# bump when the conversion of a GGUF file into its unpacked copy changes
+UNPACK_FORMAT = 2
+
+
 def load_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Checkpoint:
     """The checkpoint at ``path``. A GGUF file is unpacked into ``cache_dir`` the first time
     (an fp32 Hugging Face folder, keyed by the file's path, size and modification time) and
@@ -65,8 +70,17 @@ def load_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Ch
 
 
 def _cache_folder(path: Path, cache_dir: Path) -> Path:
+    """Named by what the copy depends on: the file (path, size and modification time stand
+    for its hash, which would cost a read of the whole file at every start), how llmq
+    converts it (``UNPACK_FORMAT``) and the ``gguf`` package that dequantizes it; a copy made
+    by another version is never read."""
     stat = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    try:
+        dequantizer = importlib.metadata.version("gguf")
+    except importlib.metadata.PackageNotFoundError:
+        dequantizer = "unknown"
+    key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:"
+                         f"{UNPACK_FORMAT}:{dequantizer}".encode())
     return cache_dir / f"{path.stem}-{key.hexdigest()[:16]}"
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from llmq.engine.model import loader
 from llmq.engine.model.loader import load_checkpoint
 from tests.conftest import Tiny
 
@@ -36,14 +37,30 @@ def test_a_gguf_file_is_read_once_then_from_its_unpacked_copy(tiny: Tiny,
     assert torch.equal(third.weights["model.norm.weight"], 2 * first.weights["model.norm.weight"])
 
 
-def test_a_damaged_copy_falls_back_to_the_gguf_file(tiny: Tiny, tmp_path: Path,
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_damaged_copy_falls_back_to_the_gguf_file(tiny: Tiny, tmp_path: Path, damage: str,
                                                     caplog: pytest.LogCaptureFixture) -> None:
     original = load_checkpoint(tiny.gguf, tmp_path)
     [folder] = list(tmp_path.iterdir())
-    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    copy = folder / "model.safetensors"
+    data = copy.read_bytes()
+    copy.write_bytes(b"not a safetensors file" if damage == "garbage" else data[:len(data) // 2])
     with caplog.at_level(logging.WARNING, logger="llmq.engine.model.loader"):
         again = load_checkpoint(tiny.gguf, tmp_path)
     assert "unreadable" in caplog.text
     assert all(torch.equal(again.weights[k], v) for k, v in original.weights.items())
     repaired = load_file(str(folder / "model.safetensors"))  # unpacked again
     assert all(torch.equal(repaired[k], v) for k, v in original.weights.items())
+
+
+def test_a_copy_made_by_another_conversion_is_never_read(tiny: Tiny, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    original = load_checkpoint(tiny.gguf, tmp_path)
+    [old] = list(tmp_path.iterdir())
+    weights = load_file(str(old / "model.safetensors"))
+    weights["model.norm.weight"] = weights["model.norm.weight"] * 2  # what a bug once wrote
+    save_file(weights, str(old / "model.safetensors"))
+    monkeypatch.setattr(loader, "UNPACK_FORMAT", loader.UNPACK_FORMAT + 1)  # the bug fixed
+    again = load_checkpoint(tiny.gguf, tmp_path)
+    assert torch.equal(again.weights["model.norm.weight"], original.weights["model.norm.weight"])
+    assert len(list(tmp_path.iterdir())) == 2  # a copy of its own, beside the stale one
