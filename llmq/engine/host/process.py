@@ -57,7 +57,13 @@ def configure_process(threads: int | None = None, compile: bool = True,
     native.configure(compile, cache_dir)
     measured.configure(cache_dir)
     if cache_dir and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir) / "inductor")
+        inductor = Path(cache_dir) / "inductor"
+        try:
+            inductor.mkdir(parents=True, exist_ok=True)
+            if os.access(inductor, os.W_OK):  # else inductor's own default serves
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(inductor)
+        except OSError:
+            pass
     pin_int8_kernel(None if int8_kernel == "auto" else int8_kernel)
     torch.backends.cuda.enable_cudnn_sdp(False)
 
