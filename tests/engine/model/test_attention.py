@@ -117,7 +117,7 @@ def test_decode_attention_reads_only_each_slots_own_positions(dtype: torch.dtype
     bias = torch.zeros(slots, 1, 1, length).masked_fill_(
         hidden.view(slots, 1, 1, length), float("-inf"))
     want = reference(q, k_cache, v_cache, lengths)  # the cache's rounding, exact sums
-    forms = [decode_attention] + ([compiled_decode_attention()] if HAS_COMPILER else [])
+    forms = [decode_attention] + ([compiled_decode_attention] if HAS_COMPILER else [])
     for form in forms:
         got = form(q, k_cache, v_cache, bias)
         assert got.dtype == torch.float32
