@@ -253,6 +253,7 @@ def batch_object(session: Session, batch: Batch,
                            "failed": counts["failed"] + (
                                counts["cancelled"] if batch.expired_at else 0)},
         "metadata": batch.meta or None,
+        "usage": queries.batch_usage(session, batch.id),
     }
 
 

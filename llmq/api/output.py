@@ -97,7 +97,8 @@ def openai_line(req: Request, res: Result | None) -> dict[str, Any]:
     if res is None:
         return openai_error_line(req)
     usage = {"prompt_tokens": res.prompt_tokens, "completion_tokens": res.completion_tokens,
-             "total_tokens": res.prompt_tokens + res.completion_tokens}
+             "total_tokens": res.prompt_tokens + res.completion_tokens,
+             "prompt_tokens_details": {"cached_tokens": res.cached_tokens}}
     created = int(res.created_at.timestamp()) if res.created_at else int(time.time())
     rid = public_id(req.batch_id, req.custom_id)
     if req.kind == "chat":

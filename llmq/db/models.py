@@ -160,6 +160,8 @@ class Result(Base):
     finish_reason: Mapped[str] = mapped_column(String(20))
     prompt_tokens: Mapped[int] = mapped_column(Integer)
     completion_tokens: Mapped[int] = mapped_column(Integer)
+    # of prompt_tokens, those the prefix cache served (OpenAI usage's cached_tokens)
+    cached_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker_host: Mapped[str] = mapped_column(String(200))
     worker_pid: Mapped[int] = mapped_column(Integer)
     device: Mapped[str] = mapped_column(String(20))

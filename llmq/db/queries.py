@@ -248,6 +248,21 @@ def get_batch(session: Session, batch_id: str) -> Batch | None:
     return session.get(Batch, batch_id)
 
 
+def batch_usage(session: Session, batch_id: str) -> dict[str, Any]:
+    """The tokens of the batch's results, in the shape of OpenAI's batch ``usage`` (cached:
+    prompt tokens the prefix cache served; llmq has no reasoning tokens)."""
+    prompt, cached, completion = session.execute(
+        select(func.coalesce(func.sum(Result.prompt_tokens), 0),
+               func.coalesce(func.sum(Result.cached_tokens), 0),
+               func.coalesce(func.sum(Result.completion_tokens), 0))
+        .select_from(Result).join(Request, Result.request_id == Request.id)
+        .where(Request.batch_id == batch_id)).one()
+    prompt, cached, completion = int(prompt), int(cached), int(completion)
+    return {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": cached},
+            "output_tokens": completion, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + completion}
+
+
 def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
     counts = batch_counts(session, batch.id)
     started, finished, tokens = session.execute(
@@ -262,6 +277,7 @@ def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
         "created_at": _iso(batch.created_at), "started_at": _iso(started),
         "finished_at": _iso(finished) if state in ("completed", "cancelled") else None,
         "completion_tokens": int(tokens or 0), "source_file": batch.source_file,
+        "usage": batch_usage(session, batch.id),
     }
 
 

@@ -365,5 +365,5 @@ class Engine:
         live.future.set_result(GenerationResult(
             request_id=seq.request_id, text=live.text, finish_reason=reason,
             prompt_tokens=len(seq.prompt), completion_tokens=len(seq.output), timing=timing,
-            error=error, token_ids=list(seq.output), cause=cause,
+            error=error, token_ids=list(seq.output), cause=cause, cached_tokens=seq.cached,
         ))

@@ -52,6 +52,7 @@ class GenerationResult:
     error: str | None = None
     token_ids: list[int] = field(default_factory=list)
     cause: ErrorCause | None = None  # set with FinishReason.ERROR and engine-closed cancels
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
 
     @property
     def ok(self) -> bool:

@@ -34,6 +34,7 @@ class Sequence:
     output: list[int] = field(default_factory=list)
     slot: int = -1
     computed: int = 0  # tokens whose keys/values are in the slot's cache
+    cached: int = 0  # prompt tokens copied from the prefix cache, not computed (usage)
     status: SeqStatus = SeqStatus.WAITING
     order: int = field(default_factory=lambda: next(_order))
     payload: Any = None  # the engine's own per-request state
@@ -237,7 +238,7 @@ class Scheduler:
         hit = self.prefixes.longest_match(seq.prompt)
         if hit is not None:
             plan.prefix_copies.append(PrefixCopy(seq.slot, hit))
-            seq.computed = len(hit)
+            seq.computed = seq.cached = len(hit)
             self.prefix_hit_tokens += len(hit)
         shared = self._shared_prefix_length(seq)
         # kept only if this step's chunk reaches it: the runner copies the slot after the step

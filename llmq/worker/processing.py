@@ -97,6 +97,7 @@ def write_result(session: Session, claimed: Claimed, result: GenerationResult,
         # PostgreSQL text cannot hold NUL, which a byte-level tokenizer can emit
         "text": result.text.replace("\x00", "\ufffd"), "finish_reason": result.finish_reason,
         "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+        "cached_tokens": result.cached_tokens,
         "worker_host": ident.host, "worker_pid": ident.pid, "device": ident.device,
         "model": ident.model, "engine_batch_size": t.batch_size,
         "queue_ms": _ms(created, started), "prefill_ms": _ms(started, first),

@@ -100,6 +100,8 @@ def test_shared_prefix_is_computed_once_then_copied() -> None:
     assert {c.slot for c in plan.prefix_copies} == {seqs[1].slot, seqs[2].slot}
     assert sorted((p.start, len(p.tokens)) for p in plan.prefill) == [(6, 2)] * 3
     assert not plan.prefix_saves
+    # what a batch's usage reports as cached input tokens
+    assert [q.cached for q in seqs] == [0, 6, 6]
 
 
 def test_a_chunk_cap_limits_each_sequence_and_the_prefixes_it_keeps() -> None:

@@ -87,6 +87,13 @@ def test_embedded_run_writes_every_line(tmp_path: Path, embedded_env: dict[str, 
     assert "12 succeeded" in proc.stderr
     status = json.loads(llmq(embedded_env, "status", "--json").stdout)[0]
     assert status["state"] == "completed" and status["counts"]["succeeded"] == 12
+    # OpenAI's batch usage; the chat template's system prompt, shared by every line, is
+    # computed once and served from the prefix cache to the rest
+    usage = status["usage"]
+    assert usage["output_tokens"] == 12 * 6
+    assert usage["input_tokens"] == sum(r["usage"]["prompt_tokens"] for r in ok)
+    assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    assert 0 < usage["input_tokens_details"]["cached_tokens"] < usage["input_tokens"]
 
 
 def test_generate_prints_a_completion(embedded_env: dict[str, str], tiny: Tiny) -> None:

@@ -103,6 +103,13 @@ def test_batch_round_trip_with_a_bad_line(stack: Stack, tmp_path: Path) -> None:
     assert re.fullmatch(r"chatcmpl-[0-9a-f]{24}", body["id"])
     assert body["object"] == "chat.completion"
     assert body["usage"]["completion_tokens"] == 8
+    # the batch's usage sums its output lines' (as the SDK types it)
+    assert done.usage is not None and done.usage.output_tokens == 6 * 8
+    assert done.usage.input_tokens == sum(
+        line["response"]["body"]["usage"]["prompt_tokens"] for line in output.values())
+    assert done.usage.input_tokens_details.cached_tokens == sum(
+        line["response"]["body"]["usage"]["prompt_tokens_details"]["cached_tokens"]
+        for line in output.values())
     errors = lines_of(api, done.error_file_id)
     assert errors["req-99"]["response"]["status_code"] == 400
     assert "line 4" in errors["req-99"]["response"]["body"]["error"]["message"]
