@@ -76,6 +76,26 @@ def keys_list(as_json: bool) -> None:
     Console().print(table)
 
 
+@keys.command("usage")
+@click.option("--days", type=click.IntRange(1, 3660), default=30, show_default=True,
+              help="days back from today (UTC), today included")
+@click.option("--key", "key_id", help="one key's id (default: every key, and batches made "
+              "without one)")
+@click.option("--json", "as_json", is_flag=True)
+def keys_usage(days: int, key_id: str | None, as_json: bool) -> None:
+    """Tokens per key per day (UTC), from the results written."""
+    rows = api_keys.usage(days, key_id) if key_id else api_keys.usage(days)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("date", "key", "requests", "input", "cached", "output", "total")
+    for r in rows:
+        table.add_row(r["date"], r["key_id"] or "(no key)", str(r["requests"]),
+                      str(r["input_tokens"]), str(r["cached_tokens"]),
+                      str(r["output_tokens"]), str(r["total_tokens"]))
+    Console().print(table)
+
+
 @keys.command("revoke")
 @click.argument("key_id")
 def keys_revoke(key_id: str) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import asdict
+from datetime import timedelta
 from typing import Any
 
 from llmq.api.service import NotFound
 from llmq.db import keys as key_rows
 from llmq.db.migrate import ensure_schema
+from llmq.db.models import utcnow
 from llmq.db.session import session_scope
 
 KEY_PREFIX = "llmq-"
@@ -48,3 +51,20 @@ def authenticate(key: str) -> str | None:
         return None
     with session_scope() as session:
         return key_rows.live_key_id(session, key_hash(key))
+
+
+def usage(days: int, owner: str | None = key_rows.EVERY_KEY) -> list[dict[str, Any]]:
+    """Tokens per key and UTC day over the last ``days`` days (today included), newest
+    first: ``{"date", "key_id", "requests", "input_tokens", "cached_tokens",
+    "output_tokens", "total_tokens"}``."""
+    ensure_schema()
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    with session_scope() as session:
+        rows = key_rows.usage_by_day(session, today - timedelta(days=days - 1), owner)
+    out = []
+    for row in rows:
+        item = asdict(row)
+        item["date"] = item.pop("day")
+        item["total_tokens"] = row.input_tokens + row.output_tokens
+        out.append(item)
+    return out

@@ -25,6 +25,8 @@ class Snapshot:
     buckets: tuple[float, ...]
     workers: list[dict[str, Any]]
     queues: dict[str, int] | None = field(default=None)  # None: the broker did not answer
+    # prompt and generated tokens per API key id (None: batches made without a key)
+    tokens_by_key: dict[str | None, tuple[int, int]] = field(default_factory=dict)
 
 
 def snapshot() -> Snapshot:
@@ -36,7 +38,8 @@ def snapshot() -> Snapshot:
                    for w in aggregates.live_workers(session, heard_after)]
         snap = Snapshot(aggregates.requests_by_state(session), prompt, completion,
                         aggregates.finish_reasons(session), aggregates.histograms(session),
-                        aggregates.BUCKETS, workers)
+                        aggregates.BUCKETS, workers,
+                        tokens_by_key=aggregates.tokens_by_key(session))
     try:
         from llmq.worker.broker import queue_depths
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from .models import ApiKey, utcnow
+from .files import owned
+from .models import ApiKey, Batch, Request, Result, utcnow
+
+EVERY_KEY = "*"  # usage_by_day's owner for all keys (None is the keyless owner)
 
 
 def add_key(session: Session, key_id: str, name: str, key_sha256: str) -> ApiKey:
@@ -33,3 +39,31 @@ def revoke(session: Session, key_id: str) -> bool:
     session.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                     .values(revoked_at=utcnow()))
     return True
+
+
+@dataclass
+class DayUsage:
+    day: str  # YYYY-MM-DD, UTC
+    key_id: str | None  # None: batches made without a key (the CLI, open mode)
+    requests: int
+    input_tokens: int
+    cached_tokens: int
+    output_tokens: int
+
+
+def usage_by_day(session: Session, since: datetime,
+                 owner: str | None = EVERY_KEY) -> list[DayUsage]:
+    """Tokens of the results written since ``since``, summed per key and UTC day (the day
+    each result was written), newest day first."""
+    day = func.date(Result.created_at)
+    query = (select(day, Batch.owner, func.count(), func.sum(Result.prompt_tokens),
+                    func.sum(Result.cached_tokens), func.sum(Result.completion_tokens))
+             .select_from(Result).join(Request, Result.request_id == Request.id)
+             .join(Batch, Request.batch_id == Batch.id)
+             .where(Result.created_at >= since))
+    if owner != EVERY_KEY:
+        query = query.where(owned(Batch.owner, owner))
+    rows = session.execute(query.group_by(day, Batch.owner)
+                           .order_by(day.desc(), Batch.owner)).all()
+    return [DayUsage(str(d), k, int(n), int(p or 0), int(c or 0), int(o or 0))
+            for d, k, n, p, c, o in rows]

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from .models import Request, Result, Worker
+from .models import Batch, Request, Result, Worker
 
 # latency buckets, seconds (batch work waits long: the upper buckets reach a day)
 BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
@@ -35,6 +35,14 @@ def token_totals(session: Session) -> tuple[int, int]:
         func.coalesce(func.sum(Result.prompt_tokens), 0),
         func.coalesce(func.sum(Result.completion_tokens), 0))).one()
     return int(prompt), int(completion)
+
+
+def tokens_by_key(session: Session) -> dict[str | None, tuple[int, int]]:
+    """Prompt and generated tokens of the results of each key's batches (None: no key)."""
+    return {owner: (int(p or 0), int(c or 0)) for owner, p, c in session.execute(
+        select(Batch.owner, func.sum(Result.prompt_tokens), func.sum(Result.completion_tokens))
+        .select_from(Result).join(Request, Result.request_id == Request.id)
+        .join(Batch, Request.batch_id == Batch.id).group_by(Batch.owner))}
 
 
 def finish_reasons(session: Session) -> dict[str, int]:

@@ -121,6 +121,46 @@ def test_batch_round_trip_with_a_bad_line(stack: Stack, tmp_path: Path) -> None:
     assert batch.id in [b.id for b in api.batches.list(limit=100)]
 
 
+def _sums(rows: list[dict[str, Any]]) -> tuple[int, ...]:
+    return tuple(sum(r[k] for r in rows) for k in ("requests", "input_tokens", "cached_tokens",
+                                                    "output_tokens", "total_tokens"))
+
+
+def test_usage_per_key_and_day(stack: Stack, tmp_path: Path) -> None:
+    api = client(stack)
+    file_id = upload(api, tmp_path / "in.jsonl", [chat_line(i) for i in range(3)])
+    batch = api.batches.create(input_file_id=file_id, endpoint="/v1/chat/completions",
+                               completion_window="24h", metadata={"job": "usage"})
+    done = wait_status(api, batch.id, ("completed",))
+
+    def read(key: str, query: str = "?days=3660") -> httpx.Response:
+        return httpx.get(stack.base_url + "/v1/usage" + query,
+                         headers={"Authorization": f"Bearer {key}"})
+
+    mine = read(stack.key).json()["data"]
+    assert mine and all("key_id" not in r for r in mine)  # a key reads its own, unnamed
+    assert [r["date"] for r in mine] == sorted((r["date"] for r in mine), reverse=True)
+    requests, input_tokens, cached, output_tokens, total = _sums(mine)
+    assert requests >= 3 and output_tokens >= done.usage.output_tokens
+    assert input_tokens >= done.usage.input_tokens and total == input_tokens + output_tokens
+    # the CLI's view of the same key, and /metrics', agree
+    ids = {k["name"]: k["id"] for k in llmq_json(stack.env, "keys", "list", "--json")}
+    by_cli = llmq_json(stack.env, "keys", "usage", "--key", ids["tests"], "--days", "3660",
+                       "--json")
+    assert {r["key_id"] for r in by_cli} == {ids["tests"]}
+    assert _sums(by_cli) == _sums(mine)
+    every = llmq_json(stack.env, "keys", "usage", "--days", "3660", "--json")
+    assert _sums([r for r in every if r["key_id"] == ids["tests"]]) == _sums(mine)
+    metrics = httpx.get(stack.base_url + "/metrics").text
+    assert (f'llmq:generation_tokens_by_key_total{{key="{ids["tests"]}"}} '
+            f"{float(output_tokens)}") in metrics
+    # another key's usage leaves this key's batches out
+    others = read(stack.other_key).json()["data"]
+    assert _sums(others) == _sums([r for r in every if r["key_id"] == ids["someone else"]])
+    bad = read(stack.key, "?days=0")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "days"
+
+
 def test_cancel_mid_batch(stack: Stack, tmp_path: Path) -> None:
     api = client(stack)
     # three waves of the worker's 8 slots: queued ones are left when the cancel comes, on

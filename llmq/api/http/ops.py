@@ -1,5 +1,5 @@
 """What operators and load balancers ask: /healthz, /readyz, /metrics (Prometheus text,
-named as vLLM names the same things), and /v1/models."""
+named as vLLM names the same things), and /v1/models and /v1/usage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,6 +18,7 @@ from prometheus_client.core import (
     Metric,
 )
 
+from llmq.api import keys as api_keys
 from llmq.api import metrics
 from llmq.api.files import unix
 from llmq.api.http.auth import caller
@@ -42,6 +43,14 @@ def _families(snap: metrics.Snapshot) -> Iterator[Metric]:
                               value=snap.prompt_tokens)
     yield CounterMetricFamily(PREFIX + "generation_tokens", "Tokens generated.",
                               value=snap.generation_tokens)
+    by_key = [CounterMetricFamily(PREFIX + f"{what}_tokens_by_key", f"{text} per API key "
+                                  "(key=\"\": batches made without one).", labels=["key"])
+              for what, text in (("prompt", "Prompt tokens of finished requests"),
+                                 ("generation", "Tokens generated"))]
+    for key, counts in sorted(snap.tokens_by_key.items(), key=lambda kv: kv[0] or ""):
+        for family, value in zip(by_key, counts, strict=True):
+            family.add_metric([key or ""], value)
+    yield from by_key
     finished = CounterMetricFamily(PREFIX + "request_success", "Requests finished, by reason.",
                                    labels=["finished_reason"])
     for reason, n in sorted(snap.finish_reasons.items()):
@@ -109,6 +118,16 @@ async def readyz() -> JSONResponse:
     workers = await run_in_threadpool(metrics.ready_workers)
     return JSONResponse({"status": "ok" if ready else "unavailable", **checks,
                          "workers": workers}, status_code=200 if ready else 503)
+
+
+@router.get("/v1/usage")
+async def usage(days: int = Query(30, ge=1, le=3660),
+                owner: str | None = Depends(caller)) -> dict[str, Any]:
+    """The calling key's tokens per UTC day (llmq's own read; OpenAI's usage API is an
+    organization admin's): ``{"object": "list", "data": [...]}``, newest day first."""
+    rows = await run_in_threadpool(api_keys.usage, days, owner)
+    return {"object": "list", "data": [{k: v for k, v in r.items() if k != "key_id"}
+                                       for r in rows]}
 
 
 @router.get("/v1/models")
