@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         20.0, ge=0, description="after SIGTERM, how long running requests may finish before "
         "they are handed back to the queue")
+    retention_days: int = Field(
+        0, ge=0, description="finished batches older than this many days are deleted, with "
+        "their requests, results and output files, by the workers' sweep (0: kept for ever)")
     engine_stall_seconds: float = Field(
         600.0, gt=0, description="an engine with work but no step for this long exits its "
         "worker, to be replaced")

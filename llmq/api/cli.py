@@ -251,6 +251,31 @@ def watch(batch: str, interval: float) -> None:
 
 
 @main.command()
+@click.option("--older-than", "older_than", metavar="AGE",
+              help="finished batches created, and last run, longer ago than AGE (30d, 12h)")
+@click.option("--batch", "batch_ids", multiple=True, metavar="ID",
+              help="a finished batch to delete (repeatable); one still running is refused")
+@click.option("--dry-run", is_flag=True, help="count what would be deleted, delete nothing")
+@click.option("--json", "as_json", is_flag=True)
+def purge(older_than: str | None, batch_ids: tuple[str, ...], dry_run: bool,
+          as_json: bool) -> None:
+    """Delete finished batches with their requests, results and output files (pipeline
+    documents keep their summaries)."""
+    if not older_than and not batch_ids:
+        raise click.UsageError("say what to purge: --older-than AGE and/or --batch ID")
+    try:
+        report = service.purge(older_than, batch_ids, dry_run)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--older-than") from None
+    if as_json:
+        _emit_json(report)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {report['batches']} batches, {report['requests']} requests, "
+               f"{report['files']} files")
+
+
+@main.command()
 @click.argument("batch")
 def cancel(batch: str) -> None:
     """Cancel a batch: queued requests at once, running ones at the next engine step."""

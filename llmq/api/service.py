@@ -241,6 +241,17 @@ def cancel(batch_id: str) -> int:
         return queries.cancel_batch(session, batch_id)
 
 
+def purge(older_than: str | None, batch_ids: Sequence[str] = (),
+          dry_run: bool = False) -> dict[str, Any]:
+    """Deletes finished batches (llmq.worker.retention): those older than ``older_than``
+    (``30d``, ``12h``; a ValueError names a bad one) and those named; a named batch still
+    running is refused (a LookupError) before anything is deleted."""
+    from llmq.worker import retention
+
+    age = retention.parse_age(older_than) if older_than else None
+    return retention.purge(age, tuple(batch_ids), dry_run).as_dict()
+
+
 def retry(batch_id: str, include_cancelled: bool = False) -> int:
     """Sends the batch's failed (and, if asked, cancelled) requests again, and every queued
     one; first, requests held by silent workers go back to the queue (the reaper's sweep)."""
