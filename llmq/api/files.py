@@ -7,18 +7,22 @@ import json
 import os
 import secrets
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from llmq.api.service import NotFound
 from llmq.db import files as file_rows
-from llmq.db.models import StoredFile
+from llmq.db.models import StoredFile, utcnow
 from llmq.db.session import session_scope
 from llmq.settings import get_settings
 
 PURPOSES = ("batch",)  # what may be uploaded; batch results are "batch_output"
 PIECE = 1 << 20
+# OpenAI's bounds on expires_after and output_expires_after, and its default for batch input
+EXPIRY_MIN = timedelta(hours=1)
+EXPIRY_MAX = timedelta(days=30)
+BATCH_INPUT_EXPIRY = timedelta(days=30)
 
 
 class InvalidRequest(ValueError):
@@ -40,7 +44,25 @@ def unix(value: datetime | None) -> int | None:
 def file_object(row: StoredFile) -> dict[str, Any]:
     return {"id": row.id, "object": "file", "bytes": row.bytes, "created_at": unix(row.created_at),
             "filename": row.filename, "purpose": row.purpose, "status": "processed",
-            "status_details": None, "expires_at": None}
+            "status_details": None, "expires_at": unix(row.expires_at)}
+
+
+def expiry(anchor: object, seconds: object, param: str) -> timedelta:
+    """An ``expires_after``-style ``{anchor, seconds}``: ``created_at`` and one hour to 30
+    days, as OpenAI takes them; the 400 names ``param``'s part at fault."""
+    if anchor != "created_at":
+        raise InvalidRequest(f"{param}.anchor: must be 'created_at', not {anchor!r}",
+                             f"{param}.anchor")
+    try:
+        value = int(str(seconds))
+    except ValueError:
+        value = None
+    if value is None or not (EXPIRY_MIN.total_seconds() <= value
+                             <= EXPIRY_MAX.total_seconds()):
+        raise InvalidRequest(f"{param}.seconds: {seconds!r} is not a number of seconds from "
+                             f"{EXPIRY_MIN.total_seconds():.0f} (1 hour) to "
+                             f"{EXPIRY_MAX.total_seconds():.0f} (30 days)", f"{param}.seconds")
+    return timedelta(seconds=value)
 
 
 def storage() -> Path:
@@ -65,12 +87,15 @@ def _copy_capped(source: IO[bytes], target: Path, cap: int) -> tuple[int, int]:
     return size, lines + (last != b"\n")
 
 
-def store_upload(source: IO[bytes], filename: str, purpose: str,
-                 owner: str | None) -> dict[str, Any]:
-    """Stores an upload; the file exists (row and bytes) only once all of it is written."""
+def store_upload(source: IO[bytes], filename: str, purpose: str, owner: str | None,
+                 expires_after: timedelta | None = None) -> dict[str, Any]:
+    """Stores an upload; the file exists (row and bytes) only once all of it is written. It
+    expires ``expires_after`` from now (batch input: 30 days unless said, as at OpenAI)."""
     if purpose not in PURPOSES:
         raise InvalidRequest(f"purpose {purpose!r}: llmq takes files for 'batch' only",
                              "purpose")
+    created = utcnow()
+    expires_at = created + (expires_after or BATCH_INPUT_EXPIRY)
     file_id = "file-" + secrets.token_hex(12)
     folder = storage()
     part = folder / f".{file_id}.part"
@@ -81,14 +106,17 @@ def store_upload(source: IO[bytes], filename: str, purpose: str,
         part.unlink(missing_ok=True)
     with session_scope() as session:
         row = file_rows.add_file(session, id=file_id, owner=owner, filename=filename[:300],
-                                 purpose=purpose, bytes=size, lines=lines, path=file_id)
+                                 purpose=purpose, bytes=size, lines=lines, path=file_id,
+                                 created_at=created, expires_at=expires_at)
         return file_object(row)
 
 
 def write_generated(file_id: str, owner: str | None, filename: str,
-                    records: Iterable[dict[str, Any]]) -> bool:
-    """Writes a file of JSON lines made by llmq (a batch's output); False if it would be
-    empty (and then nothing is written). Safe to run twice at once: same id, same bytes."""
+                    records: Iterable[dict[str, Any]],
+                    expires_after: timedelta | None = None) -> bool:
+    """Writes a file of JSON lines made by llmq (a batch's output), expiring
+    ``expires_after`` from now (None: kept); False if it would be empty (and then nothing is
+    written). Safe to run twice at once: same id, same bytes."""
     folder = storage()
     part = folder / f".{file_id}.{os.getpid()}.{secrets.token_hex(4)}.part"
     lines = 0
@@ -102,8 +130,11 @@ def write_generated(file_id: str, owner: str | None, filename: str,
     size = part.stat().st_size
     part.replace(folder / file_id)
     with session_scope() as session:
+        created = utcnow()
         file_rows.add_file_once(session, id=file_id, owner=owner, filename=filename,
-                                purpose="batch_output", bytes=size, lines=lines, path=file_id)
+                                purpose="batch_output", bytes=size, lines=lines, path=file_id,
+                                created_at=created,
+                                expires_at=created + expires_after if expires_after else None)
     return True
 
 

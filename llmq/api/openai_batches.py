@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from llmq.api.files import InvalidRequest, batch_input, page, unix, write_generated
+from llmq.api.files import InvalidRequest, batch_input, expiry, page, unix, write_generated
 from llmq.api.inputs import ENDPOINT_KINDS, InputLimits, iter_input
 from llmq.api.output import openai_line
 from llmq.api.service import NotFound, Sender, request_defaults, store_requests
@@ -157,15 +157,22 @@ def idempotency(owner: str | None, header: str | None, fields: dict[str, Any]) -
 
 def create_batch(owner: str | None, *, input_file_id: str, endpoint: str,
                  completion_window: str = "24h", metadata: dict[str, Any] | None = None,
-                 idempotency_key: str | None = None) -> dict[str, Any]:
+                 idempotency_key: str | None = None,
+                 output_expires_after: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A batch of the lines of ``input_file_id``; ``output_expires_after`` (``{anchor,
+    seconds}``) makes its output and error files expire that long after they are written."""
     if endpoint not in ENDPOINT_KINDS:
         raise InvalidRequest(f"endpoint {endpoint!r}: one of {', '.join(ENDPOINT_KINDS)}",
                              "endpoint")
     seconds = window_seconds(completion_window)
     metadata = check_metadata(metadata)
+    output_expiry = None if output_expires_after is None else expiry(
+        output_expires_after.get("anchor"), output_expires_after.get("seconds"),
+        "output_expires_after")
     key = idempotency(owner, idempotency_key, {
         "input_file_id": input_file_id, "endpoint": endpoint,
-        "completion_window": completion_window, "metadata": metadata})
+        "completion_window": completion_window, "metadata": metadata,
+        **({"output_expires_after": output_expires_after} if output_expires_after else {})})
     with session_scope() as session:
         twin = rows.find_by_idempotency(session, key)
         if twin is not None:
@@ -181,6 +188,8 @@ def create_batch(owner: str | None, *, input_file_id: str, endpoint: str,
                 idempotency_key=key, input_file_id=input_file_id, endpoint=endpoint,
                 completion_window=completion_window)
             batch.expires_at = batch.created_at + timedelta(seconds=seconds)
+            if output_expiry is not None:
+                batch.output_expires_seconds = int(output_expiry.total_seconds())
             batch_id = batch.id
     except IntegrityError:  # the same request, at the same moment
         return get_batch(owner, _twin_id(key))
@@ -271,10 +280,14 @@ def finalize(batch_id: str, owner: str | None) -> None:
                 if (req.state == RequestState.SUCCEEDED) == succeeded:
                     yield openai_line(req, res)
 
+    with session_scope() as session:
+        batch = queries.get_batch(session, batch_id)
+        seconds = batch.output_expires_seconds if batch is not None else None
+    keep = timedelta(seconds=seconds) if seconds else None
     output = f"file-{batch_id}-output"
     errors = f"file-{batch_id}-errors"
-    has_output = write_generated(output, owner, f"{batch_id}_output.jsonl", lines(True))
-    has_errors = write_generated(errors, owner, f"{batch_id}_errors.jsonl", lines(False))
+    has_output = write_generated(output, owner, f"{batch_id}_output.jsonl", lines(True), keep)
+    has_errors = write_generated(errors, owner, f"{batch_id}_errors.jsonl", lines(False), keep)
     with session_scope() as session:
         rows.mark_finalized(session, batch_id, output if has_output else None,
                             errors if has_errors else None)

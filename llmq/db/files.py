@@ -18,7 +18,7 @@ def owned(column: InstrumentedAttribute[Any], owner: str | None) -> ColumnElemen
 
 
 def add_file(session: Session, **fields: Any) -> StoredFile:
-    row = StoredFile(created_at=utcnow(), **fields)
+    row = StoredFile(**{"created_at": utcnow(), **fields})
     session.add(row)
     session.flush()
     return row
@@ -35,9 +35,24 @@ def add_file_once(session: Session, **fields: Any) -> None:
         pass
 
 
+def _live() -> ColumnElement[bool]:
+    """Not expired (the sweep deletes expired files; until it does, they are gone to readers)."""
+    return StoredFile.expires_at.is_(None) | (StoredFile.expires_at > utcnow())
+
+
 def get_file(session: Session, file_id: str, owner: str | None) -> StoredFile | None:
     return session.execute(select(StoredFile).where(
-        StoredFile.id == file_id, owned(StoredFile.owner, owner))).scalar_one_or_none()
+        StoredFile.id == file_id, owned(StoredFile.owner, owner), _live())).scalar_one_or_none()
+
+
+def expired(session: Session, limit: int) -> list[StoredFile]:
+    """Up to ``limit`` files past their expiry, oldest expiry first."""
+    return list(session.execute(select(StoredFile).where(StoredFile.expires_at <= utcnow())
+                                .order_by(StoredFile.expires_at).limit(limit)).scalars())
+
+
+def delete_rows(session: Session, file_ids: list[str]) -> None:
+    session.execute(delete(StoredFile).where(StoredFile.id.in_(file_ids)))
 
 
 def list_files(session: Session, owner: str | None, *, purpose: str | None = None,
@@ -46,7 +61,7 @@ def list_files(session: Session, owner: str | None, *, purpose: str | None = Non
     """A page of the owner's files, ``after`` the file of that id (a cursor)."""
     order = (StoredFile.created_at.desc(), StoredFile.id.desc()) if newest_first else (
         StoredFile.created_at, StoredFile.id)
-    stmt = select(StoredFile).where(owned(StoredFile.owner, owner))
+    stmt = select(StoredFile).where(owned(StoredFile.owner, owner), _live())
     if purpose:
         stmt = stmt.where(StoredFile.purpose == purpose)
     if after:

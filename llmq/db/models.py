@@ -84,6 +84,9 @@ class Batch(Base):
     finalized_at: Mapped[datetime | None]  # output and error files written
     output_file_id: Mapped[str | None] = mapped_column(String(64))
     error_file_id: Mapped[str | None] = mapped_column(String(64))
+    # OpenAI's output_expires_after: the output and error files expire this long after
+    # they are written (None: kept)
+    output_expires_seconds: Mapped[int | None]
 
     requests: Mapped[list[Request]] = relationship(back_populates="batch", lazy="raise")
 
@@ -118,6 +121,8 @@ class StoredFile(Base):
     lines: Mapped[int] = mapped_column(Integer, default=0)  # non-blank lines
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # when the workers' sweep deletes it (OpenAI's expires_after); None: kept
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
 
 
 class Request(Base):

@@ -28,7 +28,7 @@ from llmq.settings import Settings
 from llmq.worker import broker
 from llmq.worker.celery_app import PRIORITIES, request_queue
 from llmq.worker.dispatch import send_advance, send_routes
-from llmq.worker.retention import retain
+from llmq.worker.retention import expire_files, retain
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,7 @@ def sweep(settings: Settings) -> None:
     reconcile(settings)
     redrive(settings)
     expire()
+    expire_files()
     retain(settings)
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from llmq.db import files as file_rows
 from llmq.db import retention as rows
 from llmq.db.migrate import ensure_schema
 from llmq.db.models import Batch, utcnow
@@ -136,3 +137,20 @@ def retain(settings: Settings, every: timedelta = timedelta(hours=1)) -> PurgeRe
                     "%d files)", report.batches, settings.retention_days, report.requests,
                     report.files)
     return report
+
+
+def expire_files(chunk: int = 500) -> int:
+    """Deletes the files past their expiry (rows first, then bytes: a file without a row is
+    never served); returns how many. Every sweep: the expiry is indexed."""
+    gone = 0
+    folder = Path(get_settings().files_dir)
+    while True:
+        with session_scope() as session:
+            due = [(f.id, f.path) for f in file_rows.expired(session, chunk)]
+            if due:
+                file_rows.delete_rows(session, [file_id for file_id, _ in due])
+        for _, path in due:
+            (folder / path).unlink(missing_ok=True)
+        gone += len(due)
+        if len(due) < chunk:
+            return gone

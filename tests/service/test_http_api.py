@@ -161,6 +161,36 @@ def test_usage_per_key_and_day(stack: Stack, tmp_path: Path) -> None:
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "days"
 
 
+def test_files_and_outputs_expire_as_asked(stack: Stack, tmp_path: Path) -> None:
+    api = client(stack)
+    path = tmp_path / "in.jsonl"
+    path.write_text(json.dumps(chat_line(0)) + "\n")
+    with path.open("rb") as f:
+        default = api.files.create(file=f, purpose="batch")
+    assert default.expires_at == default.created_at + 30 * 86400  # OpenAI's batch default
+    with path.open("rb") as f:
+        hour = api.files.create(file=f, purpose="batch",
+                                expires_after={"anchor": "created_at", "seconds": 3600})
+    assert hour.expires_at == hour.created_at + 3600
+    assert api.files.retrieve(hour.id).expires_at == hour.expires_at
+    for bad, param in (({"anchor": "created_at", "seconds": 60}, "expires_after.seconds"),
+                       ({"anchor": "last_active_at", "seconds": 3600}, "expires_after.anchor")):
+        with path.open("rb") as f, pytest.raises(openai.BadRequestError) as refused:
+            api.files.create(file=f, purpose="batch", expires_after=bad)  # type: ignore[arg-type]
+        assert refused.value.body["param"] == param
+    with pytest.raises(openai.BadRequestError) as refused:
+        api.batches.create(input_file_id=hour.id, endpoint="/v1/chat/completions",
+                           completion_window="24h",
+                           output_expires_after={"anchor": "created_at", "seconds": 10 ** 8})
+    assert refused.value.body["param"] == "output_expires_after.seconds"
+    batch = api.batches.create(input_file_id=hour.id, endpoint="/v1/chat/completions",
+                               completion_window="24h",
+                               output_expires_after={"anchor": "created_at", "seconds": 7200})
+    done = wait_status(api, batch.id, ("completed",))
+    output = api.files.retrieve(done.output_file_id)
+    assert output.expires_at == output.created_at + 7200
+
+
 def test_cancel_mid_batch(stack: Stack, tmp_path: Path) -> None:
     api = client(stack)
     # three waves of the worker's 8 slots: queued ones are left when the cancel comes, on

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, update
 
+from llmq.db import files as queries_files
 from llmq.db import queries
 from llmq.db.migrate import upgrade
 from llmq.db.models import (
@@ -25,6 +26,7 @@ from llmq.db.models import (
 from llmq.db.session import session_scope
 from llmq.settings import get_settings
 from llmq.worker import retention
+from llmq.worker.reaper import sweep
 
 from .test_db import _succeed
 from .workers import llmq, llmq_json
@@ -141,3 +143,28 @@ def test_purge_on_the_command_line(llmq_env: dict[str, str]) -> None:
     assert "deleted 1 batches, 2 requests" in llmq(llmq_env, "purge", "--older-than",
                                                    "30d").stdout
     assert old not in _left([old])
+
+
+def test_expired_files_are_deleted_by_the_sweep(llmq_env: dict[str, str], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    files = tmp_path / "files"
+    files.mkdir()
+    monkeypatch.setenv("LLMQ_FILES_DIR", str(files))
+    get_settings.cache_clear()
+    upgrade()
+    now = utcnow()
+    with session_scope() as s:
+        for name, expires in (("gone", now - timedelta(seconds=1)),
+                              ("later", now + timedelta(hours=1)), ("kept", None)):
+            (files / name).write_text("{}\n")
+            s.add(StoredFile(id=f"file-{name}", owner=None, filename=name, purpose="batch",
+                             bytes=3, lines=1, path=name, expires_at=expires))
+    with session_scope() as s:  # past its expiry, a file is gone to readers at once
+        assert queries_files.get_file(s, "file-gone", None) is None
+        assert {f.id for f in queries_files.list_files(s, None)} == {"file-later", "file-kept"}
+    sweep(get_settings().model_copy(update={"retention_days": 0}))  # what every worker runs
+    assert sorted(p.name for p in files.iterdir()) == ["kept", "later"]
+    with session_scope() as s:
+        assert s.get(StoredFile, "file-gone") is None
+        assert s.get(StoredFile, "file-later") is not None
+    assert retention.expire_files() == 0

@@ -13,12 +13,18 @@ from llmq.api.http.auth import caller
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
+class ExpiresAfter(BaseModel):
+    anchor: str = Field(max_length=30)
+    seconds: int
+
+
 class BatchCreate(BaseModel):
     input_file_id: str = Field(max_length=64)
     endpoint: Literal["/v1/chat/completions", "/v1/completions"]
     completion_window: str = Field("24h", max_length=10,
                                    description="24h as OpenAI; llmq also takes 90m, 3600s, 2d")
     metadata: dict[str, str] | None = None
+    output_expires_after: ExpiresAfter | None = None
 
 
 @router.post("")
@@ -27,7 +33,9 @@ def create(body: BatchCreate, owner: str | None = Depends(caller),
     return openai_batches.create_batch(
         owner, input_file_id=body.input_file_id, endpoint=body.endpoint,
         completion_window=body.completion_window, metadata=body.metadata,
-        idempotency_key=idempotency_key)
+        idempotency_key=idempotency_key,
+        output_expires_after=None if body.output_expires_after is None else
+        body.output_expires_after.model_dump())
 
 
 @router.get("")

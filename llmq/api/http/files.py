@@ -24,9 +24,18 @@ def clean_name(name: str) -> str:
 
 @router.post("")  # its size is bounded by the front door (front_door.py)
 def upload(file: UploadFile = File(...), purpose: str = Form(..., max_length=30),
+           expires_anchor: str | None = Form(None, alias="expires_after[anchor]",
+                                             max_length=30),
+           expires_seconds: str | None = Form(None, alias="expires_after[seconds]",
+                                              max_length=20),
            owner: str | None = Depends(caller)) -> dict[str, Any]:
+    """``expires_after`` comes as the OpenAI SDK sends it, ``expires_after[anchor]`` and
+    ``expires_after[seconds]`` form fields."""
     name = clean_name(file.filename or "")
-    return files.store_upload(file.file, name, purpose, owner)
+    expires_after = None
+    if expires_anchor is not None or expires_seconds is not None:
+        expires_after = files.expiry(expires_anchor, expires_seconds, "expires_after")
+    return files.store_upload(file.file, name, purpose, owner, expires_after)
 
 
 @router.get("")
