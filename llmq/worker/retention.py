@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from llmq.db import files as file_rows
@@ -54,9 +54,10 @@ def parse_age(text: str) -> timedelta:
 
 
 def purge(older_than: timedelta | None = None, batch_ids: tuple[str, ...] = (),
-          dry_run: bool = False) -> PurgeReport:
+          dry_run: bool = False, now: datetime | None = None) -> PurgeReport:
     """Deletes the finished batches older than ``older_than`` (by creation and by their last
-    request's end), and those named in ``batch_ids`` (refused, before anything is deleted,
+    request's end, as of ``now``: the clock, unless a simulation sets it), and those named
+    in ``batch_ids`` (refused, before anything is deleted,
     for one that is still running); ``dry_run`` counts what would go."""
     ensure_schema()
     with session_scope() as session:
@@ -71,7 +72,7 @@ def purge(older_than: timedelta | None = None, batch_ids: tuple[str, ...] = (),
     for batch_id in batch_ids:
         _purge_one(batch_id, report)
     if older_than is not None:
-        cutoff = utcnow() - older_than
+        cutoff = (now or utcnow()) - older_than
         kept: set[str] = set()  # chosen but still there (a dry run's, or running again)
         while True:
             with session_scope() as session:
