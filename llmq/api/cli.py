@@ -265,7 +265,7 @@ def purge(older_than: str | None, batch_ids: tuple[str, ...], dry_run: bool,
         raise click.UsageError("say what to purge: --older-than AGE and/or --batch ID")
     try:
         report = service.purge(older_than, batch_ids, dry_run)
-    except ValueError as exc:
+    except service.InvalidAge as exc:
         raise click.BadParameter(str(exc), param_hint="--older-than") from None
     if as_json:
         _emit_json(report)

@@ -248,8 +248,15 @@ def purge(older_than: str | None, batch_ids: Sequence[str] = (),
     running is refused (a LookupError) before anything is deleted."""
     from llmq.worker import retention
 
-    age = retention.parse_age(older_than) if older_than else None
+    try:
+        age = retention.parse_age(older_than) if older_than else None
+    except ValueError as exc:
+        raise InvalidAge(str(exc)) from None
     return retention.purge(age, tuple(batch_ids), dry_run).as_dict()
+
+
+class InvalidAge(ValueError):
+    """An age (``llmq purge --older-than``) that is not a count of s, m, h or d."""
 
 
 def retry(batch_id: str, include_cancelled: bool = False) -> int:
