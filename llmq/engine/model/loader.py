@@ -65,7 +65,8 @@ def load_checkpoint(path: str | Path, cache_dir: str | Path | None = None) -> Ch
                         "unpacking it again", path, exc)
             shutil.rmtree(folder, ignore_errors=True)
     ckpt = _load_gguf(path)
-    _write_cache(ckpt, folder)
+    if _write_cache(ckpt, folder):
+        _remove_stale_copies(path, folder)
     return ckpt
 
 
@@ -84,9 +85,33 @@ def _cache_folder(path: Path, cache_dir: Path) -> Path:
     return cache_dir / f"{path.stem}-{key.hexdigest()[:16]}"
 
 
-def _write_cache(ckpt: Checkpoint, folder: Path) -> None:
+SOURCE_NOTE = "llmq-source.json"  # in each copy: the file it was unpacked from
+
+
+def _remove_stale_copies(path: Path, fresh: Path) -> None:
+    """Deletes the other copies of the file at ``path`` (an earlier version of the file, of
+    the conversion or of the gguf package): each is as big as the model in fp32 and would
+    never be read again. Copies of before the note (``UNPACK_FORMAT`` 1) are found by their
+    old name. A process still reading one keeps its mapped pages."""
+    stat = path.stat()
+    legacy = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    stale = [fresh.with_name(f"{path.stem}-{legacy.hexdigest()[:16]}")]
+    for folder in fresh.parent.glob(f"{path.stem}-*"):
+        try:
+            noted = json.loads((folder / SOURCE_NOTE).read_text()).get("source")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if noted == str(path.resolve()):
+            stale.append(folder)
+    for folder in stale:
+        if folder != fresh and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _write_cache(ckpt: Checkpoint, folder: Path) -> bool:
     """Written beside its place and renamed into it, so that workers starting together
-    never read half a copy; best effort (a read-only or full disk only costs speed)."""
+    never read half a copy; best effort (a read-only or full disk only costs speed).
+    Whether the copy is in place."""
     from safetensors.torch import save_file
 
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
@@ -96,13 +121,17 @@ def _write_cache(ckpt: Checkpoint, folder: Path) -> None:
                   str(partial / "model.safetensors"))
         ckpt.tokenizer.save_hf_files(partial)
         (partial / "config.json").write_text(json.dumps(ckpt.config.to_hf(), indent=1))
+        (partial / SOURCE_NOTE).write_text(json.dumps(
+            {"source": str(Path(ckpt.source).resolve())}))
         partial.rename(folder)
     except OSError as exc:
         if not (folder / "config.json").is_file():  # another process did not win the race
             log.warning("could not keep an unpacked copy of %s in %s: %s", ckpt.source,
                         folder.parent, exc)
+            return False
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+    return True
 
 
 def split_fused(config: ModelConfig, tensors: dict[str, torch.Tensor]) -> None:

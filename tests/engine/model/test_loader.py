@@ -3,7 +3,10 @@ and a damaged copy never stops a load (it is unpacked again)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -60,7 +63,20 @@ def test_a_copy_made_by_another_conversion_is_never_read(tiny: Tiny, tmp_path: P
     weights = load_file(str(old / "model.safetensors"))
     weights["model.norm.weight"] = weights["model.norm.weight"] * 2  # what a bug once wrote
     save_file(weights, str(old / "model.safetensors"))
+    # a copy of before llmq noted its source in it, named as UNPACK_FORMAT 1 named them
+    stat = tiny.gguf.stat()
+    legacy = hashlib.sha256(f"{tiny.gguf.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+                            .encode()).hexdigest()[:16]
+    shutil.copytree(old, tmp_path / f"{tiny.gguf.stem}-{legacy}")
+    other = tmp_path / "other-0123456789abcdef"  # another file's copy
+    shutil.copytree(old, other)
+    (other / loader.SOURCE_NOTE).write_text(json.dumps({"source": "/elsewhere/other.gguf"}))
     monkeypatch.setattr(loader, "UNPACK_FORMAT", loader.UNPACK_FORMAT + 1)  # the bug fixed
     again = load_checkpoint(tiny.gguf, tmp_path)
     assert torch.equal(again.weights["model.norm.weight"], original.weights["model.norm.weight"])
-    assert len(list(tmp_path.iterdir())) == 2  # a copy of its own, beside the stale one
+    # a copy of its own; the stale ones of this file (fp32 models' size) are deleted, not
+    # another file's
+    [fresh] = [p for p in tmp_path.iterdir() if p != other]
+    assert fresh != old and other.is_dir()
+    assert json.loads((fresh / loader.SOURCE_NOTE).read_text()) == {
+        "source": str(tiny.gguf.resolve())}
