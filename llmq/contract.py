@@ -38,6 +38,9 @@ MAX_STOP_STRINGS = 16
 MAX_OPENAI_PENALTY = 2.0
 MAX_REPETITION_PENALTY = 10.0
 MAX_NGRAM_SIZE = 64
+# a batch's priority as the engine ranks it: a waiting sequence of a higher rank is admitted
+# into the next free slot before every waiting one of a lower rank
+PRIORITY_RANKS = {"low": 0, "normal": 1, "high": 2}
 # sanity bounds of what no model's context holds (each worker checks its own context, and
 # submit checks max_tokens against LLMQ_SLOT_LENGTH: llmq.api.inputs.InputLimits)
 MAX_MAX_TOKENS = 1 << 20

@@ -106,6 +106,7 @@ class Claimed:
     params: dict[str, Any]
     created_at: datetime
     attempts: int
+    priority: str = "normal"  # its batch's
 
 
 def claim(session: Session, ids: Sequence[int], worker: str,
@@ -132,10 +133,10 @@ def _claim(session: Session, ids: Sequence[int], worker: str,
     ).scalars().all()
     if not taken:
         return []
-    rows = session.execute(select(Request).where(Request.id.in_(taken))
-                           .order_by(Request.id)).scalars().all()
+    rows = session.execute(select(Request, Batch.priority).join(Batch)
+                           .where(Request.id.in_(taken)).order_by(Request.id)).all()
     return [Claimed(r.id, r.batch_id, r.custom_id, r.model, r.kind, r.input, r.params,
-                    r.created_at, r.attempts) for r in rows]
+                    r.created_at, r.attempts, priority) for r, priority in rows]
 
 
 def _insert_ignore(session: Session) -> Any:

@@ -280,7 +280,8 @@ class Engine:
         history = TokenHistory(prompt, request.params) if request.params.penalized else None
         live = _Live(request, future, timing, gen, self.tokenizer.decode_stream(), on_token,
                      history, constraint)
-        seq = SeqState(request.request_id, prompt, request.params.max_tokens, payload=live)
+        seq = SeqState(request.request_id, prompt, request.params.max_tokens, payload=live,
+                       rank=request.rank)
         self._by_id[request.request_id] = seq
         self.scheduler.add(seq)
 

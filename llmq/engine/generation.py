@@ -30,6 +30,7 @@ class GenerationRequest:
     messages: list[dict[str, Any]] | None = None
     params: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    rank: int = 1  # contract.PRIORITY_RANKS: higher ranks take free slots first
 
 
 @dataclass

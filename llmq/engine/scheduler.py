@@ -35,6 +35,7 @@ class Sequence:
     slot: int = -1
     computed: int = 0  # tokens whose keys/values are in the slot's cache
     cached: int = 0  # prompt tokens copied from the prefix cache, not computed (usage)
+    rank: int = 1  # higher: admitted before every waiting sequence of a lower rank
     status: SeqStatus = SeqStatus.WAITING
     order: int = field(default_factory=lambda: next(_order))
     payload: Any = None  # the engine's own per-request state
@@ -184,6 +185,13 @@ class Scheduler:
         reason = self.check_fits(len(seq.prompt), seq.max_tokens)
         if reason:
             raise ValueError(reason)
+        # behind its own rank and the higher ones, ahead of the lower ones: a high-priority
+        # request waits for the next free slot, not for every bulk request already waiting
+        # (it does not take a running one's slot)
+        for i, other in enumerate(self.waiting):
+            if other.rank < seq.rank:
+                self.waiting.insert(i, seq)
+                return
         self.waiting.append(seq)
 
     def finish(self, seq: Sequence) -> None:

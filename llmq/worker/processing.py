@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from llmq import failpoints
-from llmq.contract import FinishReason, RequestKind, SamplingParams
+from llmq.contract import PRIORITY_RANKS, FinishReason, RequestKind, SamplingParams
 from llmq.db import queries
 from llmq.db.models import RequestState
 from llmq.db.queries import Claimed
@@ -58,10 +58,12 @@ def to_generation_request(claimed: Claimed) -> GenerationRequest:
     """The engine's request for a stored one; ValueError names what cannot be run."""
     params = SamplingParams.from_stored(claimed.params)
     rid = str(claimed.id)
+    rank = PRIORITY_RANKS.get(claimed.priority, PRIORITY_RANKS["normal"])
     if claimed.kind == RequestKind.CHAT:
         return GenerationRequest(messages=claimed.input["messages"], params=params,
-                                 request_id=rid)
-    return GenerationRequest(prompt=claimed.input["prompt"], params=params, request_id=rid)
+                                 request_id=rid, rank=rank)
+    return GenerationRequest(prompt=claimed.input["prompt"], params=params, request_id=rid,
+                             rank=rank)
 
 
 def _utc(ts: float) -> datetime:

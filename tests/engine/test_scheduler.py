@@ -130,3 +130,23 @@ def test_prefix_cache_evicts_least_recently_used() -> None:
     assert index.longest_match([1, 2, 5]) == (1, 2)  # touches (1, 2)
     assert index.add((5, 6)) == [(3, 4)]
     assert index.longest_match([1, 2]) is None  # must leave a token to compute
+
+
+def test_a_higher_priority_takes_the_next_free_slot_before_waiting_bulk() -> None:
+    s = make(n_slots=2)
+    bulk = [Sequence(f"low{i}", [1, 2, 3], max_tokens=2, rank=0) for i in range(4)]
+    for q in bulk:
+        s.add(q)
+    run_step(s)  # the first two take the slots, two wait
+    urgent = Sequence("high", [4, 5], max_tokens=2, rank=2)
+    normal = Sequence("normal", [6, 7], max_tokens=2, rank=1)
+    late = Sequence("high2", [8, 9], max_tokens=2, rank=2)
+    for q in (normal, urgent, late):
+        s.add(q)
+    # by rank, then arrival; nothing running loses its slot
+    assert [q.request_id for q in s.waiting] == ["high", "high2", "normal", "low2", "low3"]
+    assert all(q.status is sched.SeqStatus.RUNNING for q in bulk[:2])
+    for q in bulk[:2]:  # the engine ends the two running ones, freeing both slots
+        s.finish(q)
+    plan = run_step(s)
+    assert {p.seq.request_id for p in plan.prefill} == {"high", "high2"}

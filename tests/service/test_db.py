@@ -133,3 +133,16 @@ def test_cancel_then_retry(llmq_env: dict[str, str]) -> None:
         assert queries.retry_batch(s, batch_id, include_cancelled=True) == ids
         info = queries.batch_summary(s, queries.get_batch(s, batch_id))
         assert info["state"] == "queued" and info["counts"]["queued"] == 3
+
+
+def test_a_claim_carries_its_batchs_priority_to_the_engine(llmq_env: dict[str, str]) -> None:
+    from llmq.worker.processing import to_generation_request
+
+    upgrade()
+    reqs = [queries.NewRequest("c", "completion", {"prompt": "p"}, {"max_tokens": 4})]
+    with session_scope() as s:
+        _, high = queries.create_batch(s, requests=reqs, model="m", priority="high")
+        _, low = queries.create_batch(s, requests=reqs, model="m", priority="low")
+        claimed = queries.claim(s, [*high, *low], "w1", max_attempts=3)
+    assert [c.priority for c in claimed] == ["high", "low"]
+    assert [to_generation_request(c).rank for c in claimed] == [2, 0]
