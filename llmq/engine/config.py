@@ -377,9 +377,7 @@ def rope_scaling(cfg: dict[str, Any]) -> dict[str, Any] | None:
     return params if kind not in (None, "default") else None
 
 
-# when a model's int8 layers are compiled (LlamaModel.choose_paths): before the first step,
-# while the first steps run eagerly, or never
-Fusing = Literal["now", "in_background", "off"]
+Fusing = Literal["now", "in_background", "off"]  # EngineConfig.fuse_layers
 
 
 @dataclass
@@ -394,8 +392,7 @@ class EngineConfig:
     device: str = "cpu"  # cpu | cuda | auto
     dtype: str = "auto"  # auto (cpu: float32, cuda: bfloat16) | float32 | bfloat16 | float16
     chat_date: date | None = None  # what chat templates' strftime_now renders (None: today)
-    # when to compile the layers around int8 linears with inductor (LlamaModel.choose_paths):
-    # faster steps, for 2-3 s of compiling even from inductor's cache; in the background
-    # while the first steps run eagerly, "now", or "off" (one short sequence, llmq generate,
-    # is done sooner without: bench/startup.py)
+    # when the layers around int8 linears are compiled (LlamaModel.choose_paths): faster
+    # steps for 2-3 s of compiling even from inductor's cache; "in_background" while the first
+    # steps run eagerly, "now", or "off" (llmq generate's one sequence: bench/startup.py)
     fuse_layers: Fusing = "in_background"

@@ -31,7 +31,8 @@ from llmq.engine.kernels.rotated import (
     rotate_weights,
     unfused_here,
 )
-from llmq.engine.model.decoder import LayerPaths, LlamaModel
+from llmq.engine.model.decoder import LlamaModel
+from llmq.engine.model.layer_halves import LayerPaths
 from llmq.engine.model.tokenizer import TextTokenizer
 from llmq.variants.optimize import Recipe, build, preset, resolve_rotation
 from tests.engine.tiny import (
