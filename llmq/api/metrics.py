@@ -4,7 +4,7 @@ aggregates, the broker's queue depths and the workers' engine counters."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -29,9 +29,15 @@ class Snapshot:
     tokens_by_key: dict[str | None, tuple[int, int]] = field(default_factory=dict)
 
 
+def _heard_after() -> datetime:
+    """Workers heard from since then are alive (their beats stop counting after
+    ``worker_timeout``)."""
+    return utcnow() - timedelta(seconds=get_settings().worker_timeout)
+
+
 def snapshot() -> Snapshot:
     settings = get_settings()
-    heard_after = utcnow() - timedelta(seconds=settings.worker_timeout)
+    heard_after = _heard_after()
     with session_scope() as session:
         prompt, completion = aggregates.token_totals(session)
         workers = [{"name": w.name, "model": w.model, "device": w.device, **(w.stats or {})}
@@ -52,10 +58,9 @@ def snapshot() -> Snapshot:
 def ready_workers() -> int | None:
     """Workers that can serve: a worker's first heartbeat comes once its model is loaded, and
     its beats stop counting after ``worker_timeout`` (None: the database did not answer)."""
-    heard_after = utcnow() - timedelta(seconds=get_settings().worker_timeout)
     try:
         with session_scope() as session:
-            return len(aggregates.live_workers(session, heard_after))
+            return len(aggregates.live_workers(session, _heard_after()))
     except Exception:  # readiness reports the database's error itself
         return None
 
