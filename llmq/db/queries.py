@@ -266,19 +266,18 @@ def batch_usage(session: Session, batch_id: str) -> dict[str, Any]:
 
 def batch_summary(session: Session, batch: Batch) -> dict[str, Any]:
     counts = batch_counts(session, batch.id)
-    started, finished, tokens = session.execute(
-        select(func.min(Request.started_at), func.max(Request.finished_at),
-               func.coalesce(func.sum(Result.completion_tokens), 0))
-        .select_from(Request).outerjoin(Result, Result.request_id == Request.id)
+    started, finished = session.execute(
+        select(func.min(Request.started_at), func.max(Request.finished_at))
         .where(Request.batch_id == batch.id)).one()
+    usage = batch_usage(session, batch.id)
     state = batch_state(counts, batch.cancelled_at is not None)
     return {
         "id": batch.id, "name": batch.name, "state": state, "counts": counts,
         "model": batch.model, "device": batch.device, "priority": batch.priority,
         "created_at": _iso(batch.created_at), "started_at": _iso(started),
         "finished_at": _iso(finished) if state in ("completed", "cancelled") else None,
-        "completion_tokens": int(tokens or 0), "source_file": batch.source_file,
-        "usage": batch_usage(session, batch.id),
+        "completion_tokens": usage["output_tokens"], "source_file": batch.source_file,
+        "usage": usage,
     }
 
 
