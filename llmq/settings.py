@@ -127,6 +127,22 @@ class Settings(BaseSettings):
     api_request_timeout: float = Field(
         600.0, gt=0, description="how long /v1/chat/completions waits for its result (504)")
 
+    # webhooks (llmq/worker/webhooks): batch and pipeline-run ends pushed to receivers
+    webhooks_allow_private: bool = Field(
+        False, description="let webhook URLs resolve to loopback, link-local or private "
+        "addresses (refused by default: a key could otherwise probe the internal network)")
+    webhook_secret: str | None = Field(
+        None, description="the whsec_ secret that signs deliveries to `llmq submit --notify` "
+        "URLs (`llmq webhooks secret` makes one)")
+    webhook_retry_schedule: str = Field(
+        "0s,5s,5m,30m,2h,5h,10h,14h,20h,24h", pattern=r"^\d+[smhd](,\d+[smhd])*$",
+        description="when each attempt of a delivery "
+        "is due, counted from its event (Standard Webhooks' schedule, over a day)")
+    webhook_timeout: float = Field(
+        15.0, gt=0, description="seconds one delivery attempt may take, body included")
+    webhook_senders: int = Field(
+        4, ge=1, description="deliveries one worker sends at once (a slow receiver holds one)")
+
     # nightly pipeline
     pipeline_cron: str = Field("0 2 * * *", description="when beat runs the pipelines")
     pipelines: list[dict[str, str]] = Field(

@@ -87,6 +87,10 @@ class Batch(Base):
     # OpenAI's output_expires_after: the output and error files expire this long after
     # they are written (None: kept)
     output_expires_seconds: Mapped[int | None]
+    # when its end was announced to webhooks (None: not yet; `llmq retry` clears it, so a
+    # batch that runs again is announced again); and the URL `llmq submit --notify` named
+    announced_at: Mapped[datetime | None] = mapped_column(index=True)
+    notify_url: Mapped[str | None] = mapped_column(Text)
 
     requests: Mapped[list[Request]] = relationship(back_populates="batch", lazy="raise")
 
@@ -256,6 +260,7 @@ class PipelineRun(Base):
     # the driver chain that moves the run (the newest one sent wins) and its last look
     driver: Mapped[str | None] = mapped_column(String(32))
     driven_at: Mapped[datetime | None]
+    announced_at: Mapped[datetime | None] = mapped_column(index=True)  # as Batch's
 
 
 class RunDocument(Base):
@@ -308,3 +313,78 @@ class Summary(Base):
     quality: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     flagged: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- webhooks ---------------------------------------------------------------------------------
+
+class WebhookEndpoint(Base):
+    """A receiver of events, owned by a key (None: the anonymous owner, whose events are those
+    of batches made without a key and of pipeline runs). The secret signs; during a rotation
+    the previous one signs too, until ``previous_secret_until``."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner: Mapped[str | None] = mapped_column(
+        ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    url: Mapped[str] = mapped_column(Text)
+    event_types: Mapped[list[str]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(100))
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    previous_secret_until: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]  # its receiver answered 410 Gone
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class WebhookEvent(Base):
+    """One event, its body kept as signed: every attempt of every delivery sends these bytes,
+    and its id is the ``webhook-id`` receivers deduplicate by."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(String(64))  # the batch's or the run's id
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class WebhookDelivery(Base):
+    """An event on its way to one receiver: an endpoint, or a batch's ``notify_url``."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_deliveries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(
+        ForeignKey("webhook_events.id", ondelete="CASCADE"), index=True)
+    endpoint_id: Mapped[str | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    url: Mapped[str] = mapped_column(Text)  # a notify URL (an endpoint's is read when sent)
+    state: Mapped[str] = mapped_column(String(12), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None]
+    # a sender's lease: past it, a sender that died is presumed gone and the delivery is due
+    claimed_until: Mapped[datetime | None]
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None]
+
+
+class WebhookAttempt(Base):
+    """One try of a delivery, as it went: every attempt is kept (`llmq webhooks deliveries`)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[float] = mapped_column(Float)

@@ -57,6 +57,12 @@ def add_batch(session: Session, *, model: str, device: str = "any", priority: st
     return batch_id
 
 
+def mark_stored(session: Session, batch_id: str, notify_url: str | None = None) -> None:
+    """Every line of a CLI batch is stored: from now on its end can be announced."""
+    session.execute(update(Batch).where(Batch.id == batch_id).values(
+        validated_at=utcnow(), **({"notify_url": notify_url} if notify_url else {})))
+
+
 def add_requests(session: Session, batch_id: str, model: str,
                  requests: Sequence[NewRequest]) -> list[int]:
     """Writes requests of ``batch_id``; returns the ids of those to run, in input order."""
@@ -310,6 +316,8 @@ def retry_batch(session: Session, batch_id: str, include_cancelled: bool = False
         select(Request.id).where(Request.batch_id == batch_id,
                                  Request.kind != RequestKind.INVALID, Request.state.in_(states))
         .order_by(Request.id)).scalars())
+    if again:  # it runs again: its next end is announced again (a new event)
+        session.execute(update(Batch).where(Batch.id == batch_id).values(announced_at=None))
     for start in range(0, len(again), _INSERT_CHUNK):
         session.execute(update(Request)
                         .where(Request.id.in_(again[start:start + _INSERT_CHUNK]))

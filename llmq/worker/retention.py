@@ -13,6 +13,7 @@ from pathlib import Path
 
 from llmq.db import files as file_rows
 from llmq.db import retention as rows
+from llmq.db import webhooks as webhook_rows
 from llmq.db.migrate import ensure_schema
 from llmq.db.models import Batch, utcnow
 from llmq.db.session import session_scope
@@ -39,6 +40,7 @@ class PurgeReport:
     batches: int = 0
     requests: int = 0
     files: int = 0
+    webhook_events: int = 0  # with their deliveries and attempts
     dry_run: bool = False
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -84,7 +86,20 @@ def purge(older_than: timedelta | None = None, batch_ids: tuple[str, ...] = (),
             for batch_id in page:
                 if not _purge_one(batch_id, report):
                     kept.add(batch_id)
+        if not dry_run:
+            report.webhook_events += _purge_events(cutoff)
     return report
+
+
+def _purge_events(cutoff: datetime) -> int:
+    """Webhook events older than ``cutoff`` whose deliveries have ended, in chunks."""
+    gone = 0
+    while True:
+        with session_scope() as session:
+            deleted = webhook_rows.delete_events_before(session, cutoff)
+        gone += deleted
+        if not deleted:
+            return gone
 
 
 def _purge_one(batch_id: str, report: PurgeReport) -> bool:

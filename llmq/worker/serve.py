@@ -15,6 +15,7 @@ from llmq.worker import runtime
 from llmq.worker.celery_app import app, worker_queues
 from llmq.worker.heartbeat import Heartbeat
 from llmq.worker.reaper import Sweeper, hand_back
+from llmq.worker.webhooks.deliver import Deliverer
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
              f"{threads} feeders, queues {queues}")
     heartbeat = Heartbeat(ident, engine, settings).start()
     sweeper = Sweeper(settings).start()
+    deliverer = Deliverer(settings).start()
     signals.worker_shutting_down.connect(_hand_back_after(settings.shutdown_grace_seconds),
                                          weak=False)
     try:
@@ -46,6 +48,7 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
         ])
     finally:
         sweeper.stop()
+        deliverer.stop()
         try:
             hand_back(ident.label)
         except Exception:  # the database or broker is away: the reconciler will send them

@@ -139,7 +139,8 @@ def test_purge_on_the_command_line(llmq_env: dict[str, str]) -> None:
     assert missing.returncode == 1 and "b_nope" in missing.stderr
     assert "Traceback" not in nothing.stderr + bad.stderr + missing.stderr
     dry = llmq_json(llmq_env, "purge", "--older-than", "30d", "--dry-run", "--json")
-    assert dry == {"batches": 1, "requests": 2, "files": 0, "dry_run": True}
+    assert dry == {"batches": 1, "requests": 2, "files": 0, "webhook_events": 0,
+                   "dry_run": True}
     assert "deleted 1 batches, 2 requests" in llmq(llmq_env, "purge", "--older-than",
                                                    "30d").stdout
     assert old not in _left([old])
