@@ -20,6 +20,7 @@ from llmq.api.cli_common import err, schema_default
 from llmq.api.cli_http import keys, serve
 from llmq.api.cli_model import model
 from llmq.api.cli_pipeline import pipeline
+from llmq.api.cli_webhooks import webhooks
 from llmq.api.inputs import InputFileError
 from llmq.db.migrate import SchemaOutOfDate
 from llmq.settings import get_settings, redact_url
@@ -173,14 +174,18 @@ def run(file: str, output: str | None, model: str | None, max_tokens: int | None
 @click.option("--column", help="CSV column holding the prompt")
 @click.option("--strict", is_flag=True, help="reject the whole file if any line is bad")
 @click.option("--schema", type=click.Path(dir_okay=False, exists=True), help=SCHEMA_HELP)
+@click.option("--notify", "notify_url", metavar="URL", help="POST a signed batch.completed "
+              "(or .failed, .expired, .cancelled) event to URL when the batch ends (signed "
+              "with LLMQ_WEBHOOK_SECRET)")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
 def submit(file: str, model: str | None, device: str, priority: str, name: str | None,
            max_tokens: int | None, temperature: float | None, column: str | None,
-           strict: bool, schema: str | None, as_json: bool) -> None:
+           strict: bool, schema: str | None, notify_url: str | None, as_json: bool) -> None:
     """Store FILE's requests as a batch and queue them for the workers."""
     report = service.submit(file, model=model, device=device, priority=priority, name=name,
                             max_tokens=max_tokens, temperature=temperature, column=column,
-                            strict=strict, extra_defaults=schema_default(schema))
+                            strict=strict, extra_defaults=schema_default(schema),
+                            notify_url=notify_url)
     if as_json:
         _emit_json(report.as_json())
         return
@@ -369,6 +374,7 @@ main.add_command(pipeline)
 main.add_command(model)
 main.add_command(serve)
 main.add_command(keys)
+main.add_command(webhooks)
 
 if __name__ == "__main__":
     main()

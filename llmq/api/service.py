@@ -70,9 +70,14 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
                 max_tokens: int | None = None, temperature: float | None = None,
                 column: str | None = None, strict: bool = False,
                 extra_defaults: dict[str, Any] | None = None,
-                on_stored: Callable[[list[int]], None] | None = None) -> SubmitReport:
-    """Parses the file and writes the batch (``store_requests``)."""
+                on_stored: Callable[[list[int]], None] | None = None,
+                notify_url: str | None = None) -> SubmitReport:
+    """Parses the file and writes the batch (``store_requests``); its end is announced to
+    ``notify_url`` (signed with LLMQ_WEBHOOK_SECRET) and to the webhooks of batches made
+    without a key."""
     settings = get_settings()
+    if notify_url is not None:
+        check_notify_url(notify_url)
     limits = InputLimits.of(settings)
     defaults = request_defaults(max_tokens, temperature, extra_defaults)
     if strict:  # a first pass: nothing is stored unless every line is good
@@ -90,8 +95,26 @@ def store_batch(path: str | Path, *, model: str | None = None, device: str = "an
         batch_id = queries.add_batch(session, model=model, device=device, priority=priority,
                                      name=name or Path(path).name,
                                      source_file=str(Path(path).resolve()))
-    return store_requests(batch_id, model, itertools.chain([first], records), defaults,
-                          on_stored)
+    report = store_requests(batch_id, model, itertools.chain([first], records), defaults,
+                            on_stored)
+    with session_scope() as session:
+        queries.mark_stored(session, batch_id, notify_url)
+    return report
+
+
+def check_notify_url(url: str) -> None:
+    """``--notify URL``: refused before anything is stored when it could not be sent."""
+    from llmq.worker.webhooks.send import RefusedUrl, check_secret, resolve
+
+    settings = get_settings()
+    try:
+        if not settings.webhook_secret:
+            raise RefusedUrl("--notify needs LLMQ_WEBHOOK_SECRET, the secret that signs its "
+                             "deliveries (`llmq webhooks secret` makes one)")
+        check_secret(settings.webhook_secret)
+        resolve(url, settings.webhooks_allow_private)
+    except RefusedUrl as exc:
+        raise InputFileError(str(exc)) from None
 
 
 def request_defaults(max_tokens: int | None = None, temperature: float | None = None,
