@@ -4,6 +4,7 @@ check shares engine steps with the bulk work instead of needing an engine of its
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from llmq.api.files import InvalidRequest
@@ -16,10 +17,12 @@ from llmq.db import queries
 from llmq.db.models import RequestState, utcnow
 from llmq.db.session import session_scope
 from llmq.settings import get_settings
+from llmq.worker.token_stream import END, decode_entries, new_text, stream_key
 
 
-def start(owner: str | None, url: str, body: dict[str, Any]) -> tuple[int, str]:
-    """Stores and sends one request; returns its id and its public id (output.public_id)."""
+def start(owner: str | None, url: str, body: dict[str, Any]) -> tuple[int, str, str]:
+    """Stores and sends one request; returns its id, its public id (output.public_id) and
+    the model that runs it."""
     if body.get("n") not in (None, 1):
         raise InvalidRequest("n: llmq writes one choice per request", "n")
     s = get_settings()
@@ -32,14 +35,64 @@ def start(owner: str | None, url: str, body: dict[str, Any]) -> tuple[int, str]:
     check_capacity(owner, 1)
     model = model_named(body.get("model"))
     new = to_new_request(item, request_defaults())
+    if body.get("stream"):  # its worker publishes its tokens as they come (token_stream)
+        new.params["stream"] = True
     with session_scope() as session:
         batch = rows.add_http_batch(session, id=queries.new_batch_id(), name=url, model=model,
-                                    device="any", priority="high", meta={}, owner=owner,
+                                    device="any", priority="interactive", meta={},
+                                    owner=owner,
                                     endpoint=url, validated_at=utcnow())
         batch_id = batch.id
         ids = queries.add_requests(session, batch_id, model, [new])
-    enqueue(batch_id, ids, model, "any", "high")
-    return ids[0], public_id(batch_id, new.custom_id)
+    enqueue(batch_id, ids, model, "any", "interactive")
+    return ids[0], public_id(batch_id, new.custom_id), model
+
+
+class TokenReader:
+    """Reads one streamed request's pieces from Redis (``XREAD``, blocking up to a moment,
+    never longer), from the entry after ``last_id``; a Redis that is away reads as nothing
+    new (the caller also watches the database, which has the whole text at the end)."""
+
+    def __init__(self, request_id: int, last_id: str = "0-0") -> None:
+        self.key, self.last_id = stream_key(request_id), last_id
+        self.emitted = 0  # characters sent to the client
+        self.ended = False
+
+    async def read(self, block_ms: int = 500) -> list[tuple[str, str]]:
+        """(entry id, new text) of the pieces that came; sets ``ended`` at the end entry."""
+        try:
+            found = await _async_redis().xread({self.key: self.last_id}, block=block_ms,
+                                               count=256)
+        except Exception:
+            await asyncio.sleep(block_ms / 1000)
+            return []
+        out = []
+        for entry_id, fields in decode_entries(found):
+            self.last_id = entry_id
+            if END in fields:
+                self.ended = True
+                break
+            text = new_text(self.emitted, fields)
+            if text:
+                self.emitted += len(text)
+                out.append((entry_id, text))
+        return out
+
+
+_clients: dict[int, Any] = {}
+
+
+def _async_redis() -> Any:
+    """One asyncio Redis client per event loop (a client's connections belong to the loop
+    that opened them)."""
+    import redis.asyncio
+
+    loop = id(asyncio.get_running_loop())
+    if loop not in _clients:
+        _clients[loop] = redis.asyncio.Redis.from_url(get_settings().broker_url,
+                                                      socket_timeout=10,
+                                                      socket_connect_timeout=5)
+    return _clients[loop]
 
 
 def outcome(request_id: int) -> dict[str, Any] | None:

@@ -28,6 +28,7 @@ from llmq.db.models import RequestState
 from llmq.db.queries import Claimed
 from llmq.engine.engine import Engine
 from llmq.engine.generation import ErrorCause, GenerationRequest, GenerationResult
+from llmq.worker.token_stream import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -162,8 +163,10 @@ _QUARANTINE = threading.Lock()
 def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int],
                 ident: WorkerIdentity, *, max_attempts: int, cancel_poll: float = 1.0,
                 deadline: float | None = None, db_patience: float = 0.0,
-                on_result: Callable[[str, int], None] | None = None) -> dict[str, int]:
+                on_result: Callable[[str, int], None] | None = None,
+                publisher: Publisher | None = None) -> dict[str, int]:
     """Claims ``ids``, runs them on ``engine`` and writes their outcomes as each finishes.
+    The tokens of requests stored with ``stream`` go to ``publisher`` as they come.
     Returns how many ended in each state. Requests cancelled in the database meanwhile are
     cancelled in the engine within ``cancel_poll`` seconds. Database outages of up to
     ``db_patience`` seconds are waited out: nothing is claimed meanwhile, and finished
@@ -180,7 +183,8 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
                     lambda s: queries.ran_before(s, ids), db_patience)
     run = functools.partial(_process, sessions, engine, ident=ident, max_attempts=max_attempts,
                             cancel_poll=cancel_poll, deadline=deadline,
-                            db_patience=db_patience, on_result=on_result)
+                            db_patience=db_patience, on_result=on_result,
+                            publisher=publisher)
     outcome = run([i for i in ids if i not in lost])
     for state, n in run([i for i in ids if lost.get(i) == 1]).items():
         outcome[state] = outcome.get(state, 0) + n
@@ -196,7 +200,8 @@ def process_ids(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[i
 def _process(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int], *,
              ident: WorkerIdentity, max_attempts: int, cancel_poll: float,
              deadline: float | None, db_patience: float,
-             on_result: Callable[[str, int], None] | None) -> dict[str, int]:
+             on_result: Callable[[str, int], None] | None,
+             publisher: Publisher | None = None) -> dict[str, int]:
     if not ids:
         return {}
     claimed = transact(sessions, "claiming", lambda s: queries.claim(
@@ -219,7 +224,9 @@ def _process(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int]
         if failpoints.armed():  # the fault tests only: no serialization otherwise
             failpoints.request_starting(request.request_id, json.dumps(
                 [request.prompt, request.messages]), engine)
-        futures[engine.submit(request)] = c
+        streamed = publisher is not None and c.params.get("stream")
+        futures[engine.submit(request, publisher.pieces(c.id, request.params.stop)
+                              if streamed and publisher else None)] = c
     pending, unstored = set(futures), set(futures)
     try:
         while pending:
@@ -230,6 +237,8 @@ def _process(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int]
                                          max_attempts))
                 unstored.discard(fut)
                 outcome[state] = outcome.get(state, 0) + 1
+                if publisher is not None and c.params.get("stream") and state != "queued":
+                    publisher.end(c.id)
                 if on_result is not None:
                     on_result(state, fut.result().completion_tokens)
             if pending and _cancel_or_expire(sessions, engine, [futures[f] for f in pending],

@@ -14,11 +14,13 @@ from llmq.engine.kernels import rotated, timing
 from llmq.settings import Settings
 from llmq.variants.registry import resolve
 from llmq.worker.processing import WorkerIdentity
+from llmq.worker.token_stream import Publisher
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engine: Engine | None = None
 _identity: WorkerIdentity | None = None
+_publisher: Publisher | None = None
 
 
 def engine_device(device: str) -> str:
@@ -49,12 +51,17 @@ def load_engine(settings: Settings, model: str, device: str, slots: int | None =
 
 
 def start(settings: Settings, model: str, device: str) -> tuple[Engine, WorkerIdentity]:
-    """Loads this process's engine (once)."""
-    global _engine, _identity
+    """Loads this process's engine (once), and its publisher of streamed tokens."""
+    global _engine, _identity, _publisher
     with _lock:
         if _engine is None or _identity is None:
             _engine, _identity = load_engine(settings, model, device)
+            _publisher = Publisher(settings.broker_url)
         return _engine, _identity
+
+
+def publisher() -> Publisher | None:
+    return _publisher
 
 
 def current() -> tuple[Engine, WorkerIdentity]:
@@ -64,8 +71,10 @@ def current() -> tuple[Engine, WorkerIdentity]:
 
 
 def shutdown() -> None:
-    global _engine, _identity
+    global _engine, _identity, _publisher
     with _lock:
         if _engine is not None:
             _engine.close()
-        _engine = _identity = None
+        if _publisher is not None:
+            _publisher.close()
+        _engine = _identity = _publisher = None

@@ -34,7 +34,8 @@ def run_requests(request_ids: list[int]) -> dict[str, int]:
                           max_attempts=settings.max_attempts,
                           cancel_poll=settings.cancel_poll_seconds,
                           deadline=time.time() + settings.task_time_limit,
-                          db_patience=settings.db_outage_seconds)
+                          db_patience=settings.db_outage_seconds,
+                          publisher=runtime.publisher())
     log.info("message of %d requests: %s", len(request_ids), outcome)
     return outcome
 

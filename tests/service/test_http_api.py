@@ -292,6 +292,9 @@ def test_completions_plain_and_streamed(stack: Stack) -> None:
                                               stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == plain.choices[0].message.content  # greedy: the same text
+    # token by token, as the worker generated them (the role first, the finish reason last)
+    assert sum(bool(c.choices and c.choices[0].delta.content) for c in chunks) > 1
+    assert len({c.id for c in chunks}) == 1
     assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
     completion = api.completions.create(model="x", prompt="Once upon a time", max_tokens=4)
@@ -300,6 +303,21 @@ def test_completions_plain_and_streamed(stack: Stack) -> None:
         api.chat.completions.create(model="x", messages=messages, temperature=-3)
     assert bad.value.body["param"] or "temperature" in bad.value.message
     assert {m.id for m in api.models.list()}
+
+
+def test_a_stream_carries_event_ids_and_the_same_text_as_the_result(stack: Stack) -> None:
+    body = {"model": "x", "prompt": "Once upon a time", "max_tokens": 8, "stream": True}
+    with httpx.stream("POST", stack.base_url + "/v1/completions", json=body, timeout=60,
+                      headers={"Authorization": f"Bearer {stack.key}"}) as answer:
+        events = [e for e in answer.read().decode().split("\n\n") if e.strip()]
+    assert events[-1] == "data: [DONE]"
+    pieces = [e for e in events if e.startswith("id: ")]
+    assert len(pieces) > 1 and all(re.match(r"id: \d+-\d+\ndata: ", e) for e in pieces)
+    streamed = "".join(json.loads(e.split("data: ", 1)[1])["choices"][0]["text"]
+                       for e in events[:-1] if json.loads(e.split("data: ", 1)[1])["choices"])
+    plain = client(stack).completions.create(model="x", prompt="Once upon a time",
+                                             max_tokens=8)
+    assert streamed == plain.choices[0].text
 
 
 def test_metrics_and_health(stack: Stack) -> None:
@@ -311,8 +329,11 @@ def test_metrics_and_health(stack: Stack) -> None:
     for name in ("llmq:num_requests_running", "llmq:num_requests_waiting",
                  "llmq:generation_tokens_total", "llmq:time_to_first_token_seconds_bucket",
                  "llmq:request_queue_time_seconds_count", "llmq:engine_occupancy",
-                 "llmq:prefix_cache_hits_total"):
+                 "llmq:prefix_cache_hits_total", "llmq:num_preemptions_total"):
         assert name in text, name
+    # the completions of the tests before ran as the interactive class
+    assert re.search(r'llmq:time_to_first_token_by_priority_seconds_count'
+                     r'\{priority="interactive"\} [1-9]', text)
     tokens = next(line for line in text.splitlines()
                   if line.startswith("llmq:generation_tokens_total"))
     assert float(tokens.split()[-1]) > 0

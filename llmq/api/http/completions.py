@@ -1,7 +1,6 @@
 """/v1/chat/completions and /v1/completions, plain or streamed as server-sent events. The
-request goes through the queues at high priority and this call waits for its result, so the
-stream carries the whole text in one piece once it is ready (workers write results per
-request, not per token)."""
+request goes through the queues at high priority; a streamed one's worker publishes its
+tokens as they come (llmq.worker.token_stream), and its stored result ends the stream."""
 
 from __future__ import annotations
 
@@ -46,25 +45,19 @@ class CompletionRequest(BaseModel):
     stream_options: dict[str, Any] | None = None
 
 
-async def _outcome(request_id: int, request: Request, stream: bool = False
-                   ) -> AsyncIterator[dict[str, Any] | None]:
-    """Polls for the request's end, yielding None every KEEPALIVE_SECONDS (a stream's
-    comment line) and then the outcome; abandons the request if the caller leaves or the
-    wait passes LLMQ_API_REQUEST_TIMEOUT."""
+async def _outcome(request_id: int, request: Request) -> dict[str, Any]:
+    """Polls for the request's end and returns its outcome; abandons the request if the
+    caller leaves or the wait passes LLMQ_API_REQUEST_TIMEOUT."""
     deadline = time.monotonic() + get_settings().api_request_timeout
-    pause, last_beat = 0.02, time.monotonic()
+    pause = 0.02
     while True:
         line = await run_in_threadpool(completions.outcome, request_id)
         if line is not None:
-            yield line
-            return
+            return line
         if await request.is_disconnected() or time.monotonic() > deadline:
             await run_in_threadpool(completions.abandon, request_id)
             raise ApiError(504, "no result within LLMQ_API_REQUEST_TIMEOUT; the request was "
                            "cancelled", type="server_error")
-        if stream and time.monotonic() - last_beat > KEEPALIVE_SECONDS:
-            last_beat = time.monotonic()
-            yield None
         await asyncio.sleep(pause)
         pause = min(pause * 1.5, 0.5)
 
@@ -78,48 +71,79 @@ def _body_of(line: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return 503, error_body(error["message"], "server_error", code=error["code"])
 
 
-def _chunks(body: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
-    """The completion as stream chunks: its text in one delta, then its finish reason."""
+def _last_chunks(body: dict[str, Any], rest: str, include_usage: bool) -> list[dict[str, Any]]:
+    """The end of a stream: the text the pieces lacked (``rest``), the finish reason, and
+    the usage when asked for."""
     chat = body["object"] == "chat.completion"
     kind = "chat.completion.chunk" if chat else "text_completion"
-    choice = body["choices"][0]
+    reason = body["choices"][0]["finish_reason"]
     head = {"id": body["id"], "object": kind, "created": body["created"], "model": body["model"]}
     if chat:
-        text = choice["message"]["content"]
-        parts = [{"index": 0, "delta": {"content": text}, "finish_reason": None},
-                 {"index": 0, "delta": {}, "finish_reason": choice["finish_reason"]}]
+        parts = [{"index": 0, "delta": {"content": rest}, "finish_reason": None}] if rest else []
+        parts.append({"index": 0, "delta": {}, "finish_reason": reason})
     else:
-        parts = [{"index": 0, "text": choice["text"], "finish_reason": None, "logprobs": None},
-                 {"index": 0, "text": "", "finish_reason": choice["finish_reason"],
-                  "logprobs": None}]
+        parts = [{"index": 0, "text": rest, "finish_reason": None, "logprobs": None}
+                 ] if rest else []
+        parts.append({"index": 0, "text": "", "finish_reason": reason, "logprobs": None})
     chunks = [{**head, "choices": [part]} for part in parts]
     if include_usage:
         chunks.append({**head, "choices": [], "usage": body["usage"]})
     return chunks
 
 
-def _sse(data: Any) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+def _sse(data: Any, event_id: str | None = None) -> str:
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def _stream(request_id: int, public: str, request: Request, chat: bool,
+async def _stream(request_id: int, public: str, model: str, request: Request, chat: bool,
                   include_usage: bool) -> AsyncIterator[str]:
+    """Pieces as the worker publishes them (each event's id its Redis entry id), then the
+    rest from the stored result: the database decides the text, the stream only hurries
+    it. Watches the database too, once a second, so a lost end entry cannot hang it."""
+    created = int(time.time())
+    head = ({"id": f"chatcmpl-{public}", "object": "chat.completion.chunk"} if chat else
+            {"id": f"cmpl-{public}", "object": "text_completion"})
+    head = {**head, "created": created, "model": model}
     if chat:  # the role at once: the client knows the request is in
-        yield _sse({"id": f"chatcmpl-{public}", "object": "chat.completion.chunk",
-                    "created": int(time.time()), "model": "",
-                    "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                 "finish_reason": None}]})
+        yield _sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant",
+                                                                 "content": ""},
+                                         "finish_reason": None}]})
+    reader = completions.TokenReader(request_id)
+    deadline = time.monotonic() + get_settings().api_request_timeout
+    looked = last_beat = time.monotonic()
     try:
-        async for line in _outcome(request_id, request, stream=True):
-            if line is None:
+        while True:
+            for entry_id, text in await reader.read():
+                part = ({"index": 0, "delta": {"content": text}, "finish_reason": None}
+                        if chat else {"index": 0, "text": text, "finish_reason": None,
+                                      "logprobs": None})
+                yield _sse({**head, "choices": [part]}, entry_id)
+                last_beat = time.monotonic()
+            now = time.monotonic()
+            if reader.ended or now - looked > 1.0:
+                looked = now
+                line = await run_in_threadpool(completions.outcome, request_id)
+                if line is not None:
+                    status, body = _body_of(line)
+                    if status != 200:
+                        yield _sse(body)
+                        break
+                    text = (body["choices"][0]["message"]["content"] if chat
+                            else body["choices"][0]["text"]) or ""
+                    # a loop cut after its pieces were sent leaves the text shorter: the
+                    # client has what it has
+                    rest = text[reader.emitted:] if len(text) > reader.emitted else ""
+                    for chunk in _last_chunks(body, rest, include_usage):
+                        yield _sse(chunk)
+                    break
+            if await request.is_disconnected() or now > deadline:
+                await run_in_threadpool(completions.abandon, request_id)
+                raise ApiError(504, "no result within LLMQ_API_REQUEST_TIMEOUT; the request "
+                               "was cancelled", type="server_error")
+            if now - last_beat > KEEPALIVE_SECONDS:
+                last_beat = now
                 yield ": keepalive\n\n"
-                continue
-            status, body = _body_of(line)
-            if status != 200:
-                yield _sse(body)
-            else:
-                for chunk in _chunks(body, include_usage):
-                    yield _sse(chunk)
     except Exception as exc:  # the status line is sent already: the error goes in-band
         error = as_api_error(exc)
         yield _sse(error_body(error.message, error.type, error.param, error.code))
@@ -128,16 +152,14 @@ async def _stream(request_id: int, public: str, request: Request, chat: bool,
 
 async def _complete(owner: str | None, url: str, body: dict[str, Any],
                     request: Request) -> Any:
-    request_id, public = await run_in_threadpool(completions.start, owner, url, body)
+    request_id, public, model = await run_in_threadpool(completions.start, owner, url, body)
     if body.get("stream"):
         usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_stream(request_id, public, request, "messages" in body,
-                                         usage), media_type="text/event-stream")
-    async for line in _outcome(request_id, request):
-        if line is not None:
-            status, answer = _body_of(line)
-            return JSONResponse(answer, status_code=status)
-    raise AssertionError("unreachable: an outcome ends the wait")
+        return StreamingResponse(_stream(request_id, public, model, request,
+                                         "messages" in body, usage),
+                                 media_type="text/event-stream")
+    status, answer = _body_of(await _outcome(request_id, request))
+    return JSONResponse(answer, status_code=status)
 
 
 @router.post("/chat/completions")
