@@ -1,8 +1,8 @@
 """Priority inside one engine: how long a high-priority request waits for its first token
-while low-priority bulk work fills every slot and more waits behind it, with ranks (the
-scheduler admits it into the next free slot) and without (all one rank: it waits its turn),
-side by side in one process. The start of #28's benchmark: the engine alone, no workers,
-no HTTP, no preemption.
+while low-priority bulk work fills every slot and more waits behind it, side by side in one
+process: preempting (it takes a running bulk request's slot at the next step), admission
+only (it takes the next free slot), one rank (it waits its turn), and idle (no bulk: the
+reference). The engine alone, no workers, no HTTP.
 
     .venv/bin/python -m bench.priority [--slots 16] [--bulk 64] [--bulk-tokens 128]
                                        [--urgent 6] [--runs 3] [--record]
@@ -20,11 +20,16 @@ import time
 
 from bench.common import markdown_table, median, record, workload
 
+MODES = ("preempting", "admission only", "one rank", "idle")
 
-def one_run(engine: object, ranked: bool, args: argparse.Namespace) -> dict[str, float]:
+
+def one_run(engine: object, mode: str, args: argparse.Namespace) -> dict[str, float]:
     from llmq.contract import SamplingParams
     from llmq.engine.generation import GenerationRequest
 
+    ranked = mode != "one rank"
+    engine.scheduler.config.preempt = mode == "preempting"  # type: ignore[attr-defined]
+    bulk_count = 0 if mode == "idle" else args.bulk
     prompts = workload()
     bulk_params = SamplingParams(max_tokens=args.bulk_tokens, ignore_eos=True)
     urgent_params = SamplingParams(max_tokens=16, ignore_eos=True)
@@ -32,7 +37,7 @@ def one_run(engine: object, ranked: bool, args: argparse.Namespace) -> dict[str,
     start = time.perf_counter()
     bulk = [engine.submit(GenerationRequest(  # type: ignore[attr-defined]
         **tok.chat_or_text(prompts[i % len(prompts)]["messages"]), params=bulk_params,
-        rank=0 if ranked else 1)) for i in range(args.bulk)]
+        rank=0 if ranked else 1)) for i in range(bulk_count)]
     first_tokens: list[float] = []
     urgent = []
     for i in range(args.urgent):
@@ -54,9 +59,13 @@ def one_run(engine: object, ranked: bool, args: argparse.Namespace) -> dict[str,
     for f in bulk:
         f.result()
     seconds = time.perf_counter() - start
-    tokens = args.bulk * args.bulk_tokens + args.urgent * 16
+    tokens = bulk_count * args.bulk_tokens + args.urgent * 16
     return {"ttft_p50": statistics.median(first_tokens), "ttft_max": max(first_tokens),
             "tok_s": tokens / seconds}
+
+
+def engine_preemptions(engine: object) -> int:
+    return int(engine.scheduler.stats()["preemptions"])  # type: ignore[attr-defined]
 
 
 def main() -> None:
@@ -77,21 +86,23 @@ def main() -> None:
     configure_process(threads=2)
     engine = Engine.load(builtin_model_path("smollm2-135m"), EngineConfig(
         slots=args.slots, slot_length=1024, threads=2))
-    results: dict[str, list[dict[str, float]]] = {"ranked": [], "one rank": []}
+    results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
     for _ in range(args.runs):  # side by side, run by run
         for name in results:
-            results[name].append(one_run(engine, name == "ranked", args))
+            results[name].append(one_run(engine, name, args))
             print(name, results[name][-1], flush=True)
     engine.close()
     rows = [[name, f"{median([r['ttft_p50'] for r in runs]):.2f}",
              f"{median([r['ttft_max'] for r in runs]):.2f}",
-             f"{median([r['tok_s'] for r in runs]):.1f}"] for name, runs in results.items()]
+             f"{median([r['tok_s'] for r in runs]):.1f}" if name != "idle" else "-"]
+            for name, runs in results.items()]
     table = markdown_table(["urgent requests", "time to first token s, p50 (median of runs)",
                             "max (median of runs)", "all tokens/s"], rows)
     notes = (f"SmolLM2-135M fp32, one engine of {args.slots} slots; {args.bulk} bulk chats "
              f"of {args.bulk_tokens} new tokens submitted at once, {args.urgent} urgent chats "
-             f"of 16 tokens one a second; ranked: bulk low, urgent high; one rank: all normal; "
-             f"{args.runs} runs of each, alternating.")
+             f"of 16 tokens one a second; preempting and admission only: bulk low, urgent "
+             f"high; one rank: all normal; idle: the urgent chats alone; {args.runs} runs of "
+             f"each, alternating; {engine_preemptions(engine)} preemptions in all.")
     print(table)
     print(notes)
     if args.record:

@@ -4,7 +4,15 @@ Every step decodes one token for each running sequence, continues long prompts c
 and admits waiting sequences into free slots while the step's token budget lasts. A finished
 sequence frees its slot at once, so a waiting one joins at the next step. Shared prompt
 prefixes (a chat model's default system prompt) are prefilled once, kept, and copied into each
-slot that needs them."""
+slot that needs them.
+
+Ranks (priorities): a waiting sequence goes ahead of every waiting one of a lower rank, and
+when no slot is free it takes the slot of the running sequence of the lowest rank (the latest
+arrived among them) at once. The preempted sequence keeps its tokens and waits at the head of
+its rank; when it runs again it prefills its prompt and output so far (through the prefix
+cache where it can) and goes on decoding where it stopped. Caps on preemptions per step and per
+sequence keep a burst from thrashing, and a sequence that has waited ``age_steps`` steps rises
+a rank, so none waits for ever."""
 
 from __future__ import annotations
 
@@ -35,7 +43,9 @@ class Sequence:
     slot: int = -1
     computed: int = 0  # tokens whose keys/values are in the slot's cache
     cached: int = 0  # prompt tokens copied from the prefix cache, not computed (usage)
-    rank: int = 1  # higher: admitted before every waiting sequence of a lower rank
+    rank: int = 1  # higher: admitted before, and preempts, every sequence of a lower rank
+    preemptions: int = 0  # times it gave its slot to a higher rank
+    waiting_since: int = 0  # the scheduler's step when it last began to wait (aging)
     status: SeqStatus = SeqStatus.WAITING
     order: int = field(default_factory=lambda: next(_order))
     payload: Any = None  # the engine's own per-request state
@@ -45,8 +55,21 @@ class Sequence:
         return len(self.prompt) + len(self.output)
 
     @property
+    def prefill_end(self) -> int:
+        """Where its prefill ends: the prompt's end, or, when it resumes after a preemption,
+        just before its newest token (which the next decode feeds)."""
+        return self.num_tokens - 1 if self.output else len(self.prompt)
+
+    @property
     def prefilling(self) -> bool:
-        return self.computed < len(self.prompt)
+        return self.computed < self.prefill_end
+
+    def known(self, start: int, end: int) -> list[int]:
+        """Its tokens, prompt then output, from ``start`` to ``end``."""
+        n = len(self.prompt)
+        if end <= n:
+            return self.prompt[start:end]
+        return (self.prompt[start:] if start < n else []) + self.output[max(0, start - n):end - n]
 
 
 @dataclass
@@ -100,6 +123,10 @@ class SchedulerConfig:
     prefix_cache_entries: int = 16  # 0 disables prefix caching
     min_prefix_tokens: int = 16  # shorter shared prefixes are not worth a cache entry
     prefix_peers: int = 8  # waiting sequences compared when looking for a shared prefix
+    preempt: bool = True  # a higher rank takes a running lower rank's slot when none is free
+    preemptions_per_step: int = 4
+    preemptions_per_sequence: int = 3
+    age_steps: int = 2048  # steps waited before a waiting sequence rises a rank (0: never)
 
 
 class PrefixIndex:
@@ -156,12 +183,14 @@ class Scheduler:
         # prefix_cache_queries / prefix_cache_hits count them), for the workers' metrics
         self.prompt_tokens_admitted = 0
         self.prefix_hit_tokens = 0
+        self.preemptions = 0
+        self.steps = 0
 
     def stats(self) -> dict[str, int]:
         """Occupancy and prefix-cache counters (plain ints: read from any thread)."""
         return {"slots": self.config.slots, "running": len(self.running),
                 "waiting": len(self.waiting), "prompt_tokens": self.prompt_tokens_admitted,
-                "prefix_hit_tokens": self.prefix_hit_tokens}
+                "prefix_hit_tokens": self.prefix_hit_tokens, "preemptions": self.preemptions}
 
     def forget_prefixes(self) -> None:
         """Drops every kept prefix (the runner drops its copies at the same time)."""
@@ -185,11 +214,14 @@ class Scheduler:
         reason = self.check_fits(len(seq.prompt), seq.max_tokens)
         if reason:
             raise ValueError(reason)
-        # behind its own rank and the higher ones, ahead of the lower ones: a high-priority
-        # request waits for the next free slot, not for every bulk request already waiting
-        # (it does not take a running one's slot)
+        self._enqueue(seq)
+
+    def _enqueue(self, seq: Sequence, first_of_rank: bool = False) -> None:
+        """Into the waiting line behind every sequence of a higher rank (and of its own,
+        unless ``first_of_rank``: a preempted one goes back to the head of its rank)."""
+        seq.status, seq.waiting_since = SeqStatus.WAITING, self.steps
         for i, other in enumerate(self.waiting):
-            if other.rank < seq.rank:
+            if other.rank < seq.rank or (first_of_rank and other.rank == seq.rank):
                 self.waiting.insert(i, seq)
                 return
         self.waiting.append(seq)
@@ -215,6 +247,11 @@ class Scheduler:
         return budget if chunk is None else min(budget, chunk)
 
     def schedule(self) -> StepPlan:
+        self.steps += 1
+        if self.config.age_steps and self.waiting and self.steps % 64 == 0:
+            self._age()
+        if self.config.preempt and self.waiting and not self._free_slots:
+            self._preempt()
         plan = StepPlan()
         budget = self.config.step_tokens
         for seq in self.running:
@@ -224,7 +261,7 @@ class Scheduler:
                 budget -= 1
         for seq in self.running:
             if seq.prefilling and budget > 0:
-                budget -= self._plan_chunk(plan, seq, budget, len(seq.prompt))
+                budget -= self._plan_chunk(plan, seq, budget, seq.prefill_end)
         while self.waiting and self._free_slots and budget > 0:
             seq = self.waiting[0]
             stop_at = self._admit(plan, seq, budget)
@@ -233,6 +270,37 @@ class Scheduler:
                 break  # peers of a new shared prefix wait one step, then copy it
         return plan
 
+    def _preempt(self) -> None:
+        """Gives the slots of running sequences of lower ranks to the waiting ones of higher
+        ranks, as many as wait (within the caps); the lowest rank gives first, and within it
+        the latest arrived."""
+        taken = 0
+        for seq in list(self.waiting):
+            if taken >= self.config.preemptions_per_step:
+                return
+            victims = [r for r in self.running if r.rank < seq.rank
+                       and r.preemptions < self.config.preemptions_per_sequence]
+            if not victims:
+                return  # the line is in rank order: nobody behind it outranks more
+            victim = min(victims, key=lambda r: (r.rank, -r.order))
+            self.running.remove(victim)
+            self._free_slots.append(victim.slot)
+            self._free_slots.sort()
+            victim.slot, victim.computed = -1, 0
+            victim.preemptions += 1
+            self.preemptions += 1
+            self._enqueue(victim, first_of_rank=True)
+            taken += 1
+
+    def _age(self) -> None:
+        """Sequences that have waited ``age_steps`` steps rise a rank (and take their place
+        in the line for it)."""
+        aged = [s for s in self.waiting if self.steps - s.waiting_since >= self.config.age_steps]
+        for seq in aged:
+            self.waiting.remove(seq)
+            seq.rank += 1
+            self._enqueue(seq)
+
     def _admit(self, plan: StepPlan, seq: Sequence, budget: int) -> int:
         """Gives ``seq`` a slot and any cached prefix; returns where its first chunk must
         stop (short of the prompt's end when it is to compute a new shared prefix)."""
@@ -240,14 +308,17 @@ class Scheduler:
         seq.slot = self._free_slots.pop(0)
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
-        self.prompt_tokens_admitted += len(seq.prompt)
+        if not seq.preemptions:
+            self.prompt_tokens_admitted += len(seq.prompt)
         if not self.config.prefix_cache_entries:
-            return len(seq.prompt)
+            return seq.prefill_end
         hit = self.prefixes.longest_match(seq.prompt)
         if hit is not None:
             plan.prefix_copies.append(PrefixCopy(seq.slot, hit))
-            seq.computed = seq.cached = len(hit)
-            self.prefix_hit_tokens += len(hit)
+            seq.computed = len(hit)
+            if not seq.preemptions:
+                seq.cached = len(hit)
+                self.prefix_hit_tokens += len(hit)
         shared = self._shared_prefix_length(seq)
         # kept only if this step's chunk reaches it: the runner copies the slot after the step
         reach = seq.computed + self._chunk_budget(budget)
@@ -256,7 +327,7 @@ class Scheduler:
             plan.prefix_saves.append(PrefixSave(seq.slot, key))
             plan.prefix_evictions.extend(self.prefixes.add(key))
             return shared
-        return len(seq.prompt)
+        return seq.prefill_end
 
     def _shared_prefix_length(self, seq: Sequence) -> int:
         best = 0
@@ -270,9 +341,8 @@ class Scheduler:
         if n <= 0:
             return 0
         end = seq.computed + n
-        plan.prefill.append(
-            PrefillWork(seq, seq.computed, seq.prompt[seq.computed:end], end == len(seq.prompt))
-        )
+        plan.prefill.append(PrefillWork(seq, seq.computed, seq.known(seq.computed, end),
+                                        end == len(seq.prompt) and not seq.output))
         return n
 
     def update(self, plan: StepPlan, sampled: dict[int, int]) -> None:

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future
 
 from llmq.contract import SamplingParams
+from llmq.engine.config import EngineConfig
 from llmq.engine.engine import Engine
-from llmq.engine.generation import STEP_FAILED, ErrorCause, GenerationRequest
+from llmq.engine.generation import (
+    STEP_FAILED,
+    ErrorCause,
+    GenerationRequest,
+    GenerationResult,
+)
 from tests.conftest import Tiny
 from tests.engine.conftest import hf_greedy
 
@@ -161,3 +168,42 @@ def test_a_failed_step_fails_what_was_in_flight_and_forgets_kept_prefixes(
     assert len(tiny_engine.scheduler.prefixes) == 0 and not tiny_engine.runner._prefixes
     again = tiny_engine.generate([GenerationRequest(messages=chat, params=params)] * 3)
     assert all(r.ok and r.completion_tokens == 3 for r in again)
+
+
+def test_a_preempted_request_ends_as_it_would_have_without_preemption(tiny: Tiny) -> None:
+    """Two bulk requests fill both slots; an urgent one arrives after the later of them has
+    made k tokens and takes its slot at once. The preempted one resumes by prefilling its
+    prompt and output, and its tokens, greedy or seeded, are those of the run without the
+    urgent one."""
+    engine = Engine.load(tiny.gguf, EngineConfig(slots=2, slot_length=256, step_tokens=64))
+
+    def bulk() -> list[GenerationRequest]:
+        return [GenerationRequest(prompt="The weather today is", rank=0, params=SamplingParams(
+                    max_tokens=24, ignore_eos=True)),
+                GenerationRequest(prompt="Once upon a time", rank=0, params=SamplingParams(
+                    max_tokens=24, temperature=1.0, top_p=0.9, seed=7, ignore_eos=True))]
+
+    try:
+        alone = [r.token_ids for r in engine.generate(bulk())]
+        for k, victim in ((1, 0), (6, 1), (15, 0)):
+            urgent: list[Future[GenerationResult]] = []
+            made = [0]
+
+            def at_k(_piece: str, _token: int, k: int = k,
+                     urgent: list[Future[GenerationResult]] = urgent, made: list[int] = made
+                     ) -> None:
+                made[0] += 1
+                if made[0] == k:  # in the engine's thread: admitted at its next step
+                    # longer than what the victim had: it overwrites the victim's cache
+                    urgent.append(engine.submit(GenerationRequest(
+                        prompt="Quick, the answer please! " * 8, rank=2,
+                        params=SamplingParams(max_tokens=3, ignore_eos=True))))
+            requests = bulk()
+            futures = {1 - victim: engine.submit(requests[1 - victim])}
+            futures[victim] = engine.submit(requests[victim], at_k)  # the later: preempted
+            results = [futures[i].result(timeout=120).token_ids for i in (0, 1)]
+            assert urgent and urgent[0].result(timeout=120).completion_tokens == 3
+            assert results == alone, (k, victim)
+        assert engine.scheduler.stats()["preemptions"] == 3
+    finally:
+        engine.close()

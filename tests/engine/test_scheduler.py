@@ -150,3 +150,76 @@ def test_a_higher_priority_takes_the_next_free_slot_before_waiting_bulk() -> Non
         s.finish(q)
     plan = run_step(s)
     assert {p.seq.request_id for p in plan.prefill} == {"high", "high2"}
+
+
+def test_a_higher_rank_preempts_the_latest_lowest_and_it_resumes_where_it_stopped() -> None:
+    s = make(n_slots=2)
+    low = [Sequence(f"low{i}", [1, 2, 3], max_tokens=8, rank=0) for i in range(2)]
+    for q in low:
+        s.add(q)
+    run_step(s, token=10)  # both prefilled, one token each
+    run_step(s, token=11)  # and a second
+    urgent = Sequence("high", [4, 5], max_tokens=2, rank=2)
+    s.add(urgent)
+    plan = run_step(s, token=20)
+    # admitted within one step, in the slot of the latest arrived of the lowest rank
+    assert [p.seq for p in plan.prefill] == [urgent] and urgent.slot == 1
+    assert low[1].status is sched.SeqStatus.WAITING and low[1].preemptions == 1
+    assert [d.seq for d in plan.decode] == [low[0]]
+    assert low[1].output == [10, 11] and s.stats()["preemptions"] == 1
+    s.finish(urgent)
+    plan = run_step(s, token=12)
+    # its prompt and output so far prefilled, no token drawn from it: the last one is fed next
+    (resume,) = plan.prefill
+    assert (resume.seq, resume.start, resume.tokens) == (low[1], 0, [1, 2, 3, 10])
+    assert not resume.completes_prompt and low[1].output == [10, 11]
+    plan = run_step(s, token=12)
+    (decode,) = [d for d in plan.decode if d.seq is low[1]]
+    assert (decode.token, decode.position) == (11, 4)  # where it stopped
+    assert low[1].output == [10, 11, 12]
+
+
+def test_preemption_has_caps_and_equal_ranks_never_preempt() -> None:
+    s = Scheduler(SchedulerConfig(slots=1, slot_length=64, step_tokens=100,
+                                  prefix_cache_entries=0, preemptions_per_sequence=1))
+    low = Sequence("low", [1, 2], max_tokens=20, rank=0)
+    s.add(low)
+    run_step(s)
+    first = Sequence("high1", [3], max_tokens=1, rank=1)
+    s.add(first)
+    run_step(s)
+    assert first.status is sched.SeqStatus.RUNNING and low.preemptions == 1
+    twin = Sequence("high2", [4], max_tokens=1, rank=1)
+    s.add(twin)
+    run_step(s)
+    assert twin.status is sched.SeqStatus.WAITING  # its equal keeps the slot
+    s.finish(first)
+    run_step(s)  # low is at the head of its rank, but high2 outranks it
+    assert twin.status is sched.SeqStatus.RUNNING and low.status is sched.SeqStatus.WAITING
+    s.finish(twin)
+    run_step(s)
+    assert low.status is sched.SeqStatus.RUNNING
+    third = Sequence("high3", [5], max_tokens=1, rank=1)
+    s.add(third)
+    run_step(s)  # low has been preempted as often as it may be: it keeps its slot
+    assert low.status is sched.SeqStatus.RUNNING and third.status is sched.SeqStatus.WAITING
+
+
+def test_a_waiting_low_rank_ages_until_it_runs() -> None:
+    s = Scheduler(SchedulerConfig(slots=1, slot_length=64, step_tokens=100,
+                                  prefix_cache_entries=0, age_steps=128, preempt=False))
+    low = Sequence("low", [1, 2], max_tokens=2, rank=0)
+    s.add(Sequence("first", [1], max_tokens=50, rank=1))
+    s.add(low)
+    steps = 0
+    while low.status is sched.SeqStatus.WAITING:
+        # a high-rank newcomer every step, each finishing at once: without aging, low would
+        # wait behind them for ever
+        for q in list(s.running):
+            if len(q.output) >= 1:
+                s.finish(q)
+        s.add(Sequence(f"h{steps}", [3], max_tokens=1, rank=1))
+        run_step(s)
+        steps += 1
+        assert steps < 1000
+    assert low.rank == 1 and 128 <= steps
