@@ -40,7 +40,10 @@ MAX_REPETITION_PENALTY = 10.0
 MAX_NGRAM_SIZE = 64
 # a batch's priority as the engine ranks it: a waiting sequence of a higher rank is admitted
 # into the next free slot before every waiting one of a lower rank
-PRIORITY_RANKS = {"low": 0, "normal": 1, "high": 2}
+# the engine's ranks of the priority classes: a waiting sequence of a higher rank is admitted
+# first and preempts a running one of a lower rank (engine.scheduler); "interactive" is the
+# class of synchronous /v1/chat/completions and /v1/completions calls
+PRIORITY_RANKS = {"low": 0, "normal": 1, "high": 2, "interactive": 3}
 # sanity bounds of what no model's context holds (each worker checks its own context, and
 # submit checks max_tokens against LLMQ_SLOT_LENGTH: llmq.api.inputs.InputLimits)
 MAX_MAX_TOKENS = 1 << 20

@@ -330,6 +330,12 @@ def stats(batch: str | None, as_json: bool) -> None:
                        ("total_ms", "total")):
         p = s[key]
         table.add_row(label, *(str(p[k]) for k in ("p50", "p95", "p99")))
+    if len(s["by_priority"]) > 1:  # per priority class, when there is more than one
+        for cls, part in s["by_priority"].items():
+            for key, label in (("time_to_first_token_ms", "first token"), ("total_ms", "total")):
+                p = part[key]
+                table.add_row(f"{label} ({cls}, {part['succeeded']})",
+                              *(str(p[k]) for k in ("p50", "p95", "p99")))
     Console().print(table)
 
 

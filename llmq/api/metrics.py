@@ -27,6 +27,9 @@ class Snapshot:
     queues: dict[str, int] | None = field(default=None)  # None: the broker did not answer
     # prompt and generated tokens per API key id (None: batches made without a key)
     tokens_by_key: dict[str | None, tuple[int, int]] = field(default_factory=dict)
+    # time to first token per priority class: (cumulative buckets, count, sum)
+    first_token_by_priority: dict[str, tuple[list[int], int, float]] = field(
+        default_factory=dict)
 
 
 def _heard_after() -> datetime:
@@ -45,7 +48,8 @@ def snapshot() -> Snapshot:
         snap = Snapshot(aggregates.requests_by_state(session), prompt, completion,
                         aggregates.finish_reasons(session), aggregates.histograms(session),
                         aggregates.BUCKETS, workers,
-                        tokens_by_key=aggregates.tokens_by_key(session))
+                        tokens_by_key=aggregates.tokens_by_key(session),
+                        first_token_by_priority=aggregates.first_token_by_priority(session))
     try:
         from llmq.worker.broker import queue_depths
 

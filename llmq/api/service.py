@@ -23,7 +23,7 @@ from llmq.api.inputs import (
     iter_input,
 )
 from llmq.api.output import openai_line, percentiles, result_line
-from llmq.contract import RequestKind, SamplingParams, defaults_from
+from llmq.contract import PRIORITY_RANKS, RequestKind, SamplingParams, defaults_from
 from llmq.db import queries
 from llmq.db.migrate import ensure_schema, upgrade
 from llmq.db.models import Batch
@@ -326,6 +326,12 @@ def stats(batch_id: str | None = None) -> dict[str, Any]:
     span = None
     if rows:
         span = (max(r[3] for r in rows) - min(r[1] for r in rows)).total_seconds()
+    classes = sorted({r[6] for r in rows}, key=lambda p: -PRIORITY_RANKS.get(p, 0))
+    by_priority = {p: {"succeeded": len(mine),
+                       "time_to_first_token_ms": percentiles(sorted(ms(r[0], r[2])
+                                                                    for r in mine)),
+                       "total_ms": percentiles(sorted(ms(r[0], r[3]) for r in mine))}
+                   for p in classes for mine in [[r for r in rows if r[6] == p]]}
     return {
         "batch_id": batch_id,
         "succeeded": len(rows),
@@ -335,6 +341,7 @@ def stats(batch_id: str | None = None) -> dict[str, Any]:
         "queue_wait_ms": percentiles(sorted(r[5] for r in rows)),
         "time_to_first_token_ms": percentiles(sorted(ms(r[0], r[2]) for r in rows)),
         "total_ms": percentiles(sorted(ms(r[0], r[3]) for r in rows)),
+        "by_priority": by_priority,
     }
 
 

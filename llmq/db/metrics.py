@@ -68,6 +68,22 @@ def histograms(session: Session, buckets: Sequence[float] = BUCKETS
     return out
 
 
+def first_token_by_priority(session: Session, buckets: Sequence[float] = BUCKETS
+                             ) -> dict[str, tuple[list[int], int, float]]:
+    """Time to first token per priority class of the requests' batches, as ``histograms``."""
+    expr = HISTOGRAMS["time_to_first_token_seconds"]
+    columns: list[Any] = [Batch.priority]
+    columns += [func.sum(case((expr <= b * 1000.0, 1), else_=0)) for b in buckets]
+    columns += [func.coalesce(func.sum(expr), 0.0), func.count()]
+    out = {}
+    for row in session.execute(select(*columns).select_from(Result)
+                               .join(Request, Result.request_id == Request.id)
+                               .join(Batch, Batch.id == Request.batch_id)
+                               .group_by(Batch.priority)):
+        out[row[0]] = ([int(v or 0) for v in row[1:-2]], int(row[-1]), float(row[-2]) / 1000.0)
+    return out
+
+
 def live_workers(session: Session, heard_after: datetime) -> list[Worker]:
     return list(session.execute(select(Worker).where(
         Worker.stopped_at.is_(None), Worker.heartbeat_at >= heard_after)

@@ -64,7 +64,7 @@ class Batch(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     model: Mapped[str] = mapped_column(String(200))
     device: Mapped[str] = mapped_column(String(10), default="any")
-    priority: Mapped[str] = mapped_column(String(10), default="normal")
+    priority: Mapped[str] = mapped_column(String(20), default="normal")
     source_file: Mapped[str | None] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

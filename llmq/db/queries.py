@@ -349,11 +349,13 @@ def result_rows(session: Session, batch_id: str,
 
 
 def timing_rows(session: Session, batch_id: str | None) -> list[tuple[Any, ...]]:
-    """(created, started, first token, finished, completion tokens, queue ms) of every
-    succeeded request, of one batch or of all."""
+    """(created, started, first token, finished, completion tokens, queue ms, its batch's
+    priority) of every succeeded request, of one batch or of all."""
     stmt = (select(Request.created_at, Request.started_at, Request.first_token_at,
-                   Request.finished_at, Result.completion_tokens, Result.queue_ms)
-            .join(Result, Result.request_id == Request.id))
+                   Request.finished_at, Result.completion_tokens, Result.queue_ms,
+                   Batch.priority)
+            .join(Result, Result.request_id == Request.id)
+            .join(Batch, Batch.id == Request.batch_id))
     if batch_id:
         stmt = stmt.where(Request.batch_id == batch_id)
     return [tuple(r) for r in session.execute(stmt)]

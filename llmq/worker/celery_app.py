@@ -19,7 +19,9 @@ TASK_PIPELINE_NIGHTLY = "llmq.pipeline_nightly"
 # beat's nightly start) go to the control queue, which every worker consumes.
 CONTROL_QUEUE = "control"
 # The Redis transport serves lower numbers first.
-PRIORITIES = {"high": 0, "normal": 3, "low": 6}
+# broker steps per priority class (interactive calls share high's queue step; the engine
+# ranks them above it: contract.PRIORITY_RANKS)
+PRIORITIES = {"interactive": 0, "high": 0, "normal": 3, "low": 6}
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -40,7 +42,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_soft_time_limit=s.task_time_limit,
         broker_transport_options={
             "visibility_timeout": s.visibility_timeout,
-            "priority_steps": sorted(PRIORITIES.values()),
+            "priority_steps": sorted(set(PRIORITIES.values())),
             "sep": ":",
             "queue_order_strategy": "priority",
             # sweep for messages of dead workers often enough to honour a short timeout

@@ -61,7 +61,7 @@ def reconcile(settings: Settings) -> int:
             stale = rows.routes(session, rows.sent_before(
                 session, now - timedelta(seconds=settings.resend_after)))
     if not lost_all:  # a message still waiting in its queue is not lost
-        steps = sorted(PRIORITIES.values())
+        steps = sorted(set(PRIORITIES.values()))
         stale = {key: ids for key, ids in stale.items() if broker.queue_depth(
             settings.broker_url, [request_queue(key[1], key[0])], steps) == 0}
     sent = send_routes(unsent) + send_routes(stale)

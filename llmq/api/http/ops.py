@@ -60,6 +60,14 @@ def _families(snap: metrics.Snapshot) -> Iterator[Metric]:
         buckets = [(repr(b), n) for b, n in zip(snap.buckets, cumulative, strict=True)]
         yield HistogramMetricFamily(PREFIX + name, name.replace("_", " ") + ".",
                                     buckets=[*buckets, ("+Inf", count)], sum_value=total)
+    by_class = HistogramMetricFamily(
+        PREFIX + "time_to_first_token_by_priority_seconds",
+        "time to first token per priority class.", labels=["priority"])
+    for cls, (cumulative, count, total) in sorted(snap.first_token_by_priority.items()):
+        by_class.add_metric([cls], [*[(repr(b), n) for b, n in zip(snap.buckets, cumulative,
+                                                                  strict=True)],
+                                    ("+Inf", count)], total)
+    yield by_class
     if snap.queues is not None:
         depth = GaugeMetricFamily(PREFIX + "queue_depth", "Messages waiting, by broker queue.",
                                   labels=["queue"])
@@ -78,6 +86,9 @@ def _worker_families(workers: list[dict[str, Any]]) -> Iterator[Metric]:
     hits = CounterMetricFamily(PREFIX + "prefix_cache_hits",
                                "Prompt tokens a worker's engine took from its prefix cache.",
                                labels=labels)
+    preempted = CounterMetricFamily(PREFIX + "num_preemptions",
+                                    "Sequences a worker's engine preempted for a higher "
+                                    "priority.", labels=labels)
     for w in workers:
         # host and process only: the name's last part is the worker's private life token
         key = [w["name"].rsplit(":", 1)[0], w["model"], w["device"]]
@@ -85,7 +96,8 @@ def _worker_families(workers: list[dict[str, Any]]) -> Iterator[Metric]:
             occupancy.add_metric(key, w.get("running", 0) / w["slots"])
         queries.add_metric(key, w.get("prompt_tokens", 0))
         hits.add_metric(key, w.get("prefix_hit_tokens", 0))
-    yield from (occupancy, queries, hits)
+        preempted.add_metric(key, w.get("preemptions", 0))
+    yield from (occupancy, queries, hits, preempted)
 
 
 class _Snapshot:

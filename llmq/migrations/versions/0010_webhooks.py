@@ -1,5 +1,5 @@
 """webhooks: endpoints, events, deliveries and their attempts; batches and pipeline runs
-remember when their end was announced
+remember when their end was announced; a batch's priority may be "interactive"
 
 Revision ID: 0010
 Revises: 0009
@@ -24,6 +24,10 @@ def upgrade() -> None:
         op.execute(f"UPDATE {table} SET announced_at = created_at")
         op.create_index(op.f(f'ix_{table}_announced_at'), table, ['announced_at'])
     op.add_column('batches', sa.Column('notify_url', sa.Text(), nullable=True))
+    # room for the "interactive" priority class of synchronous completions
+    with op.batch_alter_table('batches') as batch:
+        batch.alter_column('priority', type_=sa.String(length=20),
+                           existing_type=sa.String(length=10), existing_nullable=False)
     op.create_table(
         'webhook_endpoints',
         sa.Column('id', sa.String(length=40), nullable=False),
@@ -102,6 +106,8 @@ def downgrade() -> None:
     op.drop_table('webhook_endpoints')
     with op.batch_alter_table('batches') as batch:
         batch.drop_column('notify_url')
+        batch.alter_column('priority', type_=sa.String(length=10),
+                           existing_type=sa.String(length=20), existing_nullable=False)
     for table in ('batches', 'pipeline_runs'):
         op.drop_index(op.f(f'ix_{table}_announced_at'), table_name=table)
         with op.batch_alter_table(table) as batch:
