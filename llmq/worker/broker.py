@@ -4,6 +4,7 @@ as the design has it."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from functools import lru_cache
 
@@ -27,6 +28,15 @@ def queue_depth(url: str, queues: list[str], priorities: list[int], sep: str = "
     """Messages waiting in ``queues`` at every priority (kombu keeps one list per step)."""
     names = [q if not p else f"{q}{sep}{p}" for q in queues for p in priorities]
     return sum(int(client(url).llen(n)) for n in names)
+
+
+def express_key(queue: str) -> str:
+    """The list of interactive requests' ids of a request queue (llmq.worker.express)."""
+    return f"llmq:express:{queue}"
+
+
+def send_express(url: str, queue: str, ids: list[int]) -> None:
+    client(url).lpush(express_key(queue), json.dumps(ids))
 
 
 def ping(url: str) -> bool:

@@ -12,6 +12,7 @@ from llmq.db import pipeline as runs
 from llmq.db import queries
 from llmq.db.session import session_scope
 from llmq.settings import get_settings
+from llmq.worker import broker
 from llmq.worker.celery_app import (
     CONTROL_QUEUE,
     PRIORITIES,
@@ -37,6 +38,15 @@ def enqueue_requests(ids: Sequence[int], model: str, device: str = "any",
     size = chunk_size or get_settings().chunk_size
     queue = request_queue(device, model)
     sent: list[int] = []
+    if priority == "interactive":  # past the feeders, which bulk work may all hold
+        try:
+            broker.send_express(get_settings().broker_url, queue, list(ids))
+            sent = list(ids)
+        finally:
+            if sent:
+                with session_scope() as session:
+                    queries.mark_enqueued(session, sent)
+        return sent
     try:
         with app.producer_or_acquire() as producer:
             for start in range(0, len(ids), size):

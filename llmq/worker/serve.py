@@ -12,7 +12,8 @@ from celery import signals
 from llmq.db.migrate import ensure_schema
 from llmq.settings import get_settings
 from llmq.worker import runtime
-from llmq.worker.celery_app import app, worker_queues
+from llmq.worker.celery_app import CONTROL_QUEUE, app, worker_queues
+from llmq.worker.express import ExpressLane
 from llmq.worker.heartbeat import Heartbeat
 from llmq.worker.reaper import Sweeper, hand_back
 from llmq.worker.webhooks.deliver import Deliverer
@@ -38,6 +39,9 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
     heartbeat = Heartbeat(ident, engine, settings).start()
     sweeper = Sweeper(settings).start()
     deliverer = Deliverer(settings).start()
+    express = ExpressLane(settings, engine, ident, [
+        q for q in worker_queues(ident.device, ident.model) if q != CONTROL_QUEUE],
+        runtime.publisher()).start()
     signals.worker_shutting_down.connect(_hand_back_after(settings.shutdown_grace_seconds),
                                          weak=False)
     try:
@@ -47,6 +51,7 @@ def run_worker(device: str, model: str | None = None, slots: int | None = None,
             "--without-gossip", "--without-mingle",
         ])
     finally:
+        express.stop()
         sweeper.stop()
         deliverer.stop()
         try:

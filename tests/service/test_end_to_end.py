@@ -132,3 +132,33 @@ def test_bad_lines_fail_alone_and_cancel_stops_the_rest(env: dict, tmp_path: Pat
     assert lines["line-31"]["status"] == "failed" and "invalid JSON" in lines["line-31"]["error"]
     assert lines["long"]["status"] == "failed"
     assert "exceeds the context of 256 tokens" in lines["long"]["error"]
+
+
+def test_an_interactive_call_passes_feeders_held_by_bulk_work(env: dict, tmp_path: Path) -> None:
+    """One feeder thread, held by a low-priority message until its requests are done: the
+    interactive request still reaches the engine (the express lane), preempts a bulk
+    request and ends while the bulk batch has most of its work left."""
+    from llmq.api import completions
+
+    low = llmq_json(env, "submit", str(prompts_file(tmp_path / "low.jsonl", 32, "low", 96)),
+                    "--priority", "low", "--json")
+    worker = Worker(env, tmp_path / "worker.log", "--slots", "2", "--concurrency", "1")
+    try:
+        worker.wait_ready()
+        while service.status(low["batch_id"])["counts"]["running"] == 0:
+            time.sleep(0.1)
+        request_id, _, _ = completions.start(None, "/v1/chat/completions", {
+            "messages": [{"role": "user", "content": "Quick?"}], "max_tokens": 4})
+        deadline = time.time() + 120
+        while (line := completions.outcome(request_id)) is None:
+            assert time.time() < deadline
+            time.sleep(0.05)
+        counts = service.status(low["batch_id"])["counts"]
+        assert line["response"]["status_code"] == 200
+        assert counts["succeeded"] < 16, counts  # the bulk is far from done
+        stats = llmq_json(env, "stats", "--json")
+        assert set(stats["by_priority"]) == {"low", "interactive"}
+    finally:
+        worker.stop()
+    text = (tmp_path / "worker.log").read_text()
+    assert "Traceback" not in text
