@@ -224,9 +224,9 @@ def _process(sessions: sessionmaker[Session], engine: Engine, ids: Sequence[int]
         if failpoints.armed():  # the fault tests only: no serialization otherwise
             failpoints.request_starting(request.request_id, json.dumps(
                 [request.prompt, request.messages]), engine)
-        streamed = publisher is not None and c.params.get("stream")
-        futures[engine.submit(request, publisher.pieces(c.id, request.params.stop)
-                              if streamed and publisher else None)] = c
+        on_token = (publisher.pieces(c.id, request.params.stop)
+                    if publisher is not None and c.params.get("stream") else None)
+        futures[engine.submit(request, on_token)] = c
     pending, unstored = set(futures), set(futures)
     try:
         while pending:

@@ -1,6 +1,7 @@
 """/v1/chat/completions and /v1/completions, plain or streamed as server-sent events. The
-request goes through the queues at high priority; a streamed one's worker publishes its
-tokens as they come (llmq.worker.token_stream), and its stored result ends the stream."""
+request goes to the workers as the interactive priority class (llmq.worker.express); a
+streamed one's worker publishes its tokens as they come (llmq.worker.token_stream), and its
+stored result ends the stream."""
 
 from __future__ import annotations
 
