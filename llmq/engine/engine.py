@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from llmq.contract import FinishReason
+from llmq.contract import PRIORITY_RANKS, FinishReason
 
 from .config import EngineConfig
 from .constrained import Constraint, GrammarTokenizer, MaskWorker, apply_masks
@@ -82,6 +82,7 @@ class Engine:
             slots=self.config.slots, slot_length=slot_length,
             step_tokens=self.config.step_tokens, chunk_tokens=chunk,
             prefix_cache_entries=self.config.prefix_cache_entries,
+            urgent_rank=PRIORITY_RANKS["interactive"],
         ))
         self.runner = ModelRunner(model, self.config.slots, slot_length,
                                   chunk or self.config.step_tokens)

@@ -127,6 +127,11 @@ class SchedulerConfig:
     preemptions_per_step: int = 4
     preemptions_per_sequence: int = 3
     age_steps: int = 2048  # steps waited before a waiting sequence rises a rank (0: never)
+    # while a sequence of ``urgent_rank`` or above runs or waits, a step holds at most
+    # ``urgent_step_tokens`` tokens: its tokens come after short steps, not after a long
+    # prefill of bulk prompts (None: no such rank)
+    urgent_rank: int | None = None
+    urgent_step_tokens: int = 512
 
 
 class PrefixIndex:
@@ -254,13 +259,20 @@ class Scheduler:
             self._preempt()
         plan = StepPlan()
         budget = self.config.step_tokens
+        if self._urgent():
+            budget = min(budget, self.config.urgent_step_tokens)
         for seq in self.running:
             if not seq.prefilling:
                 pos = seq.num_tokens - 1
                 plan.decode.append(DecodeWork(seq, seq.output[-1], pos))
                 budget -= 1
-        for seq in self.running:
-            if seq.prefilling and budget > 0:
+        # running prompts go on before admissions, except those outranked by the head of
+        # the line: theirs come after it
+        head = self.waiting[0].rank if self.waiting else None
+        prefilling = [s for s in self.running if s.prefilling]
+        later = [s for s in prefilling if head is not None and s.rank < head]
+        for seq in prefilling:
+            if budget > 0 and seq not in later:
                 budget -= self._plan_chunk(plan, seq, budget, seq.prefill_end)
         while self.waiting and self._free_slots and budget > 0:
             seq = self.waiting[0]
@@ -268,7 +280,17 @@ class Scheduler:
             budget -= self._plan_chunk(plan, seq, budget, stop_at)
             if stop_at < len(seq.prompt):
                 break  # peers of a new shared prefix wait one step, then copy it
+        for seq in later:
+            if budget > 0:
+                budget -= self._plan_chunk(plan, seq, budget, seq.prefill_end)
         return plan
+
+    def _urgent(self) -> bool:
+        rank = self.config.urgent_rank
+        if rank is None:
+            return False
+        return bool(self.waiting and self.waiting[0].rank >= rank) or any(
+            s.rank >= rank for s in self.running)
 
     def _preempt(self) -> None:
         """Gives the slots of running sequences of lower ranks to the waiting ones of higher

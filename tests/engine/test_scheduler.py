@@ -223,3 +223,17 @@ def test_a_waiting_low_rank_ages_until_it_runs() -> None:
         steps += 1
         assert steps < 1000
     assert low.rank == 1 and 128 <= steps
+
+
+def test_steps_stay_short_while_an_urgent_sequence_runs_or_waits() -> None:
+    s = Scheduler(SchedulerConfig(slots=3, slot_length=256, step_tokens=100,
+                                  prefix_cache_entries=0, urgent_rank=3, urgent_step_tokens=8))
+    s.add(Sequence("bulk", list(range(150)), max_tokens=4, rank=0))
+    assert run_step(s).num_tokens == 100  # bulk alone: the whole budget
+    urgent = Sequence("urgent", [1, 2, 3], max_tokens=4, rank=3)
+    s.add(urgent)
+    plan = run_step(s)
+    assert plan.num_tokens <= 8 and urgent in [p.seq for p in plan.prefill]
+    assert run_step(s).num_tokens <= 8  # still running: still short
+    s.finish(urgent)
+    assert run_step(s).num_tokens > 8  # back to the whole budget
