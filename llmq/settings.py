@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     slots: int = Field(32, ge=1, description="sequences decoded together by one engine")
     slot_length: int = Field(2048, ge=64, description="context per slot: prompt + output")
     step_tokens: int = Field(4096, ge=16, description="tokens per forward pass")
+    interactive_step_tokens: int = Field(
+        512, ge=16, description="tokens per forward pass while an interactive request runs "
+        "or waits (shorter steps: its tokens come sooner; the batch's prefill slower)")
     threads: int | None = Field(None, ge=1, description="torch threads (default: all cores)")
     compile: bool = Field(True, description="fuse int8 layers' quantize passes with inductor "
                           "and build llmq's decode attention kernel for this CPU")

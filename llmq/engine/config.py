@@ -387,6 +387,8 @@ class EngineConfig:
     slots: int = 32
     slot_length: int = 2048
     step_tokens: int = 4096
+    # a step's tokens while an interactive request runs or waits (scheduler.urgent_step_tokens)
+    interactive_step_tokens: int = 512
     prefix_cache_entries: int = 16
     threads: int | None = None  # None: what configure_process set
     device: str = "cpu"  # cpu | cuda | auto

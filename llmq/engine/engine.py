@@ -83,6 +83,7 @@ class Engine:
             step_tokens=self.config.step_tokens, chunk_tokens=chunk,
             prefix_cache_entries=self.config.prefix_cache_entries,
             urgent_rank=PRIORITY_RANKS["interactive"],
+            urgent_step_tokens=self.config.interactive_step_tokens,
         ))
         self.runner = ModelRunner(model, self.config.slots, slot_length,
                                   chunk or self.config.step_tokens)

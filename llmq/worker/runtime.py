@@ -37,7 +37,8 @@ def load_engine(settings: Settings, model: str, device: str, slots: int | None =
                       settings.int8_kernel)
     engine = Engine.load(resolve(model), EngineConfig(
         slots=slots or settings.slots, slot_length=settings.slot_length,
-        step_tokens=settings.step_tokens, threads=settings.threads,
+        step_tokens=settings.step_tokens,
+        interactive_step_tokens=settings.interactive_step_tokens, threads=settings.threads,
         device=engine_device(device), chat_date=settings.chat_date,
         fuse_layers=fuse_layers), name=model,
         verify=settings.verify_artifacts, cache_dir=settings.cache_dir or None)
