@@ -11,8 +11,9 @@ when no slot is free it takes the slot of the running sequence of the lowest ran
 arrived among them) at once. The preempted sequence keeps its tokens and waits at the head of
 its rank; when it runs again it prefills its prompt and output so far (through the prefix
 cache where it can) and goes on decoding where it stopped. Caps on preemptions per step and per
-sequence keep a burst from thrashing, and a sequence that has waited ``age_steps`` steps rises
-a rank, so none waits for ever."""
+sequence keep a burst from thrashing, and a sequence that has waited ``age_steps`` steps moves
+up the line as if it were a rank higher, so none waits for ever (aging orders the line only:
+it never lets a sequence preempt, or shorten steps, beyond its own rank)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class Sequence:
     rank: int = 1  # higher: admitted before, and preempts, every sequence of a lower rank
     preemptions: int = 0  # times it gave its slot to a higher rank
     waiting_since: int = 0  # the scheduler's step when it last began to wait (aging)
+    boost: int = 0  # ranks gained by waiting: its place in the line is rank + boost
     status: SeqStatus = SeqStatus.WAITING
     order: int = field(default_factory=lambda: next(_order))
     payload: Any = None  # the engine's own per-request state
@@ -53,6 +55,11 @@ class Sequence:
     @property
     def num_tokens(self) -> int:
         return len(self.prompt) + len(self.output)
+
+    @property
+    def place(self) -> int:
+        """Its rank in the waiting line (aging raises it; preemption looks at ``rank``)."""
+        return self.rank + self.boost
 
     @property
     def prefill_end(self) -> int:
@@ -226,7 +233,7 @@ class Scheduler:
         unless ``first_of_rank``: a preempted one goes back to the head of its rank)."""
         seq.status, seq.waiting_since = SeqStatus.WAITING, self.steps
         for i, other in enumerate(self.waiting):
-            if other.rank < seq.rank or (first_of_rank and other.rank == seq.rank):
+            if other.place < seq.place or (first_of_rank and other.place == seq.place):
                 self.waiting.insert(i, seq)
                 return
         self.waiting.append(seq)
@@ -268,9 +275,9 @@ class Scheduler:
                 budget -= 1
         # running prompts go on before admissions, except those outranked by the head of
         # the line: theirs come after it
-        head = self.waiting[0].rank if self.waiting else None
+        head = self.waiting[0].place if self.waiting else None
         prefilling = [s for s in self.running if s.prefilling]
-        later = [s for s in prefilling if head is not None and s.rank < head]
+        later = [s for s in prefilling if head is not None and s.place < head]
         for seq in prefilling:
             if budget > 0 and seq not in later:
                 budget -= self._plan_chunk(plan, seq, budget, seq.prefill_end)
@@ -289,8 +296,8 @@ class Scheduler:
         rank = self.config.urgent_rank
         if rank is None:
             return False
-        return bool(self.waiting and self.waiting[0].rank >= rank) or any(
-            s.rank >= rank for s in self.running)
+        return any(s.rank >= rank for s in self.running) or any(
+            s.rank >= rank for s in self.waiting)
 
     def _preempt(self) -> None:
         """Gives the slots of running sequences of lower ranks to the waiting ones of higher
@@ -303,7 +310,7 @@ class Scheduler:
             victims = [r for r in self.running if r.rank < seq.rank
                        and r.preemptions < self.config.preemptions_per_sequence]
             if not victims:
-                return  # the line is in rank order: nobody behind it outranks more
+                continue
             victim = min(victims, key=lambda r: (r.rank, -r.order))
             self.running.remove(victim)
             self._free_slots.append(victim.slot)
@@ -315,12 +322,11 @@ class Scheduler:
             taken += 1
 
     def _age(self) -> None:
-        """Sequences that have waited ``age_steps`` steps rise a rank (and take their place
-        in the line for it)."""
+        """Sequences that have waited ``age_steps`` steps move up the line by a rank."""
         aged = [s for s in self.waiting if self.steps - s.waiting_since >= self.config.age_steps]
         for seq in aged:
             self.waiting.remove(seq)
-            seq.rank += 1
+            seq.boost += 1
             self._enqueue(seq)
 
     def _admit(self, plan: StepPlan, seq: Sequence, budget: int) -> int:

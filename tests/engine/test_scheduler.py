@@ -222,7 +222,24 @@ def test_a_waiting_low_rank_ages_until_it_runs() -> None:
         run_step(s)
         steps += 1
         assert steps < 1000
-    assert low.rank == 1 and 128 <= steps
+    assert (low.rank, low.boost) == (0, 1) and 128 <= steps
+
+
+def test_aging_orders_the_line_but_never_preempts_its_own_class() -> None:
+    """A bulk sequence that has waited long goes first in the line, yet does not take a
+    running bulk sequence's slot, nor count as urgent."""
+    s = Scheduler(SchedulerConfig(slots=1, slot_length=256, step_tokens=100,
+                                  prefix_cache_entries=0, age_steps=64, urgent_rank=1,
+                                  urgent_step_tokens=4))
+    running = Sequence("running", [1, 2], max_tokens=250, rank=0)
+    s.add(running)
+    waiting = Sequence("waiting", [3, 4], max_tokens=2, rank=0)
+    s.add(waiting)
+    for _ in range(200):
+        plan = run_step(s)
+        assert plan.num_tokens <= 100 and running.status is sched.SeqStatus.RUNNING
+    assert waiting.boost >= 2 and waiting.status is sched.SeqStatus.WAITING
+    assert s.preemptions == 0 and not s._urgent()
 
 
 def test_steps_stay_short_while_an_urgent_sequence_runs_or_waits() -> None:
