@@ -176,8 +176,12 @@ def test_a_delivery_outlives_its_sender_and_a_receiver_that_was_down(
     with session_scope() as session:
         attempts = session.execute(select(WebhookAttempt).order_by(WebhookAttempt.id)
                                    ).scalars().all()
-        assert [a.status_code for a in attempts] == [503] * (len(got) - 1) + [204]
-        assert [a.number for a in attempts] == list(range(1, len(got) + 1))
+        statuses = [a.status_code for a in attempts]
+        assert statuses[-1] == 204 and set(statuses[:-1]) == {503}
+        assert [a.number for a in attempts] == list(range(1, len(attempts) + 1))
+        # an attempt in flight when its sender was killed reached the receiver unrecorded,
+        # and was made again once its lease ran out
+        assert len(got) - 1 <= len(attempts) <= len(got)
 
 
 def test_gone_disables_and_the_schedule_ends_in_failure(
