@@ -153,15 +153,12 @@ def test_endpoint(owner: str | None, endpoint_id: str,
         endpoint = _owned(session, endpoint_id, owner)
         subject = ("run_test_" if event_type.startswith("pipeline_run") else "batch_test_"
                    ) + rows.new_id("")[:12]
-        event = rows.add_event(session, event_type, subject, [endpoint], [],
-                               state=rows.SENDING)
-        event_id = event.id
-    with session_scope() as session:
+        event_id = rows.add_event(session, event_type, subject, [endpoint], [],
+                                  state=rows.SENDING).id
         delivery = rows.deliveries_of(session, event_id)[0]
     attempt(delivery, get_settings(), final=True)
     with session_scope() as session:
-        found = rows.delivery_outcome(session, delivery)
-    status, error = found
+        status, error = rows.delivery_outcome(session, delivery)
     if status is None:
         raise DeliveryFailed(f"test event {event_id} reached no receiver: {error}", "url")
     return {"object": "webhook_endpoint.test", "event_type": event_type,

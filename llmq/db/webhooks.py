@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, exists, func, or_, select, update
+from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from .files import owned
@@ -291,7 +291,3 @@ def delete_events_before(session: Session, cutoff: datetime, limit: int = 500) -
     session.execute(delete(WebhookDelivery).where(WebhookDelivery.event_id.in_(ids)))
     session.execute(delete(WebhookEvent).where(WebhookEvent.id.in_(ids)))
     return len(ids)
-
-
-def count_events(session: Session) -> int:
-    return int(session.execute(select(func.count()).select_from(WebhookEvent)).scalar_one())

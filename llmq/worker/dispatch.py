@@ -38,23 +38,18 @@ def enqueue_requests(ids: Sequence[int], model: str, device: str = "any",
     size = chunk_size or get_settings().chunk_size
     queue = request_queue(device, model)
     sent: list[int] = []
-    if priority == "interactive":  # past the feeders, which bulk work may all hold
-        try:
+    try:
+        if priority == "interactive":  # past the feeders, which bulk work may all hold
             broker.send_express(get_settings().broker_url, queue, list(ids))
             sent = list(ids)
-        finally:
-            if sent:
-                with session_scope() as session:
-                    queries.mark_enqueued(session, sent)
-        return sent
-    try:
-        with app.producer_or_acquire() as producer:
-            for start in range(0, len(ids), size):
-                chunk = list(ids[start:start + size])
-                app.send_task(TASK_RUN_REQUESTS, args=[chunk], queue=queue,
-                              priority=PRIORITIES[priority], producer=producer,
-                              retry=True, retry_policy={"max_retries": 3})
-                sent += chunk
+        else:
+            with app.producer_or_acquire() as producer:
+                for start in range(0, len(ids), size):
+                    chunk = list(ids[start:start + size])
+                    app.send_task(TASK_RUN_REQUESTS, args=[chunk], queue=queue,
+                                  priority=PRIORITIES[priority], producer=producer,
+                                  retry=True, retry_policy={"max_retries": 3})
+                    sent += chunk
     finally:
         if sent:
             with session_scope() as session:
