@@ -129,6 +129,8 @@ class Settings(BaseSettings):
         512, ge=1, description="open connections of one `llmq serve` process (503 beyond)")
     api_request_timeout: float = Field(
         600.0, gt=0, description="how long /v1/chat/completions waits for its result (504)")
+    ui_session_hours: float = Field(
+        12.0, gt=0, description="how long a sign-in to the status page (/ui) lasts")
 
     # webhooks (llmq/worker/webhooks): batch and pipeline-run ends pushed to receivers
     webhooks_allow_private: bool = Field(

@@ -51,15 +51,18 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--name", required=True, help="who or what the key is for")
+@click.option("--admin", is_flag=True, help="the status page shows this key every key's "
+              "work and the workers")
 @click.option("--json", "as_json", is_flag=True)
-def keys_create(name: str, as_json: bool) -> None:
+def keys_create(name: str, admin: bool, as_json: bool) -> None:
     """Create a key and print it (it cannot be shown again)."""
-    key = api_keys.create_key(name)
+    key = api_keys.create_key(name, admin)
     if as_json:
         emit_json(key)
         return
     click.echo(key["key"])
-    err.print(f"key {key['id']} ({name}): store it now, it is not shown again")
+    err.print(f"{'admin ' if admin else ''}key {key['id']} ({name}): store it now, it is not "
+              "shown again")
 
 
 @keys.command("list")
@@ -70,9 +73,10 @@ def keys_list(as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
-    table = Table("id", "name", "created", "revoked")
+    table = Table("id", "name", "admin", "created", "revoked")
     for r in rows:
-        table.add_row(r["id"], r["name"], r["created_at"], r["revoked_at"] or "")
+        table.add_row(r["id"], r["name"], "yes" if r["admin"] else "", r["created_at"],
+                      r["revoked_at"] or "")
     Console().print(table)
 
 

@@ -21,20 +21,22 @@ def key_hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
-def create_key(name: str) -> dict[str, Any]:
-    """A new key: ``{"id", "name", "key"}``; the key cannot be read again."""
+def create_key(name: str, admin: bool = False) -> dict[str, Any]:
+    """A new key: ``{"id", "name", "admin", "key"}``; the key cannot be read again. An
+    admin key sees every key's work and the workers on the status page."""
     ensure_schema()
     key = KEY_PREFIX + secrets.token_urlsafe(32)
     key_id = "key_" + secrets.token_hex(8)
     with session_scope() as session:
-        key_rows.add_key(session, key_id, name, key_hash(key))
-    return {"id": key_id, "name": name, "key": key}
+        key_rows.add_key(session, key_id, name, key_hash(key), admin)
+    return {"id": key_id, "name": name, "admin": admin, "key": key}
 
 
 def list_keys() -> list[dict[str, Any]]:
     ensure_schema()
     with session_scope() as session:
-        return [{"id": k.id, "name": k.name, "created_at": k.created_at.isoformat() + "Z",
+        return [{"id": k.id, "name": k.name, "admin": k.admin,
+                 "created_at": k.created_at.isoformat() + "Z",
                  "revoked_at": k.revoked_at.isoformat() + "Z" if k.revoked_at else None}
                 for k in key_rows.list_keys(session)]
 

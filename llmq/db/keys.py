@@ -14,8 +14,10 @@ from .models import ApiKey, Batch, Request, Result, utcnow
 EVERY_KEY = "*"  # usage_by_day's owner for all keys (None is the keyless owner)
 
 
-def add_key(session: Session, key_id: str, name: str, key_sha256: str) -> ApiKey:
-    key = ApiKey(id=key_id, name=name, key_sha256=key_sha256, created_at=utcnow())
+def add_key(session: Session, key_id: str, name: str, key_sha256: str,
+            admin: bool = False) -> ApiKey:
+    key = ApiKey(id=key_id, name=name, key_sha256=key_sha256, created_at=utcnow(),
+                 admin=admin)
     session.add(key)
     session.flush()
     return key

@@ -50,15 +50,20 @@ def finish_reasons(session: Session) -> dict[str, int]:
         select(Result.finish_reason, func.count()).group_by(Result.finish_reason))}
 
 
-def histograms(session: Session, buckets: Sequence[float] = BUCKETS
-               ) -> dict[str, tuple[list[int], int, float]]:
-    """Per histogram: cumulative counts per bucket, the count and the sum (seconds)."""
+def histograms(session: Session, buckets: Sequence[float] = BUCKETS,
+               batch_id: str | None = None) -> dict[str, tuple[list[int], int, float]]:
+    """Per histogram: cumulative counts per bucket, the count and the sum (seconds); of
+    one batch's results, or of all."""
     columns: list[Any] = []
     for expr in HISTOGRAMS.values():
         columns += [func.sum(case((expr <= b * 1000.0, 1), else_=0)) for b in buckets]
         columns.append(func.coalesce(func.sum(expr), 0.0))
     columns.append(func.count())
-    row = session.execute(select(*columns).select_from(Result)).one()
+    stmt = select(*columns).select_from(Result)
+    if batch_id is not None:
+        stmt = stmt.join(Request, Result.request_id == Request.id).where(
+            Request.batch_id == batch_id)
+    row = session.execute(stmt).one()
     count = int(row[-1])
     out = {}
     width = len(buckets) + 1

@@ -96,6 +96,7 @@ class Batch(Base):
 
 
 Index("ix_batches_owner_created", Batch.owner, Batch.created_at)
+Index("ix_batches_created", Batch.created_at)
 
 
 class ApiKey(Base):
@@ -109,6 +110,22 @@ class ApiKey(Base):
     key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    # sees every key's work and the workers on the status page (`llmq keys create --admin`)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class UiSession(Base):
+    """A browser signed in to the status page. The cookie holds a random token; only its
+    SHA-256 is kept (as for keys). ``key_id`` None: open mode's anonymous viewer. ``csrf``
+    is the token every form that changes state must carry."""
+
+    __tablename__ = "ui_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
 
 
 class StoredFile(Base):
@@ -180,7 +197,7 @@ class Result(Base):
     prefill_ms: Mapped[float] = mapped_column(Float)
     decode_ms: Mapped[float] = mapped_column(Float)
     total_ms: Mapped[float] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
     request: Mapped[Request] = relationship(back_populates="result", lazy="raise")
 

@@ -108,6 +108,13 @@ def mark_finalized(session: Session, batch_id: str, output_file_id: str | None,
                             error_file_id=error_file_id))
 
 
+def reopen(session: Session, batch_id: str) -> None:
+    """A batch that runs again (`llmq retry`, the status page) is finalized again when it
+    ends: its earlier output and error files stay in the Files API until they expire."""
+    session.execute(update(Batch).where(Batch.id == batch_id)
+                    .values(finalized_at=None, output_file_id=None, error_file_id=None))
+
+
 def busy_requests(session: Session, owner: str | None = None, everyone: bool = False) -> int:
     """Queued and running requests of ``owner``'s batches (of every batch, ``everyone``)."""
     stmt = select(func.count()).select_from(Request).where(Request.state.in_(UNFINISHED))

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
 
-from llmq.api.http import batches, completions, errors, files, ops, webhooks
+from llmq.api.http import batches, completions, errors, files, ops, ui, webhooks
 from llmq.api.http.front_door import FrontDoor
 from llmq.db.migrate import ensure_schema
 from llmq.settings import get_settings
@@ -45,7 +45,8 @@ def create_app() -> FastAPI:
                   description="The OpenAI Files and Batches API over llmq's queues.")
     app.add_middleware(FrontDoor)
     errors.install(app)
+    app.mount("/ui/static", ui.static, name="ui-static")
     for router in (files.router, batches.router, completions.router, webhooks.router,
-                   ops.router):
+                   ops.router, ui.router):
         app.include_router(router)
     return app

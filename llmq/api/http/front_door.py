@@ -31,6 +31,7 @@ MULTIPART_SLACK = 64 << 10  # a multipart form's own bytes around the file
 NO_KEY = ("You didn't provide an API key: pass `Authorization: Bearer KEY` (keys come from "
           "`llmq keys create`)")
 KEY_STATE = "llmq_key_id"  # where the authenticated key's id waits for auth.caller
+PAGE_FORM_BYTES = 16 << 10  # a sign-in or a button of the status page
 
 
 def body_limit(scope: Scope, settings: Settings) -> tuple[int, str]:
@@ -39,7 +40,14 @@ def body_limit(scope: Scope, settings: Settings) -> tuple[int, str]:
     what one line of a batch file is)."""
     if is_upload(scope):
         return settings.api_max_file_bytes + MULTIPART_SLACK, "LLMQ_API_MAX_FILE_BYTES"
+    if is_page(scope):
+        return PAGE_FORM_BYTES, "the status page's forms"
     return settings.max_line_bytes, "LLMQ_MAX_LINE_BYTES"
+
+
+def is_page(scope: Scope) -> bool:
+    """The status page (/ui): it signs people in with its own cookie (api/http/ui.py)."""
+    return scope["path"] == "/ui" or scope["path"].startswith("/ui/")
 
 
 def is_upload(scope: Scope) -> bool:
@@ -105,11 +113,13 @@ class FrontDoor:
             return
         settings = get_settings()
         path = scope["path"]
-        if not (path.startswith("/v1/") or (path == "/metrics" and settings.api_metrics_need_key)):
+        page = is_page(scope)
+        if not (page or path.startswith("/v1/")
+                or (path == "/metrics" and settings.api_metrics_need_key)):
             await self.app(scope, receive, send)
             return
         key: str | None = None
-        if not settings.api_open:
+        if not (settings.api_open or page):
             token = bearer_token(scope)
             try:
                 key = await run_in_threadpool(authenticate, token) if token else None
