@@ -154,8 +154,12 @@ def overview(who: Viewer) -> dict[str, Any]:
     day_start = now.replace(minute=(now.minute // 15) * 15, second=0) - timedelta(hours=23,
                                                                                    minutes=45)
     with session_scope() as session:
-        hour = rows.tokens_over_time(session, who.scope, hour_start, timedelta(minutes=1), 60)
-        day = rows.tokens_over_time(session, who.scope, day_start, timedelta(minutes=15), 96)
+        # one read of the day, by minute: the hour is its last 60 minutes
+        minutes = rows.tokens_over_time(session, who.scope, day_start, timedelta(minutes=1),
+                                        96 * 15)
+        day = [sum(minutes[i:i + 15]) for i in range(0, 96 * 15, 15)]
+        offset = int((hour_start - day_start).total_seconds()) // 60
+        hour = minutes[offset:offset + 60]
         waiting = rows.requests_waiting(session, who.scope)
         workers = []
         if who.admin:
