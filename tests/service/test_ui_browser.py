@@ -186,9 +186,19 @@ def test_an_admin_sees_every_key_the_workers_and_the_other_pages(
     page.goto(f"{stack.base_url}/ui/batches?state=completed")
     assert theirs in page.eval_on_selector_all("#batches tr[data-batch]",
                                                "rows => rows.map(r => r.dataset.batch)")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "river.txt").write_text("The river rose after three days of rain. " * 8)
+    run = llmq_json({**stack.env, "LLMQ_PIPELINE_SUMMARY_TOKENS": "16"}, "pipeline",
+                    "summarize", str(docs), "--wait", "--json")
     page.click("text=Pipelines")
     page.wait_for_selector("#runs")
     shot(page, "pipelines")
+    page.click(f"a[href='/ui/pipelines/{run['id']}']")
+    row = page.text_content("#documents tbody")
+    assert "river.txt" in row and "succeeded" in row
+    assert page.query_selector_all("#documents td.quality")  # its summary's measures
+    shot(page, "pipeline")
     page.click("text=Models")
     page.wait_for_selector("#models")
     shot(page, "models")
